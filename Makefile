@@ -1,0 +1,35 @@
+# The page server's make targets. `make demo` and `make test` install what they need.
+SHELL := /bin/bash
+SWIFT ?= swift
+APT_PACKAGES := liblz4-dev liburing-dev
+
+.PHONY: deps build release test demo bench clean
+
+# Installs the system libraries (and tools) the build needs, only when missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test 2>&1 | tee .build/test.log; exit $${PIPESTATUS[0]}
+
+demo: release
+	./scripts/demo.sh
+
+bench: release
+	@dpkg -s fio >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio; }
+	./scripts/bench.sh
+
+clean:
+	rm -rf .build .demo

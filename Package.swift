@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+// The page server: a log-structured storage engine (LSM), the daemon (Server) and its tool (Tools).
+import PackageDescription
+
+let package = Package(
+    name: "pageserver",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "pageserver", targets: ["Server"]),
+        .executable(name: "pagectl", targets: ["Tools"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C shims: liburing's inline functions behind real symbols, CRC-32C with SSE4.2, and liblz4.
+        .target(
+            name: "CShims",
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("lz4")]
+        ),
+        // The engine: layer files, layer map, in-memory layer, block cache, io_uring reads.
+        // Knows nothing of PostgreSQL or sockets.
+        .target(
+            name: "LSM",
+            dependencies: ["CShims"]
+        ),
+        .executableTarget(
+            name: "Server",
+            dependencies: [
+                "LSM",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "Tools",
+            dependencies: [
+                "LSM",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "LSMTests", dependencies: ["LSM"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

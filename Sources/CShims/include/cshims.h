@@ -1,0 +1,49 @@
+// C shims for the engine.
+//
+// liburing implements most of its API as static inline functions, which Swift cannot call through a
+// module map; these wrappers give them real symbols and hide `struct io_uring` behind an opaque
+// pointer. CRC-32C uses the SSE4.2 instruction when the CPU has it and a table otherwise. liblz4's
+// header is re-exported as it is.
+#ifndef PAGESERVER_CSHIMS_H
+#define PAGESERVER_CSHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lz4.h>
+
+// ---- CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) ----
+// Returns the CRC of `len` bytes at `data` continuing from `crc` (start with 0). The usual
+// pre- and post-inversion are applied inside, so crc32c(crc32c(0,a),b) == crc32c(0,a||b).
+uint32_t cs_crc32c(uint32_t crc, const void *data, size_t len);
+
+// ---- io_uring ----
+typedef struct cs_ring cs_ring;
+
+// Creates a ring with `entries` submission slots. Returns NULL and sets *err to a negative errno
+// when the kernel refuses (ENOSYS, EPERM under seccomp, ENOMEM for locked memory).
+cs_ring *cs_ring_create(unsigned entries, int *err);
+void cs_ring_destroy(cs_ring *ring);
+
+// Queues one read. Returns 0, or -EBUSY when the submission queue is full (submit first).
+int cs_ring_prep_read(cs_ring *ring, int fd, void *buf, unsigned len, uint64_t offset, uint64_t user_data);
+
+// Hands every queued read to the kernel. Returns the number submitted or a negative errno.
+int cs_ring_submit(cs_ring *ring);
+
+// Waits for at least one completion, then harvests up to `max` of them into the arrays.
+// Returns the count harvested (>= 1) or a negative errno (-EINTR is retried inside).
+int cs_ring_wait(cs_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
+
+// Harvests up to `max` completions without waiting. Returns the count (possibly 0).
+int cs_ring_peek(cs_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
+
+// Queues a no-op whose completion carries `user_data`, and submits it (used to wake a waiter).
+int cs_ring_post_nop(cs_ring *ring, uint64_t user_data);
+
+// ---- aligned memory for O_DIRECT ----
+// The platform's O_DIRECT flag (Glibc's Swift overlay does not export it).
+int cs_o_direct_flag(void);
+void *cs_aligned_alloc(size_t alignment, size_t size);
+void cs_aligned_free(void *p);
+
+#endif

@@ -1,0 +1,175 @@
+// Implementation of cshims.h; see the header for the contracts.
+#define _GNU_SOURCE
+#include "cshims.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <liburing.h>
+
+// ---- CRC-32C ----
+
+static uint32_t crc_table[8][256];
+static int crc_have_sse42 = -1;
+
+static void crc_init_tables(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = crc_table[0][i];
+        for (int t = 1; t < 8; t++) {
+            c = crc_table[0][c & 0xFF] ^ (c >> 8);
+            crc_table[t][i] = c;
+        }
+    }
+}
+
+static uint32_t crc_soft(uint32_t crc, const uint8_t *p, size_t len) {
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= crc;
+        crc = crc_table[7][w & 0xFF] ^ crc_table[6][(w >> 8) & 0xFF] ^ crc_table[5][(w >> 16) & 0xFF] ^
+              crc_table[4][(w >> 24) & 0xFF] ^ crc_table[3][(w >> 32) & 0xFF] ^ crc_table[2][(w >> 40) & 0xFF] ^
+              crc_table[1][(w >> 48) & 0xFF] ^ crc_table[0][w >> 56];
+        p += 8;
+        len -= 8;
+    }
+    while (len--) crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t *p, size_t len) {
+    uint64_t c = crc;
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = __builtin_ia32_crc32di(c, w);
+        p += 8;
+        len -= 8;
+    }
+    uint32_t c32 = (uint32_t)c;
+    while (len--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+    return c32;
+}
+#endif
+
+uint32_t cs_crc32c(uint32_t crc, const void *data, size_t len) {
+    if (crc_have_sse42 < 0) {
+        crc_init_tables();
+#if defined(__x86_64__)
+        __builtin_cpu_init();
+        crc_have_sse42 = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+#else
+        crc_have_sse42 = 0;
+#endif
+    }
+    crc = ~crc;
+#if defined(__x86_64__)
+    if (crc_have_sse42) return ~crc_hw(crc, (const uint8_t *)data, len);
+#endif
+    return ~crc_soft(crc, (const uint8_t *)data, len);
+}
+
+// ---- io_uring ----
+
+struct cs_ring {
+    struct io_uring ring;
+};
+
+cs_ring *cs_ring_create(unsigned entries, int *err) {
+    cs_ring *r = calloc(1, sizeof(*r));
+    if (!r) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    int rc = io_uring_queue_init(entries, &r->ring, 0);
+    if (rc < 0) {
+        free(r);
+        *err = rc;
+        return NULL;
+    }
+    *err = 0;
+    return r;
+}
+
+void cs_ring_destroy(cs_ring *r) {
+    if (!r) return;
+    io_uring_queue_exit(&r->ring);
+    free(r);
+}
+
+int cs_ring_prep_read(cs_ring *r, int fd, void *buf, unsigned len, uint64_t offset, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_read(sqe, fd, buf, len, offset);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int cs_ring_submit(cs_ring *r) {
+    int rc;
+    do {
+        rc = io_uring_submit(&r->ring);
+    } while (rc == -EINTR);
+    return rc;
+}
+
+static int harvest(cs_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&r->ring, head, cqe) {
+        if (n == max) break;
+        user_data[n] = io_uring_cqe_get_data64(cqe);
+        results[n] = cqe->res;
+        n++;
+    }
+    io_uring_cq_advance(&r->ring, n);
+    return (int)n;
+}
+
+int cs_ring_wait(cs_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {
+    struct io_uring_cqe *cqe;
+    for (;;) {
+        int rc = io_uring_wait_cqe(&r->ring, &cqe);
+        if (rc == -EINTR) continue;
+        if (rc < 0) return rc;
+        return harvest(r, user_data, results, max);
+    }
+}
+
+int cs_ring_peek(cs_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {
+    return harvest(r, user_data, results, max);
+}
+
+int cs_ring_post_nop(cs_ring *r, uint64_t user_data) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+    if (!sqe) {
+        int rc = cs_ring_submit(r);
+        if (rc < 0) return rc;
+        sqe = io_uring_get_sqe(&r->ring);
+        if (!sqe) return -EBUSY;
+    }
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, user_data);
+    int rc = cs_ring_submit(r);
+    return rc < 0 ? rc : 0;
+}
+
+// ---- aligned memory ----
+
+#include <fcntl.h>
+int cs_o_direct_flag(void) { return O_DIRECT; }
+
+
+void *cs_aligned_alloc(size_t alignment, size_t size) {
+    void *p = NULL;
+    if (posix_memalign(&p, alignment, size ? size : alignment) != 0) return NULL;
+    return p;
+}
+
+void cs_aligned_free(void *p) { free(p); }

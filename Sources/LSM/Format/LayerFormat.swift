@@ -1,0 +1,25 @@
+/// Constants shared by the layer file structures (format-spec.md, "Layer files").
+///
+/// File map: [LayerHeader] [data block]* [index block]* [index directory] [LayerFooter]
+public enum LayerFormat {
+    /// "SWPSLAYR": the first and the last 8 bytes of every layer file.
+    public static let magic: [UInt8] = Array("SWPSLAYR".utf8)
+    /// Version 1: the first format.
+    public static let currentVersion: UInt16 = 1
+    public static let supportedVersions: ClosedRange<UInt16> = 1...1
+
+    /// Target uncompressed payload of a data block; a value larger than this gets a block of its own.
+    public static let defaultDataBlockBytes = 8192
+    /// Index blocks hold at most this many entries so that one fits a 4 KiB read.
+    public static let indexEntriesPerBlock = (4096 - 4 - BlockTrailer.size) / IndexEntry.size
+    /// Largest block the reader accepts (a sanity bound for corrupt handles).
+    public static let maxBlockBytes = 64 << 20
+}
+
+/// Kinds of layer file. 0 is reserved as invalid.
+public enum LayerKind: UInt8, Sendable, CustomStringConvertible {
+    case image = 1
+    case delta = 2
+
+    public var description: String { self == .image ? "image" : "delta" }
+}

@@ -1,0 +1,218 @@
+import CShims
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Positional reads in batches: the seam between the engine and the kernel.
+///
+/// A caller fills `ReadOp`s (file, offset, length, destination) and calls `read`, which returns when
+/// every op has a result: bytes read (short only at end of file) or a negative errno. Two engines:
+/// `IOUringEngine` submits a whole batch at once and waits once; `PreadEngine` reads one by one in
+/// the caller's thread. Both give identical answers (tested).
+public struct ReadOp {
+    public var fd: Int32
+    public var offset: UInt64
+    public var length: Int
+    public var buffer: UnsafeMutableRawPointer
+    /// Bytes read, or -errno.
+    public var result: Int32 = 0
+
+    public init(fd: Int32, offset: UInt64, length: Int, buffer: UnsafeMutableRawPointer) {
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+        self.buffer = buffer
+    }
+}
+
+public enum IOEngineKind: String, Sendable, CaseIterable {
+    case ioUring = "io_uring"
+    case pread
+}
+
+public protocol BlockIO: AnyObject, Sendable {
+    var kind: IOEngineKind { get }
+    func read(_ ops: UnsafeMutableBufferPointer<ReadOp>)
+}
+
+/// Engine-wide log hook (the engine has no logging dependency); the daemon points it at its logger.
+public enum LSMLog {
+    nonisolated(unsafe) public static var warning: @Sendable (String) -> Void = { msg in
+        var line = "warning: " + msg + "\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+/// Makes the engine named by `kind`; io_uring falls back to pread (logged once) where the kernel
+/// refuses it.
+public func makeBlockIO(_ kind: IOEngineKind, queueDepth: Int = 256) -> any BlockIO {
+    switch kind {
+    case .pread:
+        return PreadEngine()
+    case .ioUring:
+        do {
+            return try IOUringEngine(entries: queueDepth)
+        } catch {
+            LSMLog.warning("io_uring is not available (\(error)); falling back to pread")
+            return PreadEngine()
+        }
+    }
+}
+
+public final class PreadEngine: BlockIO {
+    public init() {}
+    public var kind: IOEngineKind { .pread }
+
+    public func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
+        for i in ops.indices {
+            var done = 0
+            let op = ops[i]
+            while done < op.length {
+                let n = pread(op.fd, op.buffer + done, op.length - done, off_t(op.offset) + off_t(done))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    done = -Int(errno)
+                    break
+                }
+                if n == 0 { break }
+                done += n
+            }
+            ops[i].result = Int32(done)
+        }
+    }
+}
+
+/// One io_uring shared by every reader in the process.
+///
+/// Design: submitters take `submitLock`, queue their SQEs and submit; a dedicated completion thread
+/// blocks in `io_uring_wait_cqe` and hands each result to its batch, waking the batch's waiter when
+/// its last op completes. Invariants:
+/// 1. At most `capacity` ops are in flight (`permits`); a submitter that cannot get a permit submits
+///    what it has queued before it blocks, so a batch never waits on its own unsubmitted ops.
+/// 2. Only the completion thread touches the completion queue; only holders of `submitLock` touch the
+///    submission queue.
+/// 3. An op's `result` is written by the completion thread before its batch's semaphore is signalled,
+///    and read by the submitter only after it returns from the wait.
+public final class IOUringEngine: BlockIO, @unchecked Sendable {
+    public var kind: IOEngineKind { .ioUring }
+
+    private let ring: OpaquePointer
+    private let capacity: Int
+    private let submitLock = Mutex(())
+    private let permits: DispatchSemaphoreLike
+    private let slots: Mutex<SlotTable>
+    private static let stopToken: UInt64 = .max
+
+    final class Batch: @unchecked Sendable {
+        let ops: UnsafeMutableBufferPointer<ReadOp>
+        let remaining: Atomic<Int>
+        let done = DispatchSemaphoreLike(value: 0)
+        init(ops: UnsafeMutableBufferPointer<ReadOp>) {
+            self.ops = ops
+            self.remaining = Atomic(ops.count)
+        }
+    }
+
+    struct SlotTable: ~Copyable {
+        var batches: [Batch?]
+        var opIndex: [Int]
+        var free: [Int]
+    }
+
+    public init(entries: Int) throws {
+        var err: Int32 = 0
+        guard let r = cs_ring_create(UInt32(entries), &err) else {
+            throw StorageError(.unsupported, "io_uring_queue_init failed: \(String(cString: strerror(-err))) (errno \(-err))")
+        }
+        ring = r
+        capacity = entries
+        permits = DispatchSemaphoreLike(value: entries)
+        slots = Mutex(SlotTable(batches: Array(repeating: nil, count: entries), opIndex: Array(repeating: 0, count: entries),
+                                free: Array((0..<entries).reversed())))
+        let me = Unmanaged.passUnretained(self)
+        let thread = PThread { me.takeUnretainedValue().completionLoop() }
+        thread.start()
+    }
+
+    deinit {
+        // The completion loop exits on the stop token; the ring outlives it because the process keeps
+        // engines for its lifetime (deinit runs only in tests).
+        submitLock.withLock { _ in _ = cs_ring_post_nop(ring, IOUringEngine.stopToken) }
+    }
+
+    public func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
+        if ops.isEmpty { return }
+        let batch = Batch(ops: ops)
+        var queued = 0
+        for i in ops.indices {
+            if !permits.tryWait() {
+                if queued > 0 { submitLock.withLock { _ in _ = cs_ring_submit(ring) }; queued = 0 }
+                permits.wait()
+            }
+            let slot = slots.withLock { t -> Int in
+                let s = t.free.removeLast()
+                t.batches[s] = batch
+                t.opIndex[s] = i
+                return s
+            }
+            submitLock.withLock { _ in
+                var rc = cs_ring_prep_read(ring, ops[i].fd, ops[i].buffer, UInt32(ops[i].length), ops[i].offset, UInt64(slot))
+                if rc == -EBUSY {
+                    _ = cs_ring_submit(ring)
+                    rc = cs_ring_prep_read(ring, ops[i].fd, ops[i].buffer, UInt32(ops[i].length), ops[i].offset, UInt64(slot))
+                }
+                precondition(rc == 0, "io_uring submission queue stays full with a permit held")
+            }
+            queued += 1
+        }
+        submitLock.withLock { _ in
+            let rc = cs_ring_submit(ring)
+            precondition(rc >= 0, "io_uring_submit failed: errno \(-rc)")
+        }
+        batch.done.wait()
+        // Short reads (end of file, or a partial read) are completed synchronously.
+        for i in ops.indices where ops[i].result >= 0 && Int(ops[i].result) < ops[i].length {
+            var done = Int(ops[i].result)
+            while done < ops[i].length {
+                let n = pread(ops[i].fd, ops[i].buffer + done, ops[i].length - done, off_t(ops[i].offset) + off_t(done))
+                if n < 0 { if errno == EINTR { continue }; done = -Int(errno); break }
+                if n == 0 { break }
+                done += n
+            }
+            ops[i].result = Int32(done)
+        }
+    }
+
+    private func completionLoop() {
+        let ring = self.ring
+        let maxHarvest = 64
+        var tokens = [UInt64](repeating: 0, count: maxHarvest)
+        var results = [Int32](repeating: 0, count: maxHarvest)
+        while true {
+            let n = cs_ring_wait(ring, &tokens, &results, UInt32(maxHarvest))
+            if n < 0 {
+                LSMLog.warning("io_uring_wait_cqe failed: errno \(-n)")
+                continue
+            }
+            for j in 0..<Int(n) {
+                if tokens[j] == IOUringEngine.stopToken {
+                    cs_ring_destroy(ring)
+                    return
+                }
+                let slot = Int(tokens[j])
+                let (batch, index) = slots.withLock { t -> (Batch, Int) in
+                    let b = t.batches[slot]!
+                    t.batches[slot] = nil
+                    t.free.append(slot)
+                    return (b, t.opIndex[slot])
+                }
+                batch.ops[index].result = results[j]
+                permits.signal()
+                if batch.remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
+                    batch.done.signal()
+                }
+            }
+        }
+    }
+}

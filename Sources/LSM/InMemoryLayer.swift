@@ -1,0 +1,155 @@
+import Synchronization
+
+/// The in-memory layer: every value put since the last freeze, readable at once.
+///
+/// Design: values are appended to an arena of 1 MiB pages; a hash map from key to that key's
+/// entries (ascending LSN) locates them. The open layer takes `put`s from the single ingest
+/// thread; `freeze` closes it, after which it is immutable until flushed to delta layers and
+/// dropped from the layer map.
+///
+/// Invariants:
+/// 1. Puts arrive in non-decreasing LSN order, each LSN > `startLSN - 1`; per key, LSNs strictly
+///    increase (a second put at the same key and LSN is rejected).
+/// 2. After `freeze(endLSN:)` the layer covers [startLSN, endLSN) and no put is accepted.
+/// 3. `bytes` counts the values' bytes plus per-entry overhead; the owner compares it with
+///    `checkpoint_distance`.
+public final class InMemoryLayer: Sendable {
+    struct Entry {
+        var lsn: LSN
+        var kind: Value.Kind
+        var willInit: Bool
+        var page: UInt32
+        var offset: UInt32
+        var length: UInt32
+    }
+
+    struct State: ~Copyable {
+        var index: [Key: [Entry]] = [:]
+        var pages: [[UInt8]] = []
+        var bytes = 0
+        var endLSN: LSN?
+        var maxLSN: LSN = .zero
+        /// Set by `freeze`: the contents, moved out so that readers and the flush need no lock.
+        var frozen: Contents?
+    }
+
+    final class Contents: Sendable {
+        let index: [Key: [Entry]]
+        let pages: [[UInt8]]
+        init(index: [Key: [Entry]], pages: [[UInt8]]) {
+            self.index = index
+            self.pages = pages
+        }
+    }
+
+    static let pageBytes = 1 << 20
+    static let entryOverheadBytes = 64
+
+    public let startLSN: LSN
+    /// Monotonic creation time, for `checkpoint_timeout`.
+    let createdAtNanos: UInt64
+    private let state = Mutex(State())
+
+    public init(startLSN: LSN) {
+        self.startLSN = startLSN
+        self.createdAtNanos = monotonicNanos()
+    }
+
+    public var bytes: Int { state.withLock { $0.bytes } }
+    public var endLSN: LSN? { state.withLock { $0.endLSN } }
+    public var isEmpty: Bool { state.withLock { s in s.frozen.map { $0.index.isEmpty } ?? s.index.isEmpty } }
+
+    public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
+        try state.withLock { s in
+            precondition(s.endLSN == nil, "put into a frozen in-memory layer")
+            guard lsn >= startLSN, lsn >= s.maxLSN else {
+                throw StorageError(.invalidArgument, "put at LSN \(lsn) is older than the layer's newest \(max(s.maxLSN, startLSN))", lsn: lsn)
+            }
+            if let last = s.index[key]?.last, last.lsn >= lsn {
+                throw StorageError(.invalidArgument, "a value for key \(key) already exists at LSN \(last.lsn)", lsn: lsn)
+            }
+            let n = value.bytes.count
+            if s.pages.isEmpty || s.pages[s.pages.count - 1].count + n > InMemoryLayer.pageBytes {
+                var page = [UInt8]()
+                page.reserveCapacity(max(InMemoryLayer.pageBytes, n))
+                s.pages.append(page)
+            }
+            let p = s.pages.count - 1
+            let entry = Entry(lsn: lsn, kind: value.kind, willInit: value.willInit, page: UInt32(p),
+                              offset: UInt32(s.pages[p].count), length: UInt32(n))
+            s.pages[p].append(contentsOf: value.bytes)
+            s.index[key, default: []].append(entry)
+            s.bytes += n + InMemoryLayer.entryOverheadBytes
+            s.maxLSN = lsn
+        }
+    }
+
+    /// Closes the layer at `endLSN` (exclusive); it must be above every LSN put.
+    func freeze(endLSN: LSN) {
+        state.withLock { s in
+            precondition(s.endLSN == nil, "in-memory layer frozen twice")
+            precondition(endLSN > startLSN && (s.index.isEmpty || endLSN > s.maxLSN), "freeze at \(endLSN) below the layer's contents")
+            s.endLSN = endLSN
+            s.frozen = Contents(index: s.index, pages: s.pages)
+            s.index = [:]
+            s.pages = []
+        }
+    }
+
+    /// Appends to `out`, newest first, the values of `key` with LSN in (floor, ceiling], stopping
+    /// after the first that starts a chain. Returns true when it found such a value.
+    func collect(_ key: Key, floor: LSN?, ceiling: LSN, into out: inout [(LSN, Value)]) -> Bool {
+        if let frozen = state.withLock({ $0.frozen }) {
+            return InMemoryLayer.collect(frozen.index[key], frozen.pages, key, floor: floor, ceiling: ceiling, into: &out)
+        }
+        return state.withLock { s in
+            InMemoryLayer.collect(s.index[key], s.pages, key, floor: floor, ceiling: ceiling, into: &out)
+        }
+    }
+
+    private static func collect(_ entries: [Entry]?, _ pages: [[UInt8]], _ key: Key, floor: LSN?, ceiling: LSN,
+                                into out: inout [(LSN, Value)]) -> Bool {
+        guard let entries else { return false }
+        var i = entries.count - 1
+        while i >= 0 && entries[i].lsn > ceiling { i -= 1 }
+        while i >= 0 {
+            let e = entries[i]
+            if let floor, e.lsn <= floor { return false }
+            let bytes = Array(pages[Int(e.page)][Int(e.offset)..<Int(e.offset + e.length)])
+            out.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
+            if e.kind == .image || e.willInit { return true }
+            i -= 1
+        }
+        return false
+    }
+
+    /// Calls `body` for every value, by chunk, then key, then LSN ascending (the order layer files
+    /// need). REQUIRES: the layer is frozen.
+    func forEachByChunk(_ body: (ChunkId, [(Key, [(LSN, Value.Kind, Bool, ArraySlice<UInt8>)])]) throws -> Void) rethrows {
+        guard let c = state.withLock({ $0.frozen }) else { preconditionFailure("flush of an open in-memory layer") }
+        var byChunk: [ChunkId: [Key]] = [:]
+        for key in c.index.keys { byChunk[ChunkId(containing: key), default: []].append(key) }
+        for chunk in byChunk.keys.sorted() {
+            let keys = byChunk[chunk]!.sorted()
+            var items: [(Key, [(LSN, Value.Kind, Bool, ArraySlice<UInt8>)])] = []
+            items.reserveCapacity(keys.count)
+            for key in keys {
+                let entries = c.index[key]!.map { e in
+                    (e.lsn, e.kind, e.willInit, c.pages[Int(e.page)][Int(e.offset)..<Int(e.offset + e.length)])
+                }
+                items.append((key, entries))
+            }
+            try body(chunk, items)
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

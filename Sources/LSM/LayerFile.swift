@@ -1,0 +1,178 @@
+import CShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An open, verified layer file.
+///
+/// Opening reads and verifies the header, the footer and the index directory (kept in memory).
+/// Index blocks and data blocks are read on demand through `BlockFetcher`, which verifies every
+/// block's checksum before any byte of it is used or cached.
+///
+/// Invariants:
+/// 1. `header`, `footer` and `directory` were checksum-verified and are mutually consistent (the
+///    regions they describe lie inside the file and in order: header < data < index < directory <
+///    footer).
+/// 2. The file descriptor stays open for the object's lifetime, so a layer deleted by compaction
+///    can still be read by a lookup that started before the deletion.
+public final class LayerFile: Sendable {
+    public let path: String
+    public let descriptor: LayerDescriptor
+    public let header: LayerHeader
+    public let footer: LayerFooter
+    public let directory: IndexDirectory
+    public let fileSize: UInt64
+    let fd: Int32
+    let direct: Bool
+    let fileId: UInt64
+
+    /// Opens `path`; `expected` (from the manifest) must match the header. `direct` opens with
+    /// O_DIRECT so that data reads bypass the kernel's page cache.
+    public init(path: String, expected: LayerDescriptor? = nil, direct: Bool = false) throws {
+        self.path = path
+        let probe = try FileOps.openForRead(path)
+        defer { close(probe) }
+        let size = try FileOps.fileSize(probe, path: path)
+        fileSize = size
+        let minimum = UInt64(LayerHeader.size + LayerFooter.size)
+        guard size >= minimum else {
+            throw StorageError.corruption("layer file is \(size) bytes, shorter than header plus footer (\(minimum))", file: path, offset: 0)
+        }
+        var headerBytes = [UInt8](repeating: 0, count: LayerHeader.size)
+        _ = try headerBytes.withUnsafeMutableBytes { try FileOps.readAll(probe, into: $0, at: 0, path: path) }
+        do {
+            header = try headerBytes.withUnsafeBytes { try LayerHeader(parsing: $0) }
+        } catch var e as StorageError {
+            (e.file, e.offset) = (path, 0)
+            throw e
+        }
+        let footerOffset = size - UInt64(LayerFooter.size)
+        var footerBytes = [UInt8](repeating: 0, count: LayerFooter.size)
+        _ = try footerBytes.withUnsafeMutableBytes { try FileOps.readAll(probe, into: $0, at: footerOffset, path: path) }
+        do {
+            footer = try footerBytes.withUnsafeBytes { try LayerFooter(parsing: $0) }
+        } catch var e as StorageError {
+            (e.file, e.offset) = (path, footerOffset)
+            throw e
+        }
+        guard footer.formatVersion == header.formatVersion,
+              footer.indexOffset >= UInt64(LayerHeader.size), footer.indexOffset <= footer.directory.offset,
+              footer.directory.end == footerOffset, footer.directory.size >= UInt32(BlockTrailer.size) else {
+            throw StorageError.corruption("layer footer describes regions outside the file", file: path, offset: footerOffset)
+        }
+        let d = footer.directory
+        var dirBytes = [UInt8](repeating: 0, count: Int(d.size))
+        _ = try dirBytes.withUnsafeMutableBytes { try FileOps.readAll(probe, into: $0, at: d.offset, path: path) }
+        let dirPayload = try dirBytes.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: path, offset: d.offset) }
+        do {
+            directory = try dirPayload.withUnsafeBytes { try IndexDirectory(parsing: $0) }
+        } catch var e as StorageError {
+            (e.file, e.offset) = (path, d.offset)
+            throw e
+        }
+        guard directory.lines.count == Int(header.indexBlockCount) else {
+            throw StorageError.corruption("index directory has \(directory.lines.count) blocks, header says \(header.indexBlockCount)", file: path, offset: d.offset)
+        }
+        var expectedOffset = footer.indexOffset
+        for line in directory.lines {
+            guard line.handle.offset == expectedOffset, line.handle.size > UInt32(BlockTrailer.size) else {
+                throw StorageError.corruption("index directory line points at \(line.handle.offset), expected \(expectedOffset)", file: path, offset: d.offset)
+            }
+            expectedOffset = line.handle.end
+        }
+        guard expectedOffset == d.offset else {
+            throw StorageError.corruption("index blocks end at \(expectedOffset), directory starts at \(d.offset)", file: path, offset: d.offset)
+        }
+        descriptor = LayerDescriptor(kind: header.kind, chunk: header.chunk, lsnStart: header.lsnStart, lsnEnd: header.lsnEnd)
+        if let expected, expected != descriptor {
+            throw StorageError.corruption("layer header describes \(descriptor.fileName), expected \(expected.fileName)", file: path, offset: 0)
+        }
+        self.direct = direct
+        fd = direct ? try FileOps.openForRead(path, direct: true) : try FileOps.openForRead(path)
+        fileId = FileIds.make()
+    }
+
+    deinit { close(fd) }
+
+    /// True when `key` is inside the key range this layer covers.
+    @inline(__always)
+    func covers(_ key: Key) -> Bool { header.entryCount > 0 && key >= header.keyMin && key <= header.keyMax }
+}
+
+/// A block to fetch: which layer, where, and which cache it belongs to.
+struct BlockRequest {
+    var layer: LayerFile
+    var handle: BlockHandle
+    var isIndex: Bool
+}
+
+/// Reads blocks for many lookups at once: cache first, then one batch of reads for every miss
+/// (one io_uring submission), each block verified before use and then cached.
+struct BlockFetcher {
+    let io: any BlockIO
+    let dataCache: BlockCache
+    let indexCache: BlockCache
+    static let directAlignment = 4096
+
+    func fetch(_ requests: [BlockRequest]) throws -> [[UInt8]] {
+        var out = [[UInt8]](repeating: [], count: requests.count)
+        var missIndex: [Int] = []
+        var firstMiss: [BlockCache.CacheKey: Int] = [:]
+        var duplicates: [(Int, Int)] = []
+        for (i, r) in requests.enumerated() {
+            let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
+            if let b = (r.isIndex ? indexCache : dataCache).get(key) {
+                out[i] = b
+            } else if let j = firstMiss[key] {
+                duplicates.append((i, j))
+            } else {
+                firstMiss[key] = i
+                missIndex.append(i)
+            }
+        }
+        if missIndex.isEmpty { return out }
+
+        // Lay out one aligned arena for all misses; O_DIRECT reads are widened to aligned ranges.
+        let align = BlockFetcher.directAlignment
+        var spans: [(readOffset: UInt64, readLength: Int, arenaOffset: Int)] = []
+        var arenaSize = 0
+        for i in missIndex {
+            let r = requests[i]
+            var start = r.handle.offset, end = r.handle.end
+            if r.layer.direct {
+                start &= ~UInt64(align - 1)
+                end = (end + UInt64(align - 1)) & ~UInt64(align - 1)
+            }
+            spans.append((start, Int(end - start), arenaSize))
+            arenaSize += (Int(end - start) + align - 1) & ~(align - 1)
+        }
+        guard let arena = cs_aligned_alloc(align, arenaSize) else {
+            throw StorageError(.io, "cannot allocate \(arenaSize) bytes for block reads")
+        }
+        defer { cs_aligned_free(arena) }
+        var ops = [ReadOp]()
+        ops.reserveCapacity(missIndex.count)
+        for (n, i) in missIndex.enumerated() {
+            ops.append(ReadOp(fd: requests[i].layer.fd, offset: spans[n].readOffset, length: spans[n].readLength,
+                              buffer: arena + spans[n].arenaOffset))
+        }
+        ops.withUnsafeMutableBufferPointer { io.read($0) }
+        for (n, i) in missIndex.enumerated() {
+            let r = requests[i]
+            let result = Int(ops[n].result)
+            if result < 0 {
+                throw ioError("read", errno: Int32(-result), file: r.layer.path, offset: r.handle.offset)
+            }
+            let skip = Int(r.handle.offset - spans[n].readOffset)
+            guard result >= skip + Int(r.handle.size) else {
+                throw StorageError.corruption("block of \(r.handle.size) bytes extends past the end of the file", file: r.layer.path, offset: r.handle.offset)
+            }
+            let raw = UnsafeRawBufferPointer(start: arena + spans[n].arenaOffset + skip, count: Int(r.handle.size))
+            let payload = try BlockTrailer.decodeBlock(raw, file: r.layer.path, offset: r.handle.offset)
+            (r.isIndex ? indexCache : dataCache).insert(.init(fileId: r.layer.fileId, offset: r.handle.offset), payload)
+            out[i] = payload
+        }
+        for (i, j) in duplicates { out[i] = out[j] }
+        return out
+    }
+}

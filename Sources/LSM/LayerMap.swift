@@ -1,0 +1,165 @@
+/// The layer map: which layers hold a timeline's values, and the read path over them.
+///
+/// A `LayerMap` is an immutable snapshot; the owner swaps in a new one under a mutex whenever a
+/// layer is frozen or flushed, and readers work on the snapshot they took, so a read never blocks
+/// ingest or flush and never sees a half-applied change.
+///
+/// Read path for (key, lsn), newest first:
+/// 1. the open in-memory layer, then frozen in-memory layers (newest first);
+/// 2. in the key's chunk: find the newest image layer at X <= lsn that covers the key; visit the
+///    delta layers overlapping (X, lsn] newest first, collecting entries until one starts a chain
+///    (an image value or a will_init record);
+/// 3. if nothing started a chain, the image layer's value at X is the base (absent: the key had no
+///    value at X).
+/// Index blocks for every (request, layer) pair are fetched in one batch, then data blocks for every
+/// chosen entry in a second batch, so a batch of lookups costs at most two waits on the disk.
+///
+/// Invariants:
+/// 1. Delta layers of one chunk have disjoint LSN ranges; in-memory layers lie above every on-disk
+///    layer and are disjoint from each other.
+/// 2. An image layer at X holds every key of its key range that had a value at X.
+/// 3. Values are collected only with LSN in (X, lsn]: nothing at or below the base is re-applied.
+final class LayerMap: Sendable {
+    let open: InMemoryLayer
+    /// Oldest first.
+    let frozen: [InMemoryLayer]
+    let chunks: [ChunkId: ChunkLayers]
+
+    struct ChunkLayers: Sendable {
+        /// Sorted by lsnStart ascending.
+        var deltas: [LayerFile] = []
+        /// Sorted by LSN ascending.
+        var images: [LayerFile] = []
+
+        mutating func add(_ f: LayerFile) {
+            if f.descriptor.kind == .delta {
+                deltas.append(f)
+                deltas.sort { $0.descriptor.lsnStart < $1.descriptor.lsnStart }
+            } else {
+                images.append(f)
+                images.sort { $0.descriptor.lsnStart < $1.descriptor.lsnStart }
+            }
+        }
+    }
+
+    init(open: InMemoryLayer, frozen: [InMemoryLayer], chunks: [ChunkId: ChunkLayers]) {
+        self.open = open
+        self.frozen = frozen
+        self.chunks = chunks
+    }
+
+    var allFiles: [LayerFile] { chunks.values.flatMap { $0.deltas + $0.images } }
+}
+
+/// One lookup of a batch and what the read path has gathered for it so far.
+struct LookupState {
+    var key: Key
+    var lsn: LSN
+    /// Values from in-memory layers, newest first.
+    var memoryValues: [(LSN, Value)] = []
+    /// Entries chosen from layer files, newest first (the base image, if any, last).
+    var planned: [(LayerFile, IndexEntry)] = []
+    var done = false
+    var imageLayer: LayerFile?
+    var deltas: [LayerFile] = []
+    var layersVisited = 0
+}
+
+extension LayerMap {
+    /// Runs the read path for `states` (see the type's comment). On return each state holds its
+    /// values; data blocks are fetched by the caller.
+    func plan(_ states: inout [LookupState], fetcher: BlockFetcher) throws {
+        var indexRequests: [BlockRequest] = []
+        var indexOwners: [(state: Int, layer: LayerFile, block: Int)] = []
+        for s in states.indices {
+            let key = states[s].key, lsn = states[s].lsn
+            // 1. In-memory layers.
+            for layer in [open] + frozen.reversed() where layer.startLSN <= lsn {
+                states[s].layersVisited += 1
+                if layer.collect(key, floor: nil, ceiling: lsn, into: &states[s].memoryValues) {
+                    states[s].done = true
+                    break
+                }
+            }
+            if states[s].done { continue }
+            // 2. Layer files of the key's chunk.
+            guard let cl = chunks[ChunkId(containing: key)] else { continue }
+            var imageLSN: LSN?
+            for img in cl.images.reversed() where img.descriptor.lsnStart <= lsn && img.covers(key) {
+                states[s].imageLayer = img
+                imageLSN = img.descriptor.lsnStart
+                break
+            }
+            for d in cl.deltas.reversed() where d.descriptor.lsnStart <= lsn {
+                if let x = imageLSN, d.descriptor.lsnEnd.rawValue - 1 <= x.rawValue { break }
+                states[s].deltas.append(d)
+            }
+            for layer in states[s].deltas + (states[s].imageLayer.map { [$0] } ?? []) {
+                let ceiling = min(lsn, LSN(layer.descriptor.lsnEnd.rawValue - 1))
+                if let b = layer.directory.block(for: key, ceiling) {
+                    indexRequests.append(BlockRequest(layer: layer, handle: layer.directory.lines[b].handle, isIndex: true))
+                    indexOwners.append((s, layer, b))
+                }
+            }
+        }
+        if indexRequests.isEmpty { return }
+        let blocks = try fetcher.fetch(indexRequests)
+        var views: [ObjectIdentifier: [Int: IndexBlockView]] = [:]
+        var perState: [Int: [(LayerFile, Int, IndexBlockView)]] = [:]
+        for (n, owner) in indexOwners.enumerated() {
+            let id = ObjectIdentifier(owner.layer)
+            let view: IndexBlockView
+            if let v = views[id]?[owner.block] {
+                view = v
+            } else {
+                view = try IndexBlockView(payload: blocks[n], file: owner.layer.path, offset: indexRequests[n].handle.offset)
+                views[id, default: [:]][owner.block] = view
+            }
+            perState[owner.state, default: []].append((owner.layer, owner.block, view))
+        }
+        for (s, found) in perState {
+            let key = states[s].key, lsn = states[s].lsn
+            let floor = states[s].imageLayer?.descriptor.lsnStart
+            for (layer, blockNo, view) in found {
+                if states[s].done { break }
+                states[s].layersVisited += 1
+                let ceiling = min(lsn, LSN(layer.descriptor.lsnEnd.rawValue - 1))
+                if layer === states[s].imageLayer {
+                    // 3. The base image at X, if the key had one.
+                    let i = view.lastAtOrBefore(key, ceiling)
+                    if i >= 0 {
+                        let e = try view.entry(i)
+                        if e.key == key { states[s].planned.append((layer, e)) }
+                    }
+                    states[s].done = true
+                    break
+                }
+                var block = blockNo
+                var v = view
+                var i = v.lastAtOrBefore(key, ceiling)
+                scan: while true {
+                    while i >= 0 {
+                        let (k, l) = v.keyAndLSN(i)
+                        if k != key { break scan }
+                        if let floor, l <= floor { break scan }
+                        let e = try v.entry(i)
+                        states[s].planned.append((layer, e))
+                        if e.startsChain {
+                            states[s].done = true
+                            break scan
+                        }
+                        i -= 1
+                    }
+                    // The key's entries may continue at the end of the previous index block.
+                    guard block > 0 else { break }
+                    block -= 1
+                    let h = layer.directory.lines[block].handle
+                    let payload = try fetcher.fetch([BlockRequest(layer: layer, handle: h, isIndex: true)])[0]
+                    v = try IndexBlockView(payload: payload, file: layer.path, offset: h.offset)
+                    i = v.count - 1
+                }
+            }
+            if !states[s].done { states[s].done = true }
+        }
+    }
+}

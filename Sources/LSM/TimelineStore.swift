@@ -1,0 +1,379 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Settings of a timeline's store. Units are last in the names.
+public struct StoreConfig: Sendable {
+    /// Freeze the in-memory layer when it holds this many bytes.
+    public var checkpointDistanceBytes = 256 << 20
+    /// ... or when its oldest value is this old.
+    public var checkpointTimeoutSeconds: Double = 600
+    public var dataBlockBytes = LayerFormat.defaultDataBlockBytes
+    public var compress = true
+    /// Longest chain of records one reconstruction may apply.
+    public var maxChainLength = 10_000
+    /// Ingest flushes in its own thread once this many frozen layers wait (backpressure).
+    public var maxFrozenLayers = 2
+    /// Flush frozen layers in a background thread (false: only `checkpoint` flushes).
+    public var backgroundFlush = true
+    /// Test seam: called at each step of a flush; throwing simulates a crash at that step.
+    public var failpoint: (@Sendable (FlushStep) throws -> Void)?
+
+    public init() {}
+}
+
+/// Steps of a flush, in order, at which `StoreConfig.failpoint` is called.
+public enum FlushStep: String, Sendable, CaseIterable {
+    case layerWritten, layerSynced, layerRenamed, manifestWritten, manifestRenamed
+}
+
+/// What a store shares with the other stores of the process: the IO engine and the caches.
+public final class StorageContext: Sendable {
+    public let io: any BlockIO
+    public let dataCache: BlockCache
+    public let indexCache: BlockCache
+    /// Open layer files with O_DIRECT (data reads bypass the kernel's page cache).
+    public let directIO: Bool
+
+    public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false) {
+        self.io = io
+        self.dataCache = BlockCache(capacityBytes: dataCacheBytes)
+        self.indexCache = BlockCache(capacityBytes: indexCacheBytes)
+        self.directIO = directIO
+    }
+
+    var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, indexCache: indexCache) }
+}
+
+/// The values of one timeline: an in-memory layer in front of immutable layer files, listed by a
+/// manifest in the timeline's directory.
+///
+/// Writes: one ingest thread calls `put` (LSN order) and `advance`; the open in-memory layer is
+/// frozen at `checkpoint_distance`/`checkpoint_timeout` and flushed to one delta layer per chunk it
+/// touched, by a background thread or by `checkpoint`.
+///
+/// Flush protocol (crash safe at every step):
+/// 1. write each delta layer to NAME.tmp, fsync, rename to NAME, fsync the directory;
+/// 2. write the manifest (old layers + new ones, disk_consistent_lsn = end of the frozen layer - 1)
+///    to manifest.tmp, fsync, rename over manifest, fsync the directory;
+/// 3. swap the layer map: add the new files, drop the frozen layer.
+/// A crash before the manifest rename leaves files the manifest does not name; `open` deletes them.
+///
+/// Invariants:
+/// 1. Every record with LSN <= disk_consistent_lsn is in a layer file named by the manifest.
+/// 2. The manifest names only complete, fsynced files.
+/// 3. Flushes run one at a time, oldest frozen layer first.
+public final class TimelineStore: Sendable {
+    public let directory: String
+    public let config: StoreConfig
+    let context: StorageContext
+
+    private struct WriterState: ~Copyable {
+        var lastRecordLSN: LSN
+        var broken: StorageError?
+    }
+
+    private let map: Mutex<LayerMap>
+    private let manifest: Mutex<Manifest>
+    private let writer: Mutex<WriterState>
+    private let flushLock = DispatchSemaphoreLike(value: 1)
+    private let flushWake = DispatchSemaphoreLike(value: 0)
+    private let stopping = Atomic<Bool>(false)
+    private let flusherExited = DispatchSemaphoreLike(value: 0)
+
+    /// Opens the store in `directory` (created if missing): reads the manifest, deletes temporary
+    /// and unreferenced files, opens and verifies every layer file the manifest names.
+    public static func open(directory: String, config: StoreConfig = StoreConfig(), context: StorageContext) throws -> TimelineStore {
+        try FileOps.makeDirectories(directory)
+        let manifestPath = directory + "/" + Manifest.fileName
+        let manifest = FileOps.exists(manifestPath)
+            ? try Manifest(parsing: try FileOps.readWholeFile(manifestPath), file: manifestPath)
+            : Manifest()
+        let referenced = Set(manifest.layers.map { $0.layer.fileName })
+        for name in try FileOps.listDirectory(directory) {
+            if name.hasSuffix(".tmp") || (LayerDescriptor(fileName: name) != nil && !referenced.contains(name)) {
+                try FileOps.remove(directory + "/" + name)
+            }
+        }
+        var chunks: [ChunkId: LayerMap.ChunkLayers] = [:]
+        for entry in manifest.layers {
+            let path = directory + "/" + entry.layer.fileName
+            guard FileOps.exists(path) else {
+                throw StorageError(.notFound, "layer file \(entry.layer.fileName) named by the manifest is missing", file: path)
+            }
+            let file = try LayerFile(path: path, expected: entry.layer, direct: context.directIO)
+            guard file.fileSize == entry.fileSize else {
+                throw StorageError.corruption("layer file is \(file.fileSize) bytes, the manifest says \(entry.fileSize)", file: path, offset: nil)
+            }
+            chunks[entry.layer.chunk, default: .init()].add(file)
+        }
+        let open = InMemoryLayer(startLSN: manifest.diskConsistentLSN.advanced(by: 1))
+        let store = TimelineStore(directory: directory, config: config, context: context,
+                                  map: LayerMap(open: open, frozen: [], chunks: chunks), manifest: manifest)
+        if config.backgroundFlush { store.startFlusher() }
+        return store
+    }
+
+    private init(directory: String, config: StoreConfig, context: StorageContext, map: LayerMap, manifest: Manifest) {
+        self.directory = directory
+        self.config = config
+        self.context = context
+        self.map = Mutex(map)
+        self.manifest = Mutex(manifest)
+        self.writer = Mutex(WriterState(lastRecordLSN: manifest.diskConsistentLSN))
+    }
+
+    /// Stops the background flusher (it finishes the flush in progress). Does not flush.
+    public func close() {
+        guard config.backgroundFlush, !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        flushWake.signal()
+        flusherExited.wait()
+    }
+
+    // MARK: - State
+
+    public var diskConsistentLSN: LSN { manifest.withLock { $0.diskConsistentLSN } }
+    public var lastRecordLSN: LSN { writer.withLock { $0.lastRecordLSN } }
+    public var gcCutoffLSN: LSN { manifest.withLock { $0.gcCutoffLSN } }
+    public var inMemoryBytes: Int { map.withLock { m in m.frozen.reduce(m.open.bytes) { $0 + $1.bytes } } }
+
+    /// The live layer files and their sizes.
+    public func layers() -> [(descriptor: LayerDescriptor, fileSize: UInt64)] {
+        manifest.withLock { m in m.layers.map { ($0.layer, $0.fileSize) } }.sorted { $0.descriptor < $1.descriptor }
+    }
+
+    // MARK: - Writes
+
+    /// Stores `value` under (key, lsn). REQUIRES: one ingest thread; LSNs non-decreasing and above
+    /// disk_consistent_lsn.
+    public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
+        try writer.withLock { w in
+            if let e = w.broken { throw e }
+            let open = map.withLock { $0.open }
+            try open.put(key, lsn, value)
+            if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn }
+        }
+        try maybeFreeze()
+    }
+
+    /// Records that every record up to `lsn` has been put (records may store no values).
+    public func advance(to lsn: LSN) {
+        writer.withLock { w in if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn } }
+    }
+
+    private func maybeFreeze() throws {
+        let open = map.withLock { $0.open }
+        let age = Double(monotonicNanos() - open.createdAtNanos) / 1e9
+        guard open.bytes >= config.checkpointDistanceBytes || (age >= config.checkpointTimeoutSeconds && !open.isEmpty) else { return }
+        freeze()
+        let waiting = map.withLock { $0.frozen.count }
+        if !config.backgroundFlush || waiting > config.maxFrozenLayers {
+            try flushFrozenLayers()
+        } else {
+            flushWake.signal()
+        }
+    }
+
+    /// Closes the open in-memory layer at last_record_lsn + 1 and starts a new one. Returns false
+    /// when there is nothing to freeze.
+    @discardableResult
+    func freeze() -> Bool {
+        writer.withLock { w in
+            map.withLock { m in
+                let end = w.lastRecordLSN.advanced(by: 1)
+                guard end > m.open.startLSN else { return false }
+                m.open.freeze(endLSN: end)
+                m = LayerMap(open: InMemoryLayer(startLSN: end), frozen: m.frozen + [m.open], chunks: m.chunks)
+                return true
+            }
+        }
+    }
+
+    /// Freezes and flushes everything put so far; returns the new disk_consistent_lsn.
+    @discardableResult
+    public func checkpoint() throws -> LSN {
+        freeze()
+        try flushFrozenLayers()
+        return diskConsistentLSN
+    }
+
+    /// Flushes every frozen layer, oldest first.
+    public func flushFrozenLayers() throws {
+        flushLock.wait()
+        defer { flushLock.signal() }
+        while let layer = map.withLock({ $0.frozen.first }) {
+            do {
+                try flush(layer)
+            } catch let e as StorageError {
+                writer.withLock { $0.broken = e }
+                throw e
+            }
+        }
+    }
+
+    private func startFlusher() {
+        PThread { [self] in
+            while !stopping.load(ordering: .acquiring) {
+                _ = flushWake.wait(seconds: 1)
+                if stopping.load(ordering: .acquiring) { break }
+                do {
+                    try maybeFreezeForTimeout()
+                    try flushFrozenLayers()
+                } catch {
+                    LSMLog.warning("flush of \(directory) failed: \(error)")
+                }
+            }
+            flusherExited.signal()
+        }.start()
+    }
+
+    private func maybeFreezeForTimeout() throws {
+        let open = map.withLock { $0.open }
+        if !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds { freeze() }
+    }
+
+    private func flush(_ layer: InMemoryLayer) throws {
+        guard let end = layer.endLSN else { preconditionFailure("flush of an open layer") }
+        let failpoint = config.failpoint
+        var newEntries: [Manifest.Entry] = []
+        var newFiles: [LayerFile] = []
+        try layer.forEachByChunk { chunk, items in
+            let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: layer.startLSN, lsnEnd: end)
+            let w = try LayerWriter(directory: directory, descriptor: d, dataBlockBytes: config.dataBlockBytes, compress: config.compress)
+            for (key, values) in items {
+                for (lsn, kind, willInit, bytes) in values {
+                    try bytes.withUnsafeBytes { try w.add(key, lsn, kind: kind, willInit: willInit, bytes: $0) }
+                }
+            }
+            let size = try w.finish { step in
+                switch step {
+                case .written: try failpoint?(.layerWritten)
+                case .synced: try failpoint?(.layerSynced)
+                case .renamed: try failpoint?(.layerRenamed)
+                }
+            }
+            newEntries.append(.init(layer: d, fileSize: size))
+            newFiles.append(try LayerFile(path: directory + "/" + d.fileName, expected: d, direct: context.directIO))
+        }
+        var next = manifest.withLock { $0 }
+        next.generation += 1
+        next.diskConsistentLSN = LSN(end.rawValue - 1)
+        next.layers += newEntries
+        try writeManifest(next, failpoint: failpoint)
+        manifest.withLock { $0 = next }
+        map.withLock { m in
+            var chunks = m.chunks
+            for f in newFiles { chunks[f.descriptor.chunk, default: .init()].add(f) }
+            precondition(m.frozen.first === layer, "flushed layer is not the oldest frozen layer")
+            m = LayerMap(open: m.open, frozen: Array(m.frozen.dropFirst()), chunks: chunks)
+        }
+    }
+
+    private func writeManifest(_ m: Manifest, failpoint: (@Sendable (FlushStep) throws -> Void)?) throws {
+        let path = directory + "/" + Manifest.fileName
+        let tmp = path + ".tmp"
+        let fd = try FileOps.openForWrite(tmp)
+        do {
+            try m.encode().withUnsafeBytes { try FileOps.writeAll(fd, $0, at: 0, path: tmp) }
+            try failpoint?(.manifestWritten)
+            try FileOps.fsyncFile(fd, path: tmp)
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        Glibc.close(fd)
+        try FileOps.rename(tmp, path)
+        try failpoint?(.manifestRenamed)
+        try FileOps.fsyncDirectory(directory)
+    }
+
+    // MARK: - Reads
+
+    /// The value of `key` at `lsn`: nil when the key has no value there. Reconstructs with `redo`
+    /// when the newest value is a record.
+    public func get(_ key: Key, at lsn: LSN, redo: any Redo) throws -> [UInt8]? {
+        try get([(key, lsn)], redo: redo)[0].get()
+    }
+
+    /// Many lookups at once: their index blocks are read in one batch and their data blocks in
+    /// another (one io_uring submission each).
+    public func get(_ requests: [(Key, LSN)], redo: any Redo) -> [Result<[UInt8]?, StorageError>] {
+        var stats = ReadStats()
+        return get(requests, redo: redo, stats: &stats)
+    }
+
+    public func get(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats) -> [Result<[UInt8]?, StorageError>] {
+        let snapshot = map.withLock { $0 }
+        var states = requests.map { LookupState(key: $0.0, lsn: $0.1) }
+        let fetcher = context.fetcher
+        do {
+            try snapshot.plan(&states, fetcher: fetcher)
+        } catch let e as StorageError {
+            return Array(repeating: .failure(e), count: requests.count)
+        } catch {
+            return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
+        }
+        var dataRequests: [BlockRequest] = []
+        for s in states { for (layer, e) in s.planned { dataRequests.append(BlockRequest(layer: layer, handle: e.block, isIndex: false)) } }
+        let blocks: [[UInt8]]
+        do {
+            blocks = try fetcher.fetch(dataRequests)
+        } catch let e as StorageError {
+            return Array(repeating: .failure(e), count: requests.count)
+        } catch {
+            return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
+        }
+        var results: [Result<[UInt8]?, StorageError>] = []
+        results.reserveCapacity(states.count)
+        var next = 0
+        for s in states {
+            stats.layersVisited += s.layersVisited
+            var chain = s.memoryValues
+            var failure: StorageError?
+            for (layer, e) in s.planned {
+                let block = blocks[next]
+                next += 1
+                let end = Int(e.valueOffset) + Int(e.valueLength)
+                guard end <= block.count else {
+                    failure = .corruption("value \(e.key)@\(e.lsn) lies outside its data block", file: layer.path, offset: e.block.offset)
+                    continue
+                }
+                chain.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: Array(block[Int(e.valueOffset)..<end]))))
+            }
+            if let failure {
+                results.append(.failure(failure))
+                continue
+            }
+            results.append(Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chain, redo: redo, stats: &stats) }
+                .mapError { $0 as? StorageError ?? StorageError(.io, "\($0)") })
+        }
+        return results
+    }
+
+    private func reconstruct(key: Key, lsn: LSN, newestFirst chain: [(LSN, Value)], redo: any Redo, stats: inout ReadStats) throws -> [UInt8]? {
+        guard let oldest = chain.last else { return nil }
+        if chain[0].1.kind == .image { return chain[0].1.bytes }
+        guard oldest.1.startsChain else {
+            throw StorageError(.notFound, "no base image for key \(key): the oldest record, at LSN \(oldest.0), does not initialize the value", lsn: lsn)
+        }
+        guard chain.count <= config.maxChainLength + 1 else {
+            throw StorageError(.unsupported, "reconstructing key \(key) needs \(chain.count) records, more than max_chain_length \(config.maxChainLength)", lsn: lsn)
+        }
+        var records: [RedoRecord] = []
+        records.reserveCapacity(chain.count)
+        var base: (lsn: LSN, bytes: [UInt8])?
+        for (i, (l, v)) in chain.enumerated().reversed() {
+            if i == chain.count - 1 && v.kind == .image { base = (l, v.bytes) } else { records.append(RedoRecord(lsn: l, value: v)) }
+        }
+        stats.recordsApplied += records.count
+        return try redo.reconstruct(key: key, lsn: lsn, base: base, records: records)
+    }
+}
+
+/// Counters a read adds to (for metrics and tests).
+public struct ReadStats: Sendable {
+    public var layersVisited = 0
+    public var recordsApplied = 0
+    public init() {}
+}

@@ -1,0 +1,81 @@
+import Foundation
+import LSM
+import XCTest
+
+/// A fake redo for engine tests: an image is the starting bytes; a record appends its bytes; a
+/// `willInit` record replaces everything before it. The model applies the same rule.
+struct AppendRedo: Redo {
+    func reconstruct(key: Key, lsn: LSN, base: (lsn: LSN, bytes: [UInt8])?, records: [RedoRecord]) throws -> [UInt8] {
+        var out = base?.bytes ?? []
+        for r in records {
+            if r.value.willInit { out = [] }
+            out += r.value.bytes
+        }
+        return out
+    }
+}
+
+/// A seeded generator (SplitMix64) so that every randomised test can be replayed from its seed.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// The seed for a randomised test: `$TEST_SEED` when set (to replay), else fresh. Always printed.
+func testSeed(_ name: String) -> UInt64 {
+    let seed = ProcessInfo.processInfo.environment["TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max >> 1)
+    print("\(name): seed \(seed) (replay with TEST_SEED=\(seed))")
+    return seed
+}
+
+func makeTempDir(_ tag: String) -> String {
+    let path = NSTemporaryDirectory() + "lsmtest-\(tag)-\(UUID().uuidString.prefix(8))"
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// The plain in-memory model the engine is compared with: every value ever put, per key.
+struct Model {
+    var values: [Key: [(LSN, Value)]] = [:]
+
+    mutating func put(_ key: Key, _ lsn: LSN, _ value: Value) { values[key, default: []].append((lsn, value)) }
+
+    func get(_ key: Key, at lsn: LSN) -> [UInt8]? {
+        guard let vs = values[key] else { return nil }
+        var out: [UInt8]?
+        for (l, v) in vs where l <= lsn {
+            if v.kind == .image { out = v.bytes } else if v.willInit { out = v.bytes } else { out = (out ?? []) + v.bytes }
+        }
+        return out
+    }
+
+    /// The model as of `lsn`: only values at or below it.
+    func truncated(to lsn: LSN) -> Model {
+        var m = Model()
+        for (k, vs) in values {
+            let kept = vs.filter { $0.0 <= lsn }
+            if !kept.isEmpty { m.values[k] = kept }
+        }
+        return m
+    }
+}
+
+func relKey(rel: UInt32, block: UInt32, fork: UInt8 = 0) -> Key {
+    .relationBlock(spc: 1663, db: 5, rel: rel, fork: fork, block: block)
+}
+
+/// A page-like image: a header-ish prefix, compressible filler and some random bytes.
+func pageImage(_ rng: inout SeededRandom, size: Int = 8192) -> [UInt8] {
+    var b = [UInt8](repeating: 0, count: size)
+    let randomBytes = Int.random(in: 0...size / 2, using: &rng)
+    for i in 0..<randomBytes { b[size - 1 - i] = UInt8.random(in: 0...255, using: &rng) }
+    b[0] = UInt8.random(in: 0...255, using: &rng)
+    return b
+}
