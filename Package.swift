@@ -17,13 +17,18 @@ let package = Package(
         // C shims: liburing's inline functions behind real symbols, CRC-32C with SSE4.2, and liblz4.
         .target(
             name: "CShims",
-            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("lz4")]
+            linkerSettings: [.linkedLibrary("uring"), .linkedLibrary("lz4"), .linkedLibrary("zstd")]
         ),
         // The engine: layer files, layer map, in-memory layer, block cache, io_uring reads.
         // Knows nothing of PostgreSQL or sockets.
         .target(
             name: "LSM",
             dependencies: ["CShims"]
+        ),
+        // PostgreSQL 15 knowledge: WAL format and decoding (later: page layouts, redo, pg_control).
+        .target(
+            name: "PostgresWAL",
+            dependencies: ["CShims", "LSM"]
         ),
         .executableTarget(
             name: "Server",
@@ -41,6 +46,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LSMTests", dependencies: ["LSM"]),
+        .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL"]),
     ],
     swiftLanguageModes: [.v6]
 )

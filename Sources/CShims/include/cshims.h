@@ -3,13 +3,14 @@
 // liburing implements most of its API as static inline functions, which Swift cannot call through a
 // module map; these wrappers give them real symbols and hide `struct io_uring` behind an opaque
 // pointer. CRC-32C uses the SSE4.2 instruction when the CPU has it and a table otherwise. liblz4's
-// header is re-exported as it is.
+// and libzstd's headers are re-exported as they are.
 #ifndef PAGESERVER_CSHIMS_H
 #define PAGESERVER_CSHIMS_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <lz4.h>
+#include <zstd.h>
 
 // ---- CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) ----
 // Returns the CRC of `len` bytes at `data` continuing from `crc` (start with 0). The usual

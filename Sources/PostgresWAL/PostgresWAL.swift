@@ -1,0 +1,2 @@
+/// PostgreSQL 15 WAL decoding.
+public enum PostgresWAL {}
