@@ -95,7 +95,7 @@ public struct ChunkId: Hashable, Comparable, Sendable, CustomStringConvertible {
             throw StorageError.corruption("invalid chunk kind \(k)", file: nil, offset: nil)
         }
         let fork = try r.u8()
-        _ = try r.u16()
+        guard try r.u16() == 0 else { throw StorageError.corruption("chunk id has non-zero reserved bytes", file: nil, offset: nil) }
         self.init(kind: kind, fork: fork, a: try r.u32(), b: try r.u32(), c: try r.u32(), segno: try r.u32())
     }
 }

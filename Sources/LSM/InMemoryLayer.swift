@@ -69,6 +69,9 @@ public final class InMemoryLayer: Sendable {
                 throw StorageError(.invalidArgument, "a value for key \(key) already exists at LSN \(last.lsn)", lsn: lsn)
             }
             let n = value.bytes.count
+            guard n <= LayerFormat.maxValueBytes else {
+                throw StorageError(.invalidArgument, "value of \(n) bytes for key \(key) exceeds the largest storable value (\(LayerFormat.maxValueBytes) bytes)", lsn: lsn)
+            }
             if s.pages.isEmpty || s.pages[s.pages.count - 1].count + n > InMemoryLayer.pageBytes {
                 var page = [UInt8]()
                 page.reserveCapacity(max(InMemoryLayer.pageBytes, n))

@@ -112,7 +112,8 @@ struct BlockFetcher {
     let io: any BlockIO
     let dataCache: BlockCache
     let indexCache: BlockCache
-    static let directAlignment = 4096
+    let buffers: AlignedBufferPool
+    static let directAlignment = AlignedBufferPool.alignment
 
     func fetch(_ requests: [BlockRequest]) throws -> [[UInt8]] {
         var out = [[UInt8]](repeating: [], count: requests.count)
@@ -146,10 +147,11 @@ struct BlockFetcher {
             spans.append((start, Int(end - start), arenaSize))
             arenaSize += (Int(end - start) + align - 1) & ~(align - 1)
         }
-        guard let arena = cs_aligned_alloc(align, arenaSize) else {
+        guard let buffer = buffers.take(arenaSize) else {
             throw StorageError(.io, "cannot allocate \(arenaSize) bytes for block reads")
         }
-        defer { cs_aligned_free(arena) }
+        defer { buffers.give(buffer) }
+        let arena = buffer.pointer
         var ops = [ReadOp]()
         ops.reserveCapacity(missIndex.count)
         for (n, i) in missIndex.enumerated() {

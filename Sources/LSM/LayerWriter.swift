@@ -83,6 +83,9 @@ public final class LayerWriter {
         case .delta: precondition(lsn >= descriptor.lsnStart && lsn < descriptor.lsnEnd, "delta value at \(lsn) outside \(descriptor.lsnStart)..<\(descriptor.lsnEnd)")
         }
         precondition(ChunkId(containing: key) == descriptor.chunk, "key \(key) is not in chunk \(descriptor.chunk)")
+        guard bytes.count <= LayerFormat.maxValueBytes else {
+            throw StorageError(.invalidArgument, "value of \(bytes.count) bytes for key \(key) exceeds the largest storable value (\(LayerFormat.maxValueBytes) bytes)", lsn: lsn)
+        }
         last = (key, lsn)
         if !blockPayload.isEmpty && blockPayload.count + bytes.count > dataBlockBytes { try closeDataBlock() }
         blockEntries.append((key, lsn, kind, willInit, UInt32(blockPayload.count), UInt32(bytes.count)))

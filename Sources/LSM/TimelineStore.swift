@@ -35,6 +35,7 @@ public final class StorageContext: Sendable {
     public let indexCache: BlockCache
     /// Open layer files with O_DIRECT (data reads bypass the kernel's page cache).
     public let directIO: Bool
+    let buffers = AlignedBufferPool()
 
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false) {
         self.io = io
@@ -43,7 +44,7 @@ public final class StorageContext: Sendable {
         self.directIO = directIO
     }
 
-    var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, indexCache: indexCache) }
+    var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, indexCache: indexCache, buffers: buffers) }
 }
 
 /// The values of one timeline: an in-memory layer in front of immutable layer files, listed by a
@@ -87,11 +88,20 @@ public final class TimelineStore: Sendable {
     public static func open(directory: String, config: StoreConfig = StoreConfig(), context: StorageContext) throws -> TimelineStore {
         try FileOps.makeDirectories(directory)
         let manifestPath = directory + "/" + Manifest.fileName
-        let manifest = FileOps.exists(manifestPath)
-            ? try Manifest(parsing: try FileOps.readWholeFile(manifestPath), file: manifestPath)
-            : Manifest()
+        let names = try FileOps.listDirectory(directory)
+        let manifest: Manifest
+        if FileOps.exists(manifestPath) {
+            manifest = try Manifest(parsing: try FileOps.readWholeFile(manifestPath), file: manifestPath)
+        } else {
+            // No manifest: a new store. Layer files without one mean the manifest was lost; deleting
+            // them as unreferenced would destroy data, so refuse instead.
+            if let stray = names.first(where: { LayerDescriptor(fileName: $0) != nil }) {
+                throw StorageError(.corruption, "the manifest is missing but layer files exist (for example \(stray)); restore the manifest or move the files away", file: manifestPath)
+            }
+            manifest = Manifest()
+        }
         let referenced = Set(manifest.layers.map { $0.layer.fileName })
-        for name in try FileOps.listDirectory(directory) {
+        for name in names {
             if name.hasSuffix(".tmp") || (LayerDescriptor(fileName: name) != nil && !referenced.contains(name)) {
                 try FileOps.remove(directory + "/" + name)
             }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import LSM
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -60,7 +61,8 @@ struct EngineBenchRead: ParsableCommand {
 
     @Option(help: "Directory of the store.") var dir: String
     @Option(help: "Pages in the store (as written).") var pages = 32768
-    @Option(help: "Lookups per batch (queue depth).") var depth = 1
+    @Option(help: "Lookups outstanding at most (queue depth), split over the threads.") var depth = 1
+    @Option(help: "Threads issuing lookups.") var threads = 1
     @Option(help: "Seconds to run.") var duration = 5.0
     @Option(help: "IO engine: io_uring or pread.") var ioEngine = "io_uring"
     @Flag(help: "Cold: O_DIRECT reads and no data block cache (index blocks stay cached).") var cold = false
@@ -81,32 +83,64 @@ struct EngineBenchRead: ParsableCommand {
             let reqs = (start..<min(pages, start + 64)).map { (benchKey($0), lsn) }
             for r in store.get(reqs, redo: redo) { guard case .success(.some) = r else { fail("warm-up lookup failed: \(r)") } }
         }
-        var rng = FastRandom(seed: 99)
-        var latencies: [Double] = []
-        latencies.reserveCapacity(1 << 20)
-        var ops = 0
+        // `threads` threads each keep batches of `depth / threads` lookups going, so that at most
+        // `depth` lookups are outstanding at once.
+        let perThread = max(1, depth / threads)
+        let results = Mutex<[(ops: Int, latencies: [Double])]>([])
         let t0 = nowSeconds()
-        var now = t0
-        var reqs = [(Key, LSN)](repeating: (benchKey(0), lsn), count: depth)
-        while now - t0 < duration {
-            for i in 0..<depth { reqs[i] = (benchKey(rng.below(pages)), lsn) }
-            let s = nowSeconds()
-            let res = store.get(reqs, redo: redo)
-            now = nowSeconds()
-            for r in res { guard case .success(.some(let p)) = r, p.count == 8192 else { fail("lookup failed: \(r)") } }
-            latencies.append(now - s)
-            ops += depth
+        let group = (0..<threads).map { t in
+            Worker {
+                var rng = FastRandom(seed: 99 &+ UInt64(t))
+                var latencies: [Double] = []
+                latencies.reserveCapacity(1 << 20)
+                var ops = 0
+                var now = t0
+                var reqs = [(Key, LSN)](repeating: (benchKey(0), lsn), count: perThread)
+                while now - t0 < duration {
+                    for i in 0..<perThread { reqs[i] = (benchKey(rng.below(pages)), lsn) }
+                    let s = nowSeconds()
+                    let res = store.get(reqs, redo: redo)
+                    now = nowSeconds()
+                    for r in res { guard case .success(.some(let p)) = r, p.count == 8192 else { fail("lookup failed: \(r)") } }
+                    latencies.append(now - s)
+                    ops += perThread
+                }
+                results.withLock { $0.append((ops, latencies)) }
+            }
         }
-        let seconds = now - t0
-        latencies.sort()
+        group.forEach { $0.start() }
+        group.forEach { $0.join() }
+        let seconds = nowSeconds() - t0
+        let all = results.withLock { $0 }
+        let ops = all.reduce(0) { $0 + $1.ops }
+        let latencies = all.flatMap(\.latencies).sorted()
         func pct(_ p: Double) -> Double { latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] * 1e6 }
         let opsPerSec = Double(ops) / seconds
         if json {
-            emitJSON([("bench", "\"layer_read\""), ("io_engine", "\"\(io.kind.rawValue)\""), ("cold", "\(cold)"), ("depth", "\(depth)"),
+            emitJSON([("bench", "\"layer_read\""), ("io_engine", "\"\(io.kind.rawValue)\""), ("cold", "\(cold)"), ("depth", "\(depth)"), ("threads", "\(threads)"),
                       ("ops_per_s", "\(opsPerSec)"), ("batch_p50_us", "\(pct(0.5))"), ("batch_p99_us", "\(pct(0.99))"),
                       ("seconds", "\(seconds)")])
         } else {
-            print("\(cold ? "cold" : "warm") \(io.kind.rawValue) depth \(depth): \(Int(opsPerSec)) lookups/s, batch latency p50 \(format1(pct(0.5))) us, p99 \(format1(pct(0.99))) us")
+            print("\(cold ? "cold" : "warm") \(io.kind.rawValue) depth \(depth) threads \(threads): \(Int(opsPerSec)) lookups/s, batch latency p50 \(format1(pct(0.5))) us, p99 \(format1(pct(0.99))) us")
         }
     }
+}
+
+/// A joinable OS thread for benchmark workers.
+final class Worker: @unchecked Sendable {
+    private let body: () -> Void
+    private var tid = pthread_t()
+
+    init(_ body: @escaping () -> Void) { self.body = body }
+
+    func start() {
+        let box = Unmanaged.passRetained(self)
+        pthread_create(&tid, nil, { arg in
+            let w = Unmanaged<Worker>.fromOpaque(arg!).takeRetainedValue()
+            w.body()
+            return nil
+        }, box.toOpaque())
+    }
+
+    func join() { pthread_join(tid, nil) }
 }

@@ -68,13 +68,14 @@ public enum BlockTrailer {
             }
             return Array(UnsafeRawBufferPointer(rebasing: raw[0..<payloadCount]))
         case .lz4:
-            var out = [UInt8](repeating: 0, count: length)
-            let n = out.withUnsafeMutableBytes { dst in
-                LZ4_decompress_safe(raw.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                    dst.baseAddress?.assumingMemoryBound(to: CChar.self),
-                                    Int32(payloadCount), Int32(length))
+            var decoded: Int32 = 0
+            let out = [UInt8](unsafeUninitializedCapacity: length) { dst, initialized in
+                decoded = LZ4_decompress_safe(raw.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                              UnsafeMutableRawPointer(dst.baseAddress)?.assumingMemoryBound(to: CChar.self),
+                                              Int32(payloadCount), Int32(length))
+                initialized = decoded == Int32(length) ? length : 0
             }
-            guard n == length else {
+            guard decoded == Int32(length) else {
                 throw StorageError.corruption("LZ4 block did not decompress to its \(length) bytes", file: file, offset: offset)
             }
             return out

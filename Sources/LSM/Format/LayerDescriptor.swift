@@ -42,14 +42,18 @@ public struct LayerDescriptor: Hashable, Comparable, Sendable, CustomStringConve
         guard let sep = stem.firstRange(of: "__"), let chunk = ChunkId(name: stem[..<sep.lowerBound]) else { return nil }
         let lsns = stem[sep.upperBound...].split(separator: "-")
         func parse(_ s: Substring) -> LSN? { s.count == 16 ? UInt64(s, radix: 16).map { LSN($0) } : nil }
+        let parsed: LayerDescriptor
         switch kind {
         case .image:
             guard lsns.count == 1, let l = parse(lsns[0]), l != .max else { return nil }
-            self = .image(chunk, at: l)
+            parsed = .image(chunk, at: l)
         case .delta:
             guard lsns.count == 2, let s = parse(lsns[0]), let e = parse(lsns[1]), s < e else { return nil }
-            self.init(kind: .delta, chunk: chunk, lsnStart: s, lsnEnd: e)
+            parsed = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: s, lsnEnd: e)
         }
+        // Only the canonical spelling is a layer name (upper-case hex, decimal chunk fields).
+        guard parsed.fileName == fileName else { return nil }
+        self = parsed
     }
 
     public var description: String { fileName }

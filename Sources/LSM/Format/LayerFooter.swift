@@ -50,6 +50,7 @@ public struct LayerFooter: Equatable, Sendable {
         directory = try BlockHandle(parsing: &r)
         indexOffset = try r.u64()
         formatVersion = try r.u16()
+        guard try r.u16() == 0, try r.u32() == 0 else { throw StorageError(.corruption, "layer footer has non-zero reserved bytes") }
         guard LayerFormat.supportedVersions.contains(formatVersion) else {
             throw StorageError(.unsupported, "layer format version \(formatVersion) is not supported")
         }

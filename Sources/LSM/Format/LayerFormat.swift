@@ -14,6 +14,8 @@ public enum LayerFormat {
     public static let indexEntriesPerBlock = (4096 - 4 - BlockTrailer.size) / IndexEntry.size
     /// Largest block the reader accepts (a sanity bound for corrupt handles).
     public static let maxBlockBytes = 64 << 20
+    /// Largest value the writer accepts: one value alone in a block stays within `maxBlockBytes`.
+    public static let maxValueBytes = 16 << 20
 }
 
 /// Kinds of layer file. 0 is reserved as invalid.

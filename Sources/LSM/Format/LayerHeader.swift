@@ -97,7 +97,7 @@ public struct LayerHeader: Equatable, Sendable {
         let k = try r.u8()
         guard let kind = LayerKind(rawValue: k) else { throw StorageError(.corruption, "invalid layer kind \(k)") }
         self.kind = kind
-        _ = try r.u8()
+        guard try r.u8() == 0 else { throw StorageError(.corruption, "layer header has a non-zero reserved byte") }
         chunk = try ChunkId(parsing: &r)
         keyMin = try Key(parsing: &r)
         keyMax = try Key(parsing: &r)
@@ -107,6 +107,9 @@ public struct LayerHeader: Equatable, Sendable {
         valueBytes = try r.u64()
         dataBlockCount = try r.u32()
         indexBlockCount = try r.u32()
+        guard try r.bytes(LayerHeader.crcOffset - 8 - r.position).allSatisfy({ $0 == 0 }) else {
+            throw StorageError(.corruption, "layer header has non-zero reserved bytes")
+        }
         try validate()
     }
 }

@@ -82,17 +82,20 @@ public struct Manifest: Equatable, Sendable {
             guard version == Manifest.currentVersion else {
                 throw StorageError(.unsupported, "manifest format version \(version) is not supported", file: file)
             }
-            _ = try r.u16()
+            guard try r.u16() == 0 else { throw corrupt("manifest has non-zero reserved bytes", 10) }
             var m = Manifest(generation: try r.u64(), diskConsistentLSN: LSN(try r.u64()), gcCutoffLSN: LSN(try r.u64()))
             let n = Int(try r.u32())
             guard r.remaining == n * Manifest.entrySize else { throw corrupt("manifest of \(bytes.count) bytes cannot hold \(n) layers") }
             for i in 0..<n {
                 let k = try r.u8()
                 guard let kind = LayerKind(rawValue: k) else { throw corrupt("manifest layer \(i) has invalid kind \(k)") }
-                try r.skip(3)
+                guard try r.bytes(3).allSatisfy({ $0 == 0 }) else { throw corrupt("manifest layer \(i) has non-zero reserved bytes") }
                 let chunk = try ChunkId(parsing: &r)
                 let d = LayerDescriptor(kind: kind, chunk: chunk, lsnStart: LSN(try r.u64()), lsnEnd: LSN(try r.u64()))
                 guard d.lsnStart < d.lsnEnd else { throw corrupt("manifest layer \(i) has an empty LSN range") }
+                if let prev = m.layers.last?.layer, !(prev < d) {
+                    throw corrupt("manifest layers are not sorted and unique at layer \(i)")
+                }
                 m.layers.append(Entry(layer: d, fileSize: try r.u64()))
             }
             return m

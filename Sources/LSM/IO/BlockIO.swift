@@ -85,15 +85,21 @@ public final class PreadEngine: BlockIO {
 
 /// One io_uring shared by every reader in the process.
 ///
-/// Design: submitters take `submitLock`, queue their SQEs and submit; a dedicated completion thread
-/// blocks in `io_uring_wait_cqe` and hands each result to its batch, waking the batch's waiter when
-/// its last op completes. Invariants:
+/// Design (leader/follower): submitters take `submitLock`, queue their SQEs and submit. Then one
+/// waiting thread at a time is the *reaper*: it blocks in `io_uring_wait_cqe` itself (no hand-off to
+/// a helper thread, so a lone reader pays one kernel wake-up, as with a private ring), and hands each
+/// completion to its batch, waking that batch's thread. When the reaper's own batch is complete it
+/// steps down and wakes one waiting batch to take over.
+///
+/// Invariants:
 /// 1. At most `capacity` ops are in flight (`permits`); a submitter that cannot get a permit submits
 ///    what it has queued before it blocks, so a batch never waits on its own unsubmitted ops.
-/// 2. Only the completion thread touches the completion queue; only holders of `submitLock` touch the
+/// 2. Only the reaper touches the completion queue; only holders of `submitLock` touch the
 ///    submission queue.
-/// 3. An op's `result` is written by the completion thread before its batch's semaphore is signalled,
-///    and read by the submitter only after it returns from the wait.
+/// 3. While any batch has ops in flight, either a reaper is active or a waiting batch has been
+///    signalled to become one (the stepping-down reaper signals a registered waiter).
+/// 4. An op's `result` is written by the reaper before the op's batch is marked complete and read
+///    by the batch's thread only after it observes completion.
 public final class IOUringEngine: BlockIO, @unchecked Sendable {
     public var kind: IOEngineKind { .ioUring }
 
@@ -102,22 +108,28 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
     private let submitLock = Mutex(())
     private let permits: DispatchSemaphoreLike
     private let slots: Mutex<SlotTable>
-    private static let stopToken: UInt64 = .max
+    private let reaper = Mutex(ReaperState())
 
     final class Batch: @unchecked Sendable {
         let ops: UnsafeMutableBufferPointer<ReadOp>
         let remaining: Atomic<Int>
-        let done = DispatchSemaphoreLike(value: 0)
+        let wake = DispatchSemaphoreLike(value: 0)
         init(ops: UnsafeMutableBufferPointer<ReadOp>) {
             self.ops = ops
             self.remaining = Atomic(ops.count)
         }
+        var isComplete: Bool { remaining.load(ordering: .acquiring) == 0 }
     }
 
     struct SlotTable: ~Copyable {
         var batches: [Batch?]
         var opIndex: [Int]
         var free: [Int]
+    }
+
+    struct ReaperState: ~Copyable {
+        var active = false
+        var waiters: [ObjectIdentifier: Batch] = [:]
     }
 
     public init(entries: Int) throws {
@@ -130,15 +142,10 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
         permits = DispatchSemaphoreLike(value: entries)
         slots = Mutex(SlotTable(batches: Array(repeating: nil, count: entries), opIndex: Array(repeating: 0, count: entries),
                                 free: Array((0..<entries).reversed())))
-        let me = Unmanaged.passUnretained(self)
-        let thread = PThread { me.takeUnretainedValue().completionLoop() }
-        thread.start()
     }
 
     deinit {
-        // The completion loop exits on the stop token; the ring outlives it because the process keeps
-        // engines for its lifetime (deinit runs only in tests).
-        submitLock.withLock { _ in _ = cs_ring_post_nop(ring, IOUringEngine.stopToken) }
+        cs_ring_destroy(ring)
     }
 
     public func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
@@ -148,7 +155,8 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
         for i in ops.indices {
             if !permits.tryWait() {
                 if queued > 0 { submitLock.withLock { _ in _ = cs_ring_submit(ring) }; queued = 0 }
-                permits.wait()
+                // Our own in-flight ops may hold the permits we wait for: make sure someone reaps.
+                while !permits.wait(seconds: 0.001) { reapOnce(mine: batch, blocking: false) }
             }
             let slot = slots.withLock { t -> Int in
                 let s = t.free.removeLast()
@@ -170,7 +178,7 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
             let rc = cs_ring_submit(ring)
             precondition(rc >= 0, "io_uring_submit failed: errno \(-rc)")
         }
-        batch.done.wait()
+        waitForCompletion(batch)
         // Short reads (end of file, or a partial read) are completed synchronously.
         for i in ops.indices where ops[i].result >= 0 && Int(ops[i].result) < ops[i].length {
             var done = Int(ops[i].result)
@@ -184,34 +192,78 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
         }
     }
 
-    private func completionLoop() {
-        let ring = self.ring
-        let maxHarvest = 64
-        var tokens = [UInt64](repeating: 0, count: maxHarvest)
-        var results = [Int32](repeating: 0, count: maxHarvest)
-        while true {
-            let n = cs_ring_wait(ring, &tokens, &results, UInt32(maxHarvest))
-            if n < 0 {
-                LSMLog.warning("io_uring_wait_cqe failed: errno \(-n)")
-                continue
+    private func waitForCompletion(_ batch: Batch) {
+        let id = ObjectIdentifier(batch)
+        while !batch.isComplete {
+            let becameReaper = reaper.withLock { r -> Bool in
+                if r.active {
+                    r.waiters[id] = batch
+                    return false
+                }
+                r.active = true
+                r.waiters[id] = nil
+                return true
             }
-            for j in 0..<Int(n) {
-                if tokens[j] == IOUringEngine.stopToken {
-                    cs_ring_destroy(ring)
-                    return
+            if becameReaper {
+                while !batch.isComplete { reapOnce(mine: batch, blocking: true) }
+                let next = reaper.withLock { r -> Batch? in
+                    r.active = false
+                    r.waiters[id] = nil
+                    return r.waiters.values.first { !$0.isComplete }
                 }
-                let slot = Int(tokens[j])
-                let (batch, index) = slots.withLock { t -> (Batch, Int) in
-                    let b = t.batches[slot]!
-                    t.batches[slot] = nil
-                    t.free.append(slot)
-                    return (b, t.opIndex[slot])
-                }
-                batch.ops[index].result = results[j]
-                permits.signal()
-                if batch.remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 {
-                    batch.done.signal()
-                }
+                next?.wake.signal()
+                return
+            }
+            batch.wake.wait()
+        }
+        reaper.withLock { r in _ = r.waiters.removeValue(forKey: id) }
+    }
+
+    /// Harvests completions (waiting for one when `blocking`) and hands them to their batches.
+    /// REQUIRES: the caller is the reaper, or (non-blocking) no reaper is active and the reaper
+    /// lock is taken here for the harvest.
+    private func reapOnce(mine: Batch, blocking: Bool) {
+        if !blocking {
+            // Used only while waiting for a permit: become reaper briefly if nobody is.
+            let took = reaper.withLock { r -> Bool in
+                if r.active { return false }
+                r.active = true
+                return true
+            }
+            guard took else { return }
+            harvest(blocking: false, mine: mine)
+            let next = reaper.withLock { r -> Batch? in
+                r.active = false
+                return r.waiters.values.first { !$0.isComplete }
+            }
+            next?.wake.signal()
+            return
+        }
+        harvest(blocking: true, mine: mine)
+    }
+
+    private func harvest(blocking: Bool, mine: Batch) {
+        let maxHarvest = 64
+        var tokens = (0..<maxHarvest).map { _ in UInt64(0) }
+        var results = [Int32](repeating: 0, count: maxHarvest)
+        let n = blocking ? cs_ring_wait(ring, &tokens, &results, UInt32(maxHarvest))
+                         : cs_ring_peek(ring, &tokens, &results, UInt32(maxHarvest))
+        if n < 0 {
+            LSMLog.warning("io_uring_wait_cqe failed: errno \(-n)")
+            return
+        }
+        for j in 0..<Int(n) {
+            let slot = Int(tokens[j])
+            let (batch, index) = slots.withLock { t -> (Batch, Int) in
+                let b = t.batches[slot]!
+                t.batches[slot] = nil
+                t.free.append(slot)
+                return (b, t.opIndex[slot])
+            }
+            batch.ops[index].result = results[j]
+            permits.signal()
+            if batch.remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 && batch !== mine {
+                batch.wake.signal()
             }
         }
     }

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of scripts/bench.sh into the engine table of BENCHMARKS.md.
+
+Usage: bench_report.py RESULTS.jsonl BENCHMARKS.md SECTION COMMAND
+Rewrites the text between <!-- SECTION:begin --> and <!-- SECTION:end --> (appends the section if
+missing). Every row carries its baseline measured in the same run and the ratio of the medians.
+"""
+import json, platform, statistics, sys, datetime, os
+
+results_path, md_path, section, command = sys.argv[1:5]
+rows = [json.loads(l) for l in open(results_path) if l.strip().startswith("{")]
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown cpu"
+
+machine = f"{cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}"
+date = datetime.date.today().isoformat()
+lines = []
+lines.append(f"Machine: {machine}. Date: {date}. Command: `{command}`.")
+lines.append("")
+lines.append("| measurement | ours (median) | baseline (median) | ratio | goal |")
+lines.append("|---|---|---|---|---|")
+
+w = [r["mb_per_s"] for r in rows if r["bench"] == "layer_write"]
+fw = [r["mb_per_s"] for r in rows if r["bench"] == "fio_write"]
+if w:
+    lines.append(f"| layer write, 256 MiB of 8 KiB images, LZ4, fsync (MB/s of values) | {med(w):.0f} MB/s | fio seq write 1 MiB + fsync: {med(fw):.0f} MB/s | {med(w)/med(fw):.2f}x | (none named) |")
+
+for mode in ("warm", "cold"):
+    for depth in (1, 32):
+        ours = [r for r in rows if r["bench"] == "layer_read" and (r["cold"] == (mode == "cold")) and r["depth"] == depth]
+        base = [r for r in rows if r["bench"] == "fio_read" and r["mode"] == mode and r["depth"] == depth]
+        if not ours:
+            continue
+        o = med([r["ops_per_s"] for r in ours])
+        b = med([r["iops"] for r in base])
+        threads = ours[0].get("threads", 1)
+        p50 = med([r["batch_p50_us"] for r in ours])
+        goal = ">= 0.8x" if mode == "cold" else ""
+        met = ""
+        if mode == "cold":
+            met = " (met)" if o / b >= 0.8 else " (MISSED)"
+        how = "data blocks cached" if mode == "warm" else "O_DIRECT, no data cache, index cached"
+        lines.append(f"| {mode} lookups, depth {depth} ({threads} thread{'s' if threads > 1 else ''}, {how}) | {o:,.0f}/s, batch p50 {p50:.1f} us | fio io_uring 8 KiB randread{' O_DIRECT' if mode == 'cold' else ' (page cache)'}: {b:,.0f}/s | {o/b:.2f}x | {goal}{met} |")
+
+table = "\n".join(lines)
+begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+text = open(md_path).read() if os.path.exists(md_path) else "# Benchmarks\n"
+if begin in text and end in text:
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    text = pre + begin + "\n" + table + "\n" + end + post
+else:
+    text = text.rstrip("\n") + f"\n\n{begin}\n{table}\n{end}\n"
+open(md_path, "w").write(text)
+print(table)
