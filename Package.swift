@@ -12,6 +12,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // C shims: liburing's inline functions behind real symbols, CRC-32C with SSE4.2, and liblz4.
@@ -30,6 +31,12 @@ let package = Package(
             name: "PostgresWAL",
             dependencies: ["CShims", "LSM"]
         ),
+        // The PostgreSQL wire protocol (v3): the replication client (and later the page service's
+        // server side). Knows nothing of files or of the engine.
+        .target(
+            name: "WireProtocol",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]
+        ),
         .executableTarget(
             name: "Server",
             dependencies: [
@@ -47,6 +54,7 @@ let package = Package(
         ),
         .testTarget(name: "LSMTests", dependencies: ["LSM"]),
         .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL"]),
+        .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol"]),
     ],
     swiftLanguageModes: [.v6]
 )

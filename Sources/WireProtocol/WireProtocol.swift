@@ -1,0 +1,2 @@
+/// The PostgreSQL wire protocol, version 3.
+public enum WireProtocol {}
