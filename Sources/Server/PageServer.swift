@@ -1,37 +1,74 @@
 import ArgumentParser
+import Foundation
+import Hummingbird
 import LSM
 import Logging
 
-#if canImport(Glibc)
-import Glibc
-#endif
+let serverLog: Logger = {
+    var l = Logger(label: "pageserver")
+    l.logLevel = .info
+    return l
+}()
 
-/// `pageserver`: the daemon. This first version owns the workdir (lock file) and the storage
-/// context; the page service, the WAL receiver and the HTTP API are wired in by later issues.
+/// `pageserver`: the daemon. Owns the workdir (lock file), loads every tenant and timeline, starts
+/// their WAL receivers and serves the HTTP management API until SIGTERM/SIGINT, then flushes every
+/// timeline and exits 0.
 @main
-struct PageServer: ParsableCommand {
+struct PageServer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pageserver", abstract: "The PostgreSQL page server.")
 
-    @Option(help: "Working directory (created if missing).") var workdir = "./.pageserver"
+    @Option(help: "Working directory (created if missing). Default ./.pageserver") var workdir: String?
     @Option(help: "TOML config file.") var config: String?
-    @Option(name: .customLong("listen-pg"), help: "libpq listen address.") var listenPg = "127.0.0.1:64000"
-    @Option(name: .customLong("listen-http"), help: "HTTP listen address.") var listenHttp = "127.0.0.1:9898"
+    @Option(name: .customLong("listen-pg"), help: "libpq listen address HOST:PORT. Default 127.0.0.1:64000") var listenPg: String?
+    @Option(name: .customLong("listen-http"), help: "HTTP listen address HOST:PORT. Default 127.0.0.1:9898") var listenHttp: String?
 
-    func run() throws {
-        var logger = Logger(label: "pageserver")
-        logger.logLevel = .info
-        let lock = try WorkdirLock(workdir: workdir)
+    func run() async throws {
+        var cfg = ServerConfig()
+        do {
+            if let config { try cfg.apply(tomlFile: config) }
+        } catch {
+            fatalExit("\(error)")
+        }
+        if let workdir { cfg.workdir = workdir }
+        if let listenPg { cfg.listenPg = listenPg }
+        if let listenHttp { cfg.listenHttp = listenHttp }
+        LSMLog.warning = { serverLog.warning("\($0)") }
+
+        let lock: WorkdirLock
+        do { lock = try WorkdirLock(workdir: cfg.workdir) } catch { fatalExit("\(error)") }
         defer { lock.release() }
-        logger.info("pageserver started", metadata: ["workdir": "\(workdir)", "listen_pg": "\(listenPg)", "listen_http": "\(listenHttp)"])
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        var sig: Int32 = 0
-        sigwait(&set, &sig)
-        logger.info("signal \(sig) received, shutting down")
+        guard let (httpHost, httpPort) = splitHostPort(cfg.listenHttp) else { fatalExit("--listen-http '\(cfg.listenHttp)' is not HOST:PORT") }
+
+        let metrics = ServerMetrics()
+        let repository = Repository(config: cfg, metrics: metrics)
+        do { try repository.load() } catch { fatalExit("cannot load the workdir \(cfg.workdir): \(error)") }
+        serverLog.info("pageserver started", metadata: ["workdir": "\(cfg.workdir)", "listen_http": "\(cfg.listenHttp)",
+                                                        "listen_pg": "\(cfg.listenPg)", "io_engine": "\(repository.context.io.kind.rawValue)",
+                                                        "timelines": "\(repository.allTimelines().count)"])
+        let app = Application(router: HTTPAPI(repository: repository).makeRouter(),
+                              configuration: .init(address: .hostname(httpHost, port: httpPort), serverName: "pageserver"),
+                              logger: { var l = Logger(label: "pageserver.http"); l.logLevel = .warning; return l }())
+        do {
+            try await app.runService()
+        } catch {
+            serverLog.error("HTTP server failed: \(error)")
+            repository.shutdown()
+            throw ExitCode(1)
+        }
+        serverLog.info("shutting down: flushing every timeline")
+        repository.shutdown()
+        serverLog.info("pageserver stopped")
     }
+}
+
+func splitHostPort(_ s: String) -> (String, Int)? {
+    guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), port > 0, port < 65536 else { return nil }
+    return (String(s[..<colon]), port)
+}
+
+func fatalExit(_ message: String) -> Never {
+    FileHandle.standardError.write(Data(("pageserver: " + message + "\n").utf8))
+    exit(1)
 }
 
 /// The workdir's lock file: a second server on the same workdir refuses to start.
@@ -40,17 +77,13 @@ final class WorkdirLock {
     let fd: Int32
 
     init(workdir: String) throws {
-        var current = workdir.hasPrefix("/") ? "" : "."
-        for part in workdir.split(separator: "/") {
-            current += "/" + part
-            mkdir(current, 0o755)
-        }
+        try DurableFile.makeDirectory(workdir)
         path = workdir + "/pageserver.lock"
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ValidationError("cannot open lock file \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw StorageError(.io, "cannot open the lock file: \(String(cString: strerror(errno)))", file: path) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             close(fd)
-            throw ValidationError("another pageserver is already running on workdir \(workdir) (lock file \(path) is held)")
+            throw StorageError(.invalidArgument, "another pageserver is already running on workdir \(workdir) (lock file \(path) is held)")
         }
         ftruncate(fd, 0)
         let pid = "\(getpid())\n"

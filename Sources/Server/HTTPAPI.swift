@@ -1,0 +1,138 @@
+import Foundation
+import Hummingbird
+import LSM
+
+/// The management API (contract: ../shared/contract.md, "HTTP management API"). JSON bodies, LSNs as
+/// strings, errors as `{"msg": ...}` with 400 (bad input), 404 (unknown tenant/timeline) or 409
+/// (conflict). Slow work (attach, checkpoint) runs on a worker thread, never on the event loop.
+struct HTTPAPI {
+    let repository: Repository
+
+    func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/v1/status") { _, _ in json(200, ["id": "pageserver", "status": "ok"]) }
+        router.get("/metrics") { _, _ in
+            repository.updateGauges()
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: repository.metrics.render())))
+        }
+        router.get("/v1/tenant") { _, _ in
+            json(200, repository.tenantIds().map { ["id": "\($0)"] })
+        }
+        router.post("/v1/tenant") { req, ctx in
+            await handle {
+                let body = try await jsonBody(req, ctx)
+                let id = try tenantId(body["new_tenant_id"], field: "new_tenant_id")
+                guard try repository.createTenant(id) else { throw APIError.conflict("tenant \(id) already exists") }
+                return json(201, ["id": "\(id)"])
+            }
+        }
+        router.get("/v1/tenant/:tenant_id/timeline") { _, ctx in
+            await handle {
+                let t = try tenantId(ctx.parameters.get("tenant_id"), field: "tenant_id")
+                return json(200, try repository.timelines(of: t).map { $0.json() })
+            }
+        }
+        router.post("/v1/tenant/:tenant_id/timeline") { req, ctx in
+            await handle {
+                let t = try tenantId(ctx.parameters.get("tenant_id"), field: "tenant_id")
+                let body = try await jsonBody(req, ctx)
+                let id = try timelineId(body["new_timeline_id"], field: "new_timeline_id")
+                if let source = body["wal_source"] {
+                    guard let conninfo = source as? String, !conninfo.isEmpty else { throw APIError.badRequest("wal_source must be a connection string") }
+                    let timeline = try await blocking { try TimelineAttach.attach(repository: repository, tenant: t, timeline: id, walSource: conninfo) }
+                    return json(201, timeline.json())
+                }
+                if body["ancestor_timeline_id"] != nil {
+                    throw APIError.badRequest("branching is not implemented yet (issue 6)")
+                }
+                throw APIError.badRequest("give either wal_source (attach to a primary) or ancestor_timeline_id (branch)")
+            }
+        }
+        router.get("/v1/tenant/:tenant_id/timeline/:timeline_id") { _, ctx in
+            await handle { json(200, try timeline(ctx).json()) }
+        }
+        router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint") { _, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                let lsn = try await blocking { try tl.store.checkpoint() }
+                return json(200, ["disk_consistent_lsn": "\(lsn)", "last_record_lsn": "\(tl.store.lastRecordLSN)"])
+            }
+        }
+        router.get("/v1/tenant/:tenant_id/timeline/:timeline_id/layer") { _, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                let layers: [[String: Any]] = tl.store.layers().map { l in
+                    let d = l.descriptor
+                    return ["kind": d.kind.description, "chunk": "\(d.chunk)", "file_name": d.fileName,
+                            "lsn_start": "\(d.lsnStart)", "lsn_end": "\(d.lsnEnd)", "file_size": l.fileSize]
+                }
+                return json(200, ["layers": layers, "count": layers.count,
+                                  "total_bytes": tl.store.layers().reduce(UInt64(0)) { $0 + $1.fileSize }])
+            }
+        }
+        return router
+    }
+
+    private func timeline(_ ctx: BasicRequestContext) throws -> Timeline {
+        let t = try tenantId(ctx.parameters.get("tenant_id"), field: "tenant_id")
+        let tl = try timelineId(ctx.parameters.get("timeline_id"), field: "timeline_id")
+        return try repository.timeline(t, tl)
+    }
+}
+
+func tenantId(_ v: Any?, field: String) throws -> TenantId {
+    guard let s = v as? String else { throw APIError.badRequest("\(field) is required (32 lowercase hex characters)") }
+    guard let id = TenantId(parsing: s) else { throw APIError.badRequest("\(field) '\(s)' is not 32 lowercase hex characters") }
+    return id
+}
+
+func timelineId(_ v: Any?, field: String) throws -> TimelineId {
+    guard let s = v as? String else { throw APIError.badRequest("\(field) is required (32 lowercase hex characters)") }
+    guard let id = TimelineId(parsing: s) else { throw APIError.badRequest("\(field) '\(s)' is not 32 lowercase hex characters") }
+    return id
+}
+
+func json(_ status: Int, _ object: Any) -> Response {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+}
+
+/// Runs `body`, turning thrown errors into JSON error responses.
+func handle(_ body: () async throws -> Response) async -> Response {
+    do {
+        return try await body()
+    } catch let e as APIError {
+        return json(e.status, ["msg": e.message])
+    } catch let e as StorageError {
+        let status = e.code == .notFound ? 404 : e.code == .invalidArgument ? 400 : 500
+        return json(status, ["msg": e.description])
+    } catch {
+        return json(500, ["msg": "\(error)"])
+    }
+}
+
+func jsonBody(_ req: Request, _ ctx: BasicRequestContext) async throws -> [String: Any] {
+    let buffer: ByteBuffer
+    do { buffer = try await req.body.collect(upTo: 1 << 20) } catch {
+        throw APIError.badRequest("request body is too large or unreadable")
+    }
+    let bytes = Data(buffer.readableBytesView)
+    if bytes.isEmpty { return [:] }
+    guard let obj = try? JSONSerialization.jsonObject(with: bytes), let dict = obj as? [String: Any] else {
+        throw APIError.badRequest("request body is not a JSON object")
+    }
+    return dict
+}
+
+/// Runs blocking work on a thread of its own and awaits it.
+func blocking<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { cont in
+        Thread.detachNewThread {
+            do { cont.resume(returning: try work()) } catch { cont.resume(throwing: error) }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import LSM
+import Synchronization
+
+/// The tenants and timelines of one workdir (the seed's "repository"), and the on-disk layout:
+///
+///     WORKDIR/pageserver.lock
+///     WORKDIR/tenants/<tenant_id>/timelines/<timeline_id>/{timeline.json, manifest, *.delta, *.image}
+///
+/// Invariants:
+/// 1. A timeline is in `tenants` only once its directory and `timeline.json` are durable.
+/// 2. Ids in paths are the 32-hex-character forms; anything else under `tenants/` is ignored.
+final class Repository: Sendable {
+    let config: ServerConfig
+    let context: StorageContext
+    let metrics: ServerMetrics
+    private let tenants = Mutex<[TenantId: [TimelineId: Timeline]]>([:])
+
+    init(config: ServerConfig, metrics: ServerMetrics) {
+        self.config = config
+        self.metrics = metrics
+        self.context = StorageContext(io: makeBlockIO(config.ioEngine), dataCacheBytes: config.pageCacheBytes,
+                                      indexCacheBytes: config.indexCacheBytes, directIO: config.directIO)
+    }
+
+    var tenantsDirectory: String { config.workdir + "/tenants" }
+    func tenantDirectory(_ t: TenantId) -> String { tenantsDirectory + "/\(t)" }
+    func timelineDirectory(_ t: TenantId, _ tl: TimelineId) -> String { tenantDirectory(t) + "/timelines/\(tl)" }
+
+    /// Loads every tenant and timeline found in the workdir and starts their WAL receivers.
+    func load() throws {
+        try DurableFile.makeDirectory(tenantsDirectory)
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: tenantsDirectory)) ?? [] {
+            guard let tid = TenantId(parsing: name) else { continue }
+            var timelines: [TimelineId: Timeline] = [:]
+            let tlDir = tenantDirectory(tid) + "/timelines"
+            for tlName in (try? FileManager.default.contentsOfDirectory(atPath: tlDir)) ?? [] {
+                guard let tlid = TimelineId(parsing: tlName) else { continue }
+                let dir = tlDir + "/" + tlName
+                guard FileManager.default.fileExists(atPath: dir + "/" + TimelineMetadata.fileName) else {
+                    // A timeline whose creation did not finish: its metadata never became durable.
+                    try? FileManager.default.removeItem(atPath: dir)
+                    continue
+                }
+                let timeline = try Timeline.open(tenantId: tid, timelineId: tlid, directory: dir, repository: self)
+                timelines[tlid] = timeline
+            }
+            tenants.withLock { $0[tid] = timelines }
+        }
+        for t in allTimelines() { t.startBackgroundWork() }
+    }
+
+    func allTimelines() -> [Timeline] { tenants.withLock { $0.values.flatMap { $0.values } } }
+
+    func tenantIds() -> [TenantId] { tenants.withLock { Array($0.keys) }.sorted() }
+
+    /// Creates a tenant. Returns false when it already exists.
+    func createTenant(_ id: TenantId) throws -> Bool {
+        if tenants.withLock({ $0[id] != nil }) { return false }
+        try DurableFile.makeDirectory(tenantDirectory(id) + "/timelines")
+        return tenants.withLock { t in
+            if t[id] != nil { return false }
+            t[id] = [:]
+            return true
+        }
+    }
+
+    func timelines(of tenant: TenantId) throws -> [Timeline] {
+        guard let tls = tenants.withLock({ $0[tenant] }) else { throw APIError.notFound("tenant \(tenant) not found") }
+        return tls.values.sorted { $0.timelineId < $1.timelineId }
+    }
+
+    func timeline(_ tenant: TenantId, _ id: TimelineId) throws -> Timeline {
+        guard let tls = tenants.withLock({ $0[tenant] }) else { throw APIError.notFound("tenant \(tenant) not found") }
+        guard let tl = tls[id] else { throw APIError.notFound("timeline \(id) not found in tenant \(tenant)") }
+        return tl
+    }
+
+    func register(_ timeline: Timeline) throws {
+        try tenants.withLock { t in
+            guard t[timeline.tenantId] != nil else { throw APIError.notFound("tenant \(timeline.tenantId) not found") }
+            guard t[timeline.tenantId]![timeline.timelineId] == nil else {
+                throw APIError.conflict("timeline \(timeline.timelineId) already exists in tenant \(timeline.tenantId)")
+            }
+            t[timeline.tenantId]![timeline.timelineId] = timeline
+        }
+    }
+
+    /// Reserves the id (fails with 409 if taken) before slow creation work starts.
+    func ensureAbsent(_ tenant: TenantId, _ id: TimelineId) throws {
+        guard let tls = tenants.withLock({ $0[tenant] }) else { throw APIError.notFound("tenant \(tenant) not found") }
+        if tls[id] != nil || FileManager.default.fileExists(atPath: timelineDirectory(tenant, id)) {
+            throw APIError.conflict("timeline \(id) already exists in tenant \(tenant)")
+        }
+    }
+
+    /// Stops every timeline: WAL receivers end, in-memory layers are flushed.
+    func shutdown() {
+        for t in allTimelines() { t.shutdown() }
+    }
+}
+
+/// An error the HTTP API answers with `{"msg": ...}` and the given status.
+struct APIError: Error, CustomStringConvertible {
+    var status: Int
+    var message: String
+    var description: String { message }
+
+    static func badRequest(_ m: String) -> APIError { APIError(status: 400, message: m) }
+    static func notFound(_ m: String) -> APIError { APIError(status: 404, message: m) }
+    static func conflict(_ m: String) -> APIError { APIError(status: 409, message: m) }
+    static func internalError(_ m: String) -> APIError { APIError(status: 500, message: m) }
+}
+
+extension Repository {
+    /// Refreshes the per-timeline gauges before `/metrics` is rendered.
+    func updateGauges() {
+        for t in allTimelines() {
+            let tid = "\(t.tenantId)", tlid = "\(t.timelineId)"
+            metrics.lsnGauge("pageserver_last_record_lsn", tid, tlid, help: "Last WAL record ingested (LSN as a number)")
+                .set(Int64(bitPattern: t.store.lastRecordLSN.rawValue))
+            metrics.lsnGauge("pageserver_disk_consistent_lsn", tid, tlid, help: "Everything up to this LSN is in layer files")
+                .set(Int64(bitPattern: t.store.diskConsistentLSN.rawValue))
+            let layers = t.store.layers()
+            metrics.layerGauge("pageserver_layer_files", tid, tlid, help: "Layer files of the timeline").set(Int64(layers.count))
+            metrics.layerGauge("pageserver_layer_bytes", tid, tlid, help: "Bytes in layer files of the timeline")
+                .set(Int64(layers.reduce(UInt64(0)) { $0 + $1.fileSize }))
+            metrics.layerGauge("pageserver_in_memory_layer_bytes", tid, tlid, help: "Bytes in in-memory layers").set(Int64(t.store.inMemoryBytes))
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import LSM
+import TOMLKit
+
+/// The daemon's settings: defaults, then the TOML config file, then command-line flags.
+///
+/// Every setting a user may write in the file is listed in `knownKeys`; an unknown key is an error
+/// (a typo must not silently fall back to a default). Units are last in the names.
+struct ServerConfig: Sendable {
+    var workdir = "./.pageserver"
+    var listenPg = "127.0.0.1:64000"
+    var listenHttp = "127.0.0.1:9898"
+    /// Freeze the in-memory layer at this many bytes (Neon's default: 256 MiB).
+    var checkpointDistanceBytes = 256 << 20
+    /// ... or when its oldest value is this many seconds old.
+    var checkpointTimeoutSeconds: Double = 600
+    var ioEngine: IOEngineKind = .ioUring
+    /// Data block cache ("page cache") size.
+    var pageCacheBytes = 512 << 20
+    var indexCacheBytes = 128 << 20
+    var directIO = false
+    /// How long a GetPage above last_record_lsn waits for the WAL.
+    var waitLsnTimeoutSeconds: Double = 300
+    /// Longest record chain one reconstruction may apply.
+    var maxChainLength = 10_000
+    /// Reconnect backoff of the WAL receiver.
+    var walReceiverBackoffMaxSeconds: Double = 10
+
+    static let knownKeys: Set<String> = [
+        "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
+        "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
+        "wal_receiver_backoff_max",
+    ]
+
+    /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
+    /// ("256MiB", "1GB"); durations integers (seconds) or strings ("10s", "5m", "1h").
+    mutating func apply(tomlFile path: String) throws {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigError("cannot read config file \(path): \(error.localizedDescription)")
+        }
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch {
+            throw ConfigError("config file \(path) is not valid TOML: \(error)")
+        }
+        for key in table.keys where !ServerConfig.knownKeys.contains(key) {
+            throw ConfigError("config file \(path): unknown setting '\(key)' (known: \(ServerConfig.knownKeys.sorted().joined(separator: ", ")))")
+        }
+        func string(_ k: String) throws -> String? {
+            guard let v = table[k] else { return nil }
+            guard let s = v.string else { throw ConfigError("config file \(path): '\(k)' must be a string") }
+            return s
+        }
+        func size(_ k: String) throws -> Int? {
+            guard let v = table[k] else { return nil }
+            if let i = v.int { return i }
+            if let s = v.string, let b = parseSize(s) { return b }
+            throw ConfigError("config file \(path): '\(k)' must be a size such as 268435456 or \"256MiB\"")
+        }
+        func seconds(_ k: String) throws -> Double? {
+            guard let v = table[k] else { return nil }
+            if let i = v.int { return Double(i) }
+            if let d = v.double { return d }
+            if let s = v.string, let t = parseDuration(s) { return t }
+            throw ConfigError("config file \(path): '\(k)' must be a duration such as 600 or \"10m\"")
+        }
+        if let v = try string("workdir") { workdir = v }
+        if let v = try string("listen_pg") { listenPg = v }
+        if let v = try string("listen_http") { listenHttp = v }
+        if let v = try size("checkpoint_distance") { checkpointDistanceBytes = v }
+        if let v = try seconds("checkpoint_timeout") { checkpointTimeoutSeconds = v }
+        if let v = try string("io_engine") {
+            guard let k = IOEngineKind(rawValue: v) else { throw ConfigError("config file \(path): io_engine must be \"io_uring\" or \"pread\", not \"\(v)\"") }
+            ioEngine = k
+        }
+        if let v = try size("page_cache_size") { pageCacheBytes = v }
+        if let v = try size("index_cache_size") { indexCacheBytes = v }
+        if let v = table["direct_io"] {
+            guard let b = v.bool else { throw ConfigError("config file \(path): direct_io must be true or false") }
+            directIO = b
+        }
+        if let v = try seconds("wait_lsn_timeout") { waitLsnTimeoutSeconds = v }
+        if let v = table["max_chain_length"] {
+            guard let i = v.int, i > 0 else { throw ConfigError("config file \(path): max_chain_length must be a positive integer") }
+            maxChainLength = i
+        }
+        if let v = try seconds("wal_receiver_backoff_max") { walReceiverBackoffMaxSeconds = v }
+    }
+
+    var storeConfig: StoreConfig {
+        var c = StoreConfig()
+        c.checkpointDistanceBytes = checkpointDistanceBytes
+        c.checkpointTimeoutSeconds = checkpointTimeoutSeconds
+        c.maxChainLength = maxChainLength
+        return c
+    }
+}
+
+struct ConfigError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// "256MiB", "1GB", "64k", "4096" -> bytes.
+func parseSize(_ text: String) -> Int? {
+    let s = text.trimmingCharacters(in: .whitespaces)
+    let digits = s.prefix { $0.isNumber }
+    guard let n = Int(digits) else { return nil }
+    let unit = s.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
+    let mult: Int
+    switch unit {
+    case "", "b": mult = 1
+    case "k", "kb", "kib": mult = 1 << 10
+    case "m", "mb", "mib": mult = 1 << 20
+    case "g", "gb", "gib": mult = 1 << 30
+    default: return nil
+    }
+    return n * mult
+}
+
+/// "10s", "5m", "1h", "250ms", "30" -> seconds.
+func parseDuration(_ text: String) -> Double? {
+    let s = text.trimmingCharacters(in: .whitespaces)
+    let digits = s.prefix { $0.isNumber || $0 == "." }
+    guard let n = Double(digits) else { return nil }
+    switch s.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased() {
+    case "", "s", "sec": return n
+    case "ms": return n / 1000
+    case "m", "min": return n * 60
+    case "h": return n * 3600
+    case "d": return n * 86400
+    default: return nil
+    }
+}

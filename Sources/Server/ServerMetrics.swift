@@ -1,0 +1,38 @@
+import Prometheus
+
+/// The daemon's Prometheus metrics. Per-timeline gauges are labelled with tenant and timeline ids.
+final class ServerMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+
+    func walBytesReceived(_ tenant: String, _ timeline: String) -> Counter {
+        registry.makeCounter(name: "pageserver_wal_received_bytes_total", labels: [("tenant_id", tenant), ("timeline_id", timeline)],
+                             help: "WAL bytes received from the primary")
+    }
+
+    func recordsIngested(_ tenant: String, _ timeline: String, rmgr: String) -> Counter {
+        registry.makeCounter(name: "pageserver_wal_records_ingested_total",
+                             labels: [("tenant_id", tenant), ("timeline_id", timeline), ("rmgr", rmgr)],
+                             help: "WAL records ingested, by resource manager")
+    }
+
+    func recordsUninterpreted(_ tenant: String, _ timeline: String, rmgr: String) -> Counter {
+        registry.makeCounter(name: "pageserver_wal_records_uninterpreted_total",
+                             labels: [("tenant_id", tenant), ("timeline_id", timeline), ("rmgr", rmgr)],
+                             help: "WAL records stored but not interpreted by ingest, by resource manager")
+    }
+
+    func lsnGauge(_ name: String, _ tenant: String, _ timeline: String, help: String) -> Gauge {
+        registry.makeGauge(name: name, labels: [("tenant_id", tenant), ("timeline_id", timeline)], help: help)
+    }
+
+    func layerGauge(_ name: String, _ tenant: String, _ timeline: String, help: String) -> Gauge {
+        registry.makeGauge(name: name, labels: [("tenant_id", tenant), ("timeline_id", timeline)], help: help)
+    }
+
+    /// The exposition text for `GET /metrics`.
+    func render() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}

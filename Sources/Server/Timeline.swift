@@ -1,0 +1,94 @@
+import Foundation
+import LSM
+import Synchronization
+
+/// One timeline as the daemon runs it: its store, its durable metadata, its WAL receiver.
+///
+/// States: `attaching` (base backup being imported), `active`, `broken` (ingest stopped with an
+/// error; reads of what was stored still work), `stopping`.
+final class Timeline: Sendable {
+    enum State: Sendable, Equatable {
+        case attaching, active, broken(String), stopping
+
+        var name: String {
+            switch self {
+            case .attaching: return "Attaching"
+            case .active: return "Active"
+            case .broken: return "Broken"
+            case .stopping: return "Stopping"
+            }
+        }
+    }
+
+    let tenantId: TenantId
+    let timelineId: TimelineId
+    let directory: String
+    let store: TimelineStore
+    let metadata: Mutex<TimelineMetadata>
+    let state: Mutex<State>
+    let receiver = Mutex<WalReceiver?>(nil)
+    unowned let repository: Repository
+
+    init(tenantId: TenantId, timelineId: TimelineId, directory: String, store: TimelineStore, metadata: TimelineMetadata,
+         state: State, repository: Repository) {
+        self.tenantId = tenantId
+        self.timelineId = timelineId
+        self.directory = directory
+        self.store = store
+        self.metadata = Mutex(metadata)
+        self.state = Mutex(state)
+        self.repository = repository
+    }
+
+    /// Opens an existing timeline directory.
+    static func open(tenantId: TenantId, timelineId: TimelineId, directory: String, repository: Repository) throws -> Timeline {
+        let meta = try TimelineMetadata.load(directory: directory)
+        let store = try TimelineStore.open(directory: directory, config: repository.config.storeConfig, context: repository.context)
+        return Timeline(tenantId: tenantId, timelineId: timelineId, directory: directory, store: store, metadata: meta,
+                        state: .active, repository: repository)
+    }
+
+    var walSource: String? { metadata.withLock { $0.walSource } }
+
+    /// Starts the WAL receiver when the timeline has a WAL source.
+    func startBackgroundWork() {
+        guard walSource != nil else { return }
+        let r = WalReceiver(timeline: self)
+        receiver.withLock { $0 = r }
+        r.start()
+    }
+
+    func markBroken(_ message: String) {
+        state.withLock { $0 = .broken(message) }
+    }
+
+    /// Stops the receiver and flushes the in-memory layer.
+    func shutdown() {
+        state.withLock { if case .broken = $0 {} else { $0 = .stopping } }
+        receiver.withLock { $0 }?.stop()
+        do { try store.checkpoint() } catch { serverLog.error("final flush of timeline \(timelineId) failed: \(error)") }
+        store.close()
+    }
+
+    /// The timeline object of the HTTP API.
+    func json() -> [String: Any] {
+        let m = metadata.withLock { $0 }
+        var o: [String: Any] = [
+            "tenant_id": "\(tenantId)",
+            "timeline_id": "\(timelineId)",
+            "ancestor_timeline_id": m.ancestorTimelineId as Any? ?? NSNull(),
+            "ancestor_lsn": m.ancestorLsn,
+            "start_lsn": m.startLsn,
+            "last_record_lsn": "\(store.lastRecordLSN)",
+            "disk_consistent_lsn": "\(store.diskConsistentLSN)",
+            "latest_gc_cutoff_lsn": "\(store.gcCutoffLSN)",
+            "state": state.withLock { $0.name },
+            "wal_source": m.walSource.map { redactConnInfo($0) } as Any? ?? NSNull(),
+            "created_at": m.createdAt,
+        ]
+        if case .broken(let why) = state.withLock({ $0 }) { o["broken_reason"] = why }
+        if let sys = m.systemId { o["system_id"] = sys }
+        o["in_memory_bytes"] = store.inMemoryBytes
+        return o
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import LSM
+
+/// A timeline's durable description, `timeline.json` in the timeline directory
+/// (format-spec.md, "Timeline metadata"). Written with the durable-replace protocol; read at start-up.
+///
+/// The WAL source keeps its password (the receiver must log in again after a restart), so the file
+/// is created with mode 0600 and the API only ever shows the redacted form.
+struct TimelineMetadata: Codable, Sendable {
+    static let fileName = "timeline.json"
+    static let formatName = "pageserver-timeline"
+    static let currentVersion = 1
+
+    var format = TimelineMetadata.formatName
+    var formatVersion = TimelineMetadata.currentVersion
+    var tenantId: String
+    var timelineId: String
+    var ancestorTimelineId: String?
+    /// The branch point in the ancestor (0/0 without an ancestor).
+    var ancestorLsn: String
+    /// The LSN the timeline's own data starts at (the base backup's start LSN for an attached one).
+    var startLsn: String
+    var walSource: String?
+    var systemId: String?
+    var createdAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion = "format_version", tenantId = "tenant_id", timelineId = "timeline_id"
+        case ancestorTimelineId = "ancestor_timeline_id", ancestorLsn = "ancestor_lsn", startLsn = "start_lsn"
+        case walSource = "wal_source", systemId = "system_id", createdAt = "created_at"
+    }
+
+    static func load(directory: String) throws -> TimelineMetadata {
+        let path = directory + "/" + fileName
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw StorageError(.notFound, "timeline metadata is missing", file: path)
+        }
+        let m: TimelineMetadata
+        do { m = try JSONDecoder().decode(TimelineMetadata.self, from: data) } catch {
+            throw StorageError(.corruption, "timeline metadata is not valid: \(error)", file: path)
+        }
+        guard m.format == formatName else { throw StorageError(.corruption, "not a timeline metadata file", file: path) }
+        guard m.formatVersion == currentVersion else {
+            throw StorageError(.unsupported, "timeline metadata format version \(m.formatVersion) is not supported", file: path)
+        }
+        return m
+    }
+
+    func save(directory: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let bytes = [UInt8](try enc.encode(self)) + [0x0A]
+        try DurableFile.replace(directory + "/" + TimelineMetadata.fileName, with: bytes, directory: directory, mode: 0o600)
+    }
+}
+
+/// Durable whole-file replacement for the daemon's small files: write NAME.tmp, fsync, rename,
+/// fsync the directory.
+enum DurableFile {
+    static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o644) throws {
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw StorageError(.io, "cannot create: \(String(cString: strerror(errno)))", file: tmp) }
+        var ok = bytes.withUnsafeBytes { b in
+            var done = 0
+            while done < b.count {
+                let n = write(fd, b.baseAddress! + done, b.count - done)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                done += n
+            }
+            return true
+        }
+        if ok { ok = fsync(fd) == 0 }
+        let err = errno
+        close(fd)
+        guard ok else { throw StorageError(.io, "cannot write: \(String(cString: strerror(err)))", file: tmp) }
+        guard rename(tmp, path) == 0 else { throw StorageError(.io, "rename failed: \(String(cString: strerror(errno)))", file: path) }
+        let dfd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+
+    static func makeDirectory(_ path: String) throws {
+        var current = path.hasPrefix("/") ? "" : "."
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw StorageError(.io, "mkdir failed: \(String(cString: strerror(errno)))", file: current)
+            }
+        }
+    }
+}
+
+func rfc3339Now() -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: Date())
+}
