@@ -1,7 +1,7 @@
 # The page server's make targets. `make demo` and `make test` install what they need.
 SHELL := /bin/bash
 SWIFT ?= swift
-APT_PACKAGES := liblz4-dev liburing-dev libzstd-dev
+APT_PACKAGES := liblz4-dev liburing-dev libzstd-dev postgresql-15
 
 .PHONY: deps build release test demo bench clean
 

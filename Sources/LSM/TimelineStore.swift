@@ -60,6 +60,8 @@ public final class StorageContext: Sendable {
 ///    to manifest.tmp, fsync, rename over manifest, fsync the directory;
 /// 3. swap the layer map: add the new files, drop the frozen layer.
 /// A crash before the manifest rename leaves files the manifest does not name; `open` deletes them.
+/// A new store writes an empty manifest when it is created, so a manifest always exists once any
+/// layer file can.
 ///
 /// Invariants:
 /// 1. Every record with LSN <= disk_consistent_lsn is in a layer file named by the manifest.
@@ -98,7 +100,11 @@ public final class TimelineStore: Sendable {
             if let stray = names.first(where: { LayerDescriptor(fileName: $0) != nil }) {
                 throw StorageError(.corruption, "the manifest is missing but layer files exist (for example \(stray)); restore the manifest or move the files away", file: manifestPath)
             }
+            // A new store writes its empty manifest before anything else, so that from now on
+            // "layer files but no manifest" can only mean a lost manifest, never a crash during
+            // the first flush.
             manifest = Manifest()
+            try FileOps.replaceDurably(manifestPath, with: manifest.encode(), directory: directory)
         }
         let referenced = Set(manifest.layers.map { $0.layer.fileName })
         for name in names {
@@ -215,9 +221,11 @@ public final class TimelineStore: Sendable {
         while let layer = map.withLock({ $0.frozen.first }) {
             do {
                 try flush(layer)
-            } catch let e as StorageError {
+            } catch {
+                // After a failed flush the on-disk state is unknown until a reopen: refuse writes.
+                let e = error as? StorageError ?? StorageError(.io, "flush failed: \(error)")
                 writer.withLock { $0.broken = e }
-                throw e
+                throw error
             }
         }
     }

@@ -1,0 +1,147 @@
+import CShims
+import LSM
+
+/// One complete WAL record, checked and taken apart.
+///
+/// Layout of a record's bytes once reassembled (page headers removed):
+///
+///     [XLogRecordHeader, 24 bytes]
+///     [fragment headers, each led by an id byte, in this order:
+///        block reference headers (ids 0...32, ascending; see `BlockReference`),
+///        252 toplevel xid (u32), 253 replication origin (u16),
+///        255 short main data length (u8) or 254 long main data length (u32), always last]
+///     [payloads: per block in id order its image bytes then its data bytes; then the main data]
+///
+/// Invariants:
+/// 1. A `DecodedRecord` exists only for bytes whose CRC-32C matched (the CRC is checked before any
+///    fragment is parsed, so damaged bytes fail as `checksumMismatch`, never as a layout error).
+/// 2. `bytes.count == header.totalLength`, and the fragment headers account for every payload byte:
+///    the payload lengths sum to exactly what follows the headers.
+/// 3. Block ids are strictly ascending; every image is restored to 8192 bytes (see `BlockImage`).
+/// 4. `endLSN` is PostgreSQL's EndRecPtr for the record (what redo stamps as pd_lsn) and
+///    `nextRecordLSN` is where the next record starts; both follow from `startLSN`, the length and the
+///    segment size alone (see `PostgresWAL.endOfRecord`).
+public struct DecodedRecord: Sendable {
+    /// Where the record starts (its header's first byte); pg_waldump's "lsn".
+    public var startLSN: LSN
+    /// PostgreSQL's EndRecPtr: the position just past the record's last byte rounded up to 8
+    /// (MAXALIGN). This is the LSN redo stamps on the pages it changes, the `end_lsn` of
+    /// pg_walinspect, and may be a page boundary. For XLOG_SWITCH it is the next segment boundary.
+    public var endLSN: LSN
+    /// Where the following record starts: `endLSN`, or past the page header when `endLSN` is a page
+    /// boundary.
+    public var nextRecordLSN: LSN
+    public var header: XLogRecordHeader
+    /// The record's block references in id order.
+    public var blocks: [BlockReference]
+    /// Set for records of a subtransaction written before its top-level xid was logged.
+    public var toplevelXid: TransactionId?
+    public var origin: ReplicationOriginId?
+    /// The rmgr's main data.
+    public var mainData: [UInt8]
+    /// The whole reassembled record, header included: what PostgreSQL's redo reads. Decode it again
+    /// with `init(parsing:at:)`.
+    public var bytes: [UInt8]
+
+    public var xid: TransactionId { header.xid }
+    public var prev: LSN { header.prev }
+    public var info: UInt8 { header.info }
+    public var resourceManager: ResourceManagerId { header.resourceManager }
+    public var totalLength: Int { Int(header.totalLength) }
+    public var isSwitch: Bool { header.isSwitch }
+
+    /// Bytes of the record taken by stored page images: pg_waldump's "tot" minus "rec".
+    public var imageBytes: Int { blocks.reduce(0) { $0 + ($1.image?.storedLength ?? 0) } }
+
+    // Fragment ids that are not block references.
+    static let idTopLevelXid: UInt8 = 252
+    static let idOrigin: UInt8 = 253
+    static let idMainDataLong: UInt8 = 254
+    static let idMainDataShort: UInt8 = 255
+
+    /// The CRC PostgreSQL stores in xl_crc: CRC-32C over the bytes after the header, continued over the
+    /// header up to xl_crc.
+    public static func checksum(of record: UnsafeRawBufferPointer) -> UInt32 {
+        precondition(record.count >= XLogRecordHeader.size)
+        let body = cs_crc32c(0, record.baseAddress! + XLogRecordHeader.size, record.count - XLogRecordHeader.size)
+        return cs_crc32c(body, record.baseAddress!, XLogRecordHeader.crcOffset)
+    }
+
+    /// Checks and decodes one reassembled record that starts at `startLSN`.
+    public init(parsing bytes: [UInt8], at startLSN: LSN,
+                segmentSize: Int = PostgresWAL.defaultSegmentSize) throws {
+        let header = try XLogRecordHeader(parsing: bytes)
+        guard Int(header.totalLength) == bytes.count else {
+            throw WALError.corrupt("record length \(header.totalLength) does not match the \(bytes.count) bytes given", record: startLSN)
+        }
+        let computed = bytes.withUnsafeBytes { Self.checksum(of: $0) }
+        guard computed == header.crc else {
+            throw WALError(.checksumMismatch, "record has CRC-32C 0x\(String(header.crc, radix: 16)) but its bytes give 0x\(String(computed, radix: 16))", recordLSN: startLSN)
+        }
+        self.startLSN = startLSN
+        self.header = header
+        self.bytes = bytes
+        endLSN = PostgresWAL.endOfRecord(startingAt: startLSN, totalLength: header.totalLength,
+                                         isSwitch: header.isSwitch, segmentSize: segmentSize)
+        nextRecordLSN = PostgresWAL.recordStart(after: endLSN, segmentSize: segmentSize)
+        blocks = []
+        toplevelXid = nil
+        origin = nil
+        mainData = []
+        try bytes.withUnsafeBytes { try decodeFragments($0) }
+    }
+
+    private mutating func decodeFragments(_ record: UnsafeRawBufferPointer) throws {
+        let lsn = startLSN
+        var r = LittleEndianReader(UnsafeRawBufferPointer(rebasing: record[XLogRecordHeader.size...]),
+                                   context: "record", recordLSN: lsn)
+        var headers: [BlockReference.Header] = []
+        var payloadBytes = 0
+        var mainDataLength = 0
+        var previousRelation: RelFileNode?
+        // Fragment headers, until the bytes left are exactly the payloads they announce.
+        while r.remaining > payloadBytes {
+            let id = try r.u8()
+            switch id {
+            case Self.idMainDataShort:
+                mainDataLength = Int(try r.u8())
+            case Self.idMainDataLong:
+                mainDataLength = Int(try r.u32())
+            case Self.idOrigin:
+                origin = ReplicationOriginId(try r.u16())
+            case Self.idTopLevelXid:
+                toplevelXid = TransactionId(try r.u32())
+            case 0...BlockReference.maximumId:
+                if let last = headers.last, id <= last.id {
+                    throw WALError.corrupt("block reference #\(id) follows #\(last.id): ids must ascend", record: lsn)
+                }
+                let h = try BlockReference.readHeader(id: id, &r, previousRelation: previousRelation, record: lsn)
+                previousRelation = h.relation
+                payloadBytes += h.dataLength + (h.image?.storedLength ?? 0)
+                headers.append(h)
+            default:
+                throw WALError.corrupt("invalid fragment id \(id)", record: lsn)
+            }
+            if id == Self.idMainDataShort || id == Self.idMainDataLong {
+                // By convention the main data header is the last one.
+                payloadBytes += mainDataLength
+                break
+            }
+        }
+        guard r.remaining == payloadBytes else {
+            throw WALError.corrupt("record's fragment headers announce \(payloadBytes) payload bytes but \(r.remaining) follow", record: lsn)
+        }
+        blocks.reserveCapacity(headers.count)
+        for h in headers {
+            var image: BlockImage?
+            if let ih = h.image {
+                image = try BlockImage.restore(ih, stored: try r.bytes(ih.storedLength), blockId: h.id, record: lsn)
+            }
+            let data = [UInt8](try r.bytes(h.dataLength))
+            blocks.append(BlockReference(id: h.id, flags: h.flags, relation: h.relation, fork: h.fork,
+                                         block: h.block, image: image, data: data))
+        }
+        mainData = [UInt8](try r.bytes(mainDataLength))
+        precondition(r.remaining == 0, "payload lengths were checked against the bytes left")
+    }
+}

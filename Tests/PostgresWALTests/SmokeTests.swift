@@ -1,3 +1,0 @@
-import XCTest
-@testable import PostgresWAL
-final class PostgresWALSmokeTests: XCTestCase { func testModuleLoads() { _ = PostgresWAL.self } }
