@@ -62,7 +62,11 @@ let package = Package(
         ),
         .testTarget(name: "LSMTests", dependencies: ["LSM"]),
         .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL"]),
-        .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol"]),
+        .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol", "PGTestSupport"]),
+        // A throwaway PostgreSQL 15 primary for the integration tests.
+        .target(name: "PGTestSupport", path: "Tests/PGTestSupport"),
+        // The daemon end to end: the real pageserver binary against a real primary.
+        .testTarget(name: "ServerTests", dependencies: ["PGTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -57,6 +57,8 @@ public final class InMemoryLayer: Sendable {
 
     public var bytes: Int { state.withLock { $0.bytes } }
     public var endLSN: LSN? { state.withLock { $0.endLSN } }
+    /// The LSN of the newest put (zero when empty).
+    var maxPutLSN: LSN { state.withLock { $0.maxLSN } }
     public var isEmpty: Bool { state.withLock { s in s.frozen.map { $0.index.isEmpty } ?? s.index.isEmpty } }
 
     public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {

@@ -75,6 +75,8 @@ public final class TimelineStore: Sendable {
     private struct WriterState: ~Copyable {
         var lastRecordLSN: LSN
         var broken: StorageError?
+        /// Freeze at the next record boundary (`advance`).
+        var freezeRequested = false
     }
 
     private let map: Mutex<LayerMap>
@@ -150,7 +152,10 @@ public final class TimelineStore: Sendable {
     // MARK: - State
 
     public var diskConsistentLSN: LSN { manifest.withLock { $0.diskConsistentLSN } }
-    public var lastRecordLSN: LSN { writer.withLock { $0.lastRecordLSN } }
+    /// The newest LSN written: the last record completed by `advance`, or the LSN of a newer put.
+    public var lastRecordLSN: LSN {
+        writer.withLock { w in max(w.lastRecordLSN, map.withLock { $0.open.maxPutLSN }) }
+    }
     public var gcCutoffLSN: LSN { manifest.withLock { $0.gcCutoffLSN } }
     public var inMemoryBytes: Int { map.withLock { m in m.frozen.reduce(m.open.bytes) { $0 + $1.bytes } } }
 
@@ -162,55 +167,94 @@ public final class TimelineStore: Sendable {
     // MARK: - Writes
 
     /// Stores `value` under (key, lsn). REQUIRES: one ingest thread; LSNs non-decreasing and above
-    /// disk_consistent_lsn.
+    /// disk_consistent_lsn. The puts of one record all carry its LSN and are followed by
+    /// `advance(to:)`, which marks the record complete: layers are frozen only at such boundaries,
+    /// never between two puts of one record.
     public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
         try writer.withLock { w in
             if let e = w.broken { throw e }
             let open = map.withLock { $0.open }
             try open.put(key, lsn, value)
-            if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn }
+            if open.bytes >= config.checkpointDistanceBytes { w.freezeRequested = true }
         }
-        try maybeFreeze()
     }
 
-    /// Records that every record up to `lsn` has been put (records may store no values).
+    /// Records that every record up to `lsn` is complete (records may store no values). Freezes the
+    /// in-memory layer here when it is due (checkpoint_distance, checkpoint_timeout or a requested
+    /// checkpoint), and flushes in this thread when too many frozen layers wait (backpressure).
     public func advance(to lsn: LSN) {
-        writer.withLock { w in if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn } }
-    }
-
-    private func maybeFreeze() throws {
+        let due = writer.withLock { w -> Bool in
+            if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn }
+            return w.freezeRequested
+        }
         let open = map.withLock { $0.open }
-        let age = Double(monotonicNanos() - open.createdAtNanos) / 1e9
-        guard open.bytes >= config.checkpointDistanceBytes || (age >= config.checkpointTimeoutSeconds && !open.isEmpty) else { return }
-        freeze()
+        let aged = !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds
+        guard due || aged else { return }
+        guard freezeAtRecordBoundary() == .frozen else { return }
         let waiting = map.withLock { $0.frozen.count }
         if !config.backgroundFlush || waiting > config.maxFrozenLayers {
-            try flushFrozenLayers()
+            do { try flushFrozenLayers() } catch { LSMLog.warning("flush of \(directory) failed: \(error)") }
         } else {
             flushWake.signal()
         }
     }
 
-    /// Closes the open in-memory layer at last_record_lsn + 1 and starts a new one. Returns false
-    /// when there is nothing to freeze.
+    enum FreezeOutcome { case frozen, nothingToFreeze, recordInProgress }
+
+    /// Closes the open in-memory layer at last_record_lsn + 1 and starts a new one, unless the
+    /// layer holds puts of a record not yet completed by `advance` (then it asks `advance` to freeze
+    /// at the next boundary).
     @discardableResult
-    func freeze() -> Bool {
+    func freezeAtRecordBoundary() -> FreezeOutcome {
         writer.withLock { w in
             map.withLock { m in
+                if m.open.maxPutLSN > w.lastRecordLSN {
+                    w.freezeRequested = true
+                    return .recordInProgress
+                }
                 let end = w.lastRecordLSN.advanced(by: 1)
-                guard end > m.open.startLSN else { return false }
+                guard end > m.open.startLSN else { return .nothingToFreeze }
                 m.open.freeze(endLSN: end)
                 m = LayerMap(open: InMemoryLayer(startLSN: end), frozen: m.frozen + [m.open], chunks: m.chunks)
-                return true
+                w.freezeRequested = false
+                return .frozen
             }
         }
     }
 
-    /// Freezes and flushes everything put so far; returns the new disk_consistent_lsn.
+    /// Freezes and flushes everything put so far, treating it as complete; returns the new
+    /// disk_consistent_lsn. REQUIRES: called by the ingest thread (or with no ingest running).
     @discardableResult
     public func checkpoint() throws -> LSN {
-        freeze()
+        writer.withLock { w in
+            let m = map.withLock { $0.open.maxPutLSN }
+            if m > w.lastRecordLSN { w.lastRecordLSN = m }
+        }
+        freezeAtRecordBoundary()
         try flushFrozenLayers()
+        return diskConsistentLSN
+    }
+
+    /// For threads other than the ingest thread: waits until everything up to the last_record_lsn
+    /// seen at the call is in layer files (freezing at the next record boundary the ingest thread
+    /// reaches), at most `timeoutSeconds`. Returns the new disk_consistent_lsn.
+    @discardableResult
+    public func checkpointAtRecordBoundary(timeoutSeconds: Double = 60) throws -> LSN {
+        let target = lastRecordLSN
+        let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
+        while diskConsistentLSN < target {
+            if map.withLock({ !$0.frozen.isEmpty }) {
+                try flushFrozenLayers()
+                continue
+            }
+            if freezeAtRecordBoundary() == .recordInProgress {
+                guard monotonicNanos() < deadline else {
+                    throw StorageError(.io, "checkpoint timed out: the record in progress was not completed within \(timeoutSeconds) s")
+                }
+                usleep(1000)
+            }
+        }
+        if let e = writer.withLock({ $0.broken }) { throw e }
         return diskConsistentLSN
     }
 
@@ -236,7 +280,10 @@ public final class TimelineStore: Sendable {
                 _ = flushWake.wait(seconds: 1)
                 if stopping.load(ordering: .acquiring) { break }
                 do {
-                    try maybeFreezeForTimeout()
+                    let open = map.withLock { $0.open }
+                    if !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds {
+                        freezeAtRecordBoundary()
+                    }
                     try flushFrozenLayers()
                 } catch {
                     LSMLog.warning("flush of \(directory) failed: \(error)")
@@ -244,11 +291,6 @@ public final class TimelineStore: Sendable {
             }
             flusherExited.signal()
         }.start()
-    }
-
-    private func maybeFreezeForTimeout() throws {
-        let open = map.withLock { $0.open }
-        if !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds { freeze() }
     }
 
     private func flush(_ layer: InMemoryLayer) throws {

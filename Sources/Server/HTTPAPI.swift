@@ -56,7 +56,7 @@ struct HTTPAPI {
         router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint") { _, ctx in
             await handle {
                 let tl = try timeline(ctx)
-                let lsn = try await blocking { try tl.store.checkpoint() }
+                let lsn = try await blocking { try tl.store.checkpointAtRecordBoundary() }
                 return json(200, ["disk_consistent_lsn": "\(lsn)", "last_record_lsn": "\(tl.store.lastRecordLSN)"])
             }
         }
@@ -70,6 +70,22 @@ struct HTTPAPI {
                 }
                 return json(200, ["layers": layers, "count": layers.count,
                                   "total_bytes": tl.store.layers().reduce(UInt64(0)) { $0 + $1.fileSize }])
+            }
+        }
+        // Extension of the contract: every relation fork and its size in blocks at an LSN (default
+        // last_record_lsn), from the DbDir, RelDir and size keys.
+        router.get("/v1/tenant/:tenant_id/timeline/:timeline_id/relations") { req, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                var lsn = tl.store.lastRecordLSN
+                if let s = req.uri.queryParameters.get("lsn") {
+                    guard let l = LSN(parsing: s) else { throw APIError.badRequest("lsn '\(s)' is not an LSN like 0/16B3748") }
+                    lsn = l
+                }
+                let at = lsn
+                let rels = try await blocking { try RelationCatalog(store: tl.store).relations(at: at) }
+                return json(200, ["lsn": "\(at)", "relations": rels.map { ["spc": $0.tag.spc, "db": $0.tag.db, "rel": $0.tag.rel,
+                                                                         "fork": $0.tag.fork, "nblocks": $0.nblocks] }])
             }
         }
         return router

@@ -63,10 +63,19 @@ final class Timeline: Sendable {
     }
 
     /// Stops the receiver and flushes the in-memory layer.
+    /// A broken timeline is not flushed: its in-memory layer may hold part of the record that failed,
+    /// and the primary's slot still keeps the WAL from disk_consistent_lsn on.
     func shutdown() {
-        state.withLock { if case .broken = $0 {} else { $0 = .stopping } }
+        let broken = state.withLock { s -> Bool in
+            if case .broken = s { return true }
+            s = .stopping
+            return false
+        }
         receiver.withLock { $0 }?.stop()
-        do { try store.checkpoint() } catch { serverLog.error("final flush of timeline \(timelineId) failed: \(error)") }
+        if !broken {
+            // The receiver has stopped between records, so everything put is complete.
+            do { try store.checkpoint() } catch { serverLog.error("final flush of timeline \(timelineId) failed: \(error)") }
+        }
         store.close()
     }
 

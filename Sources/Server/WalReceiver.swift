@@ -1,18 +1,251 @@
 import Foundation
+import Prometheus
 import LSM
+import PostgresWAL
+import Synchronization
+import WireProtocol
 
-/// Placeholder until the replication client lands.
-final class WalReceiver: Sendable {
+/// Streams a timeline's WAL from its primary and ingests every record, on a thread of its own.
+///
+/// Loop: connect (replication=true), IDENTIFY_SYSTEM (the system id must be the timeline's),
+/// START_REPLICATION SLOT pageserver_<timeline> PHYSICAL at last_record_lsn, then decode and ingest
+/// record by record; every second (and whenever the primary asks) send a standby status with
+/// flush = disk_consistent_lsn, so the slot keeps every byte not yet in layer files. A lost
+/// connection is retried with exponential backoff; invalid WAL (a CRC mismatch, a malformed record)
+/// or a failed ingest stops the timeline's ingest for good (state Broken, with the reason).
+///
+/// Invariants:
+/// 1. A record is ingested only if its end LSN is above last_record_lsn, so a reconnect or a restart
+///    never applies a record twice; streaming restarts at last_record_lsn, so none is skipped.
+/// 2. `WalIngest` lives as long as the receiver: its caches match what the store holds.
+final class WalReceiver: @unchecked Sendable {
+    enum Status: Sendable, Equatable {
+        case connecting
+        case streaming
+        case retrying(String)
+        case stopped(String)
+    }
+
     unowned let timeline: Timeline
-    init(timeline: Timeline) { self.timeline = timeline }
-    func start() {}
-    func stop() {}
-}
+    let status = Mutex<Status>(.connecting)
+    private let stopping = Atomic<Bool>(false)
+    private let exited = DispatchSemaphore(value: 0)
+    private var ingest: WalIngest?
+    private var rmgrCounters: [UInt8: (ingested: Prometheus.Counter, uninterpreted: Prometheus.Counter)] = [:]
+    private let walBytes: Prometheus.Counter
 
-enum TimelineAttach {
-    static func attach(repository: Repository, tenant: TenantId, timeline: TimelineId, walSource: String) throws -> Timeline {
-        throw APIError.badRequest("attach is not implemented yet")
+    init(timeline: Timeline) {
+        self.timeline = timeline
+        self.walBytes = timeline.repository.metrics.walBytesReceived("\(timeline.tenantId)", "\(timeline.timelineId)")
+    }
+
+    func start() {
+        Thread.detachNewThread { [self] in
+            run()
+            exited.signal()
+        }
+    }
+
+    func stop() {
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        exited.wait()
+    }
+
+    private var slotName: String { "pageserver_\(timeline.timelineId)" }
+
+    private func run() {
+        let store = timeline.store
+        let target = TimelineStoreTarget(store: store)
+        let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
+        self.ingest = ingest
+        var backoff = 0.1
+        let maxBackoff = timeline.repository.config.walReceiverBackoffMaxSeconds
+        while !stopping.load(ordering: .acquiring) {
+            do {
+                try streamOnce(ingest)
+                backoff = 0.1
+            } catch let e as WALError {
+                fail("invalid WAL, ingest stopped: \(e)")
+                return
+            } catch let e as IngestStopped {
+                fail(e.message)
+                return
+            } catch {
+                if stopping.load(ordering: .acquiring) { break }
+                let message = "\(error)"
+                status.withLock { $0 = .retrying(message) }
+                serverLog.warning("WAL receiver of timeline \(timeline.timelineId): \(message); retrying in \(String(format: "%.1f", backoff)) s")
+                let until = Date().addingTimeInterval(backoff)
+                while Date() < until && !stopping.load(ordering: .acquiring) { usleep(20_000) }
+                backoff = min(backoff * 2, maxBackoff)
+            }
+        }
+        status.withLock { $0 = .stopped("stopped") }
+    }
+
+    private func fail(_ message: String) {
+        serverLog.error("timeline \(timeline.timelineId): \(message)")
+        status.withLock { $0 = .stopped(message) }
+        timeline.markBroken(message)
+    }
+
+    struct IngestStopped: Error { var message: String }
+
+    private func streamOnce(_ ingest: WalIngest) throws {
+        guard let source = timeline.walSource else { throw IngestStopped(message: "timeline has no WAL source") }
+        let info = try ConnInfo(parsing: source)
+        status.withLock { $0 = .connecting }
+        let conn = try PGConnection.connect(info, replication: true, timeoutSeconds: 10)
+        defer { conn.close() }
+        let system = try conn.identifySystem()
+        if let expected = timeline.metadata.withLock({ $0.systemId }), expected != system.systemId {
+            throw IngestStopped(message: "the WAL source \(info.redacted) is database system \(system.systemId), but this timeline holds system \(expected)")
+        }
+        let store = timeline.store
+        let start = store.lastRecordLSN
+        var decoder = try WALDecoder(startLSN: start)
+        try conn.startReplication(slot: slotName, startLSN: start.rawValue, timeline: system.timeline)
+        status.withLock { $0 = .streaming }
+        serverLog.info("timeline \(timeline.timelineId): streaming WAL from \(info.redacted) at \(start)")
+        var lastStatusTime = Date.distantPast
+        while !stopping.load(ordering: .acquiring) {
+            let message = try conn.receive(timeoutSeconds: 0.5)
+            switch message {
+            case .xlogData(let data)?:
+                walBytes.increment(by: Int64(data.bytes.count))
+                let position = decoder.position.rawValue
+                if data.end <= position { break }
+                guard data.start <= position else {
+                    throw IngestStopped(message: "the primary sent WAL from \(LSN(data.start)) but \(LSN(position)) was expected")
+                }
+                decoder.feed(data.bytes[Int(position - data.start)...])
+                while let record = try decoder.next() {
+                    if record.endLSN <= store.lastRecordLSN { continue }
+                    do {
+                        try ingest.ingest(record)
+                    } catch {
+                        throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
+                    }
+                    count(record)
+                }
+            case .keepalive(_, _, let replyRequested)?:
+                if replyRequested { lastStatusTime = .distantPast }
+            case .endOfStream?:
+                return
+            case nil:
+                break
+            }
+            if Date().timeIntervalSince(lastStatusTime) >= 1 {
+                try conn.sendStandbyStatus(write: decoder.position.rawValue, flush: store.diskConsistentLSN.rawValue,
+                                           apply: store.lastRecordLSN.rawValue)
+                lastStatusTime = Date()
+            }
+        }
+    }
+
+    private func count(_ record: DecodedRecord) {
+        let id = record.resourceManager.rawValue
+        if rmgrCounters[id] == nil {
+            let name = "\(record.resourceManager)"
+            let m = timeline.repository.metrics
+            rmgrCounters[id] = (m.recordsIngested("\(timeline.tenantId)", "\(timeline.timelineId)", rmgr: name),
+                                m.recordsUninterpreted("\(timeline.tenantId)", "\(timeline.timelineId)", rmgr: name))
+        }
+        rmgrCounters[id]!.ingested.increment()
+    }
+
+    /// Waits until streaming has started or failed, at most `seconds`.
+    func waitUntilStreaming(seconds: Double) -> Status {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let s = status.withLock { $0 }
+            switch s {
+            case .streaming, .stopped: return s
+            default: usleep(10_000)
+            }
+        }
+        return status.withLock { $0 }
     }
 }
 
-func redactConnInfo(_ s: String) -> String { s }
+/// Creating a timeline by attaching to a running primary: base backup over the replication
+/// protocol, imported as it arrives, then streaming from the backup's start LSN.
+///
+/// Crash safety: the timeline's directory gets `timeline.json` only after the imported data is
+/// flushed (checkpoint), so a crash during the import leaves a directory without metadata, which
+/// start-up removes.
+enum TimelineAttach {
+    static func attach(repository: Repository, tenant: TenantId, timeline id: TimelineId, walSource: String) throws -> Timeline {
+        try repository.ensureAbsent(tenant, id)
+        let info: ConnInfo
+        do { info = try ConnInfo(parsing: walSource) } catch { throw APIError.badRequest("wal_source is not a valid connection string: \(error)") }
+        let conn: PGConnection
+        do { conn = try PGConnection.connect(info, replication: true, timeoutSeconds: 30) } catch {
+            throw APIError.badRequest("cannot connect to the primary \(info.redacted): \(error)")
+        }
+        defer { conn.close() }
+        let system = try conn.identifySystem()
+        do {
+            _ = try conn.createPhysicalReplicationSlot(name: "pageserver_\(id)", reserveWAL: true)
+        } catch let e as PGError where e.isAlreadyExists {
+            serverLog.info("replication slot pageserver_\(id) already exists; reusing it")
+        }
+        let dir = repository.timelineDirectory(tenant, id)
+        try? FileManager.default.removeItem(atPath: dir)
+        try DurableFile.makeDirectory(dir)
+        var config = repository.config.storeConfig
+        config.backgroundFlush = true
+        let store = try TimelineStore.open(directory: dir, config: config, context: repository.context)
+        do {
+            let backup = try conn.baseBackup(label: "pageserver \(id)", fast: true)
+            let start = LSN(backup.startLSN)
+            let importer = BaseBackupImport(target: TimelineStoreTarget(store: store), startLSN: start)
+            var parser: TarStreamParser?
+            while let chunk = try backup.next() {
+                switch chunk {
+                case .archiveStart(let name, let tablespacePath):
+                    try parser?.finish()
+                    // A tablespace archive holds paths relative to the tablespace directory.
+                    let prefix = tablespacePath.isEmpty ? "" : "pg_tblspc/\(name.replacingOccurrences(of: ".tar", with: ""))/"
+                    parser = TarStreamParser(consumer: importer, prefix: prefix)
+                case .archiveData(let bytes):
+                    guard let parser else { throw APIError.internalError("base backup data arrived before an archive started") }
+                    try parser.feed(bytes)
+                case .manifestStart, .manifestData, .progress:
+                    break
+                }
+            }
+            try parser?.finish()
+            try importer.finish()
+            store.advance(to: start)
+            try store.checkpoint()
+            let meta = TimelineMetadata(tenantId: "\(tenant)", timelineId: "\(id)", ancestorTimelineId: nil,
+                                        ancestorLsn: "\(LSN.zero)", startLsn: "\(start)", walSource: walSource,
+                                        systemId: system.systemId, createdAt: rfc3339Now())
+            try meta.save(directory: dir)
+            serverLog.info("timeline \(id) attached: imported \(importer.filesImported) files, \(importer.blocksImported) blocks at \(start)")
+            let timeline = Timeline(tenantId: tenant, timelineId: id, directory: dir, store: store, metadata: meta,
+                                    state: .active, repository: repository)
+            try repository.register(timeline)
+            timeline.startBackgroundWork()
+            if let r = timeline.receiver.withLock({ $0 }) {
+                switch r.waitUntilStreaming(seconds: 30) {
+                case .streaming: break
+                case .stopped(let why), .retrying(let why): throw APIError.internalError("timeline \(id) was imported but streaming did not start: \(why)")
+                case .connecting: throw APIError.internalError("timeline \(id) was imported but streaming did not start within 30 s")
+                }
+            }
+            return timeline
+        } catch {
+            if (try? repository.timeline(tenant, id)) == nil {
+                store.close()
+                try? FileManager.default.removeItem(atPath: dir)
+            }
+            throw error
+        }
+    }
+}
+
+func redactConnInfo(_ s: String) -> String {
+    (try? ConnInfo(parsing: s).redacted) ?? "(unparsable connection string)"
+}

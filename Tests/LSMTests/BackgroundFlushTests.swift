@@ -44,8 +44,9 @@ final class BackgroundFlushTests: XCTestCase {
             let v = Value.walRecord((0..<Int.random(in: 20...120, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) })
             try store.put(k, LSN(lsn), v)
             model.put(k, LSN(lsn), v)
+            // The record is complete: the store may freeze here (never between puts of one record).
+            store.advance(to: LSN(lsn))
         }
-        store.advance(to: LSN(lsn))
         // No explicit checkpoint: the background thread must have flushed frozen layers by itself.
         let deadline = Date().addingTimeInterval(30)
         while store.diskConsistentLSN == .zero && Date() < deadline { usleep(10_000) }
@@ -82,4 +83,40 @@ final class ManagedCounter: @unchecked Sendable {
     private var count = 0
     var value: Int { lock.lock(); defer { lock.unlock() }; return count }
     func increment() { lock.lock(); count += 1; lock.unlock() }
+}
+
+/// Layers are frozen only at record boundaries: the puts of one record (many keys, one LSN) all land
+/// in the same in-memory layer even when checkpoint_distance is crossed in the middle.
+final class RecordBoundaryTests: XCTestCase {
+    func testDistanceFreezeWaitsForTheRecordToComplete() throws {
+        let dir = makeTempDir("boundary")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        config.checkpointDistanceBytes = 1024
+        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
+        defer { store.close() }
+        // One "record" at LSN 0x200 touching 50 keys, well past checkpoint_distance.
+        for b in 0..<50 { try store.put(relKey(rel: 16384, block: UInt32(b)), LSN(0x200), .image([UInt8](repeating: UInt8(b), count: 100))) }
+        XCTAssertEqual(store.diskConsistentLSN, .zero, "nothing may be frozen before the record completes")
+        store.advance(to: LSN(0x200))
+        XCTAssertEqual(store.diskConsistentLSN, LSN(0x200), "the record boundary freezes and (without a background flusher) flushes")
+        // A checkpoint from another thread waits for the record in progress.
+        try store.put(relKey(rel: 16384, block: 0), LSN(0x300), .walRecord([1]))
+        let done = ManagedAtomicFlag()
+        let t = Thread {
+            _ = try? store.checkpointAtRecordBoundary(timeoutSeconds: 30)
+            done.set()
+        }
+        t.start()
+        usleep(100_000)
+        XCTAssertFalse(done.isSet, "checkpointAtRecordBoundary must not freeze in the middle of a record")
+        try store.put(relKey(rel: 16384, block: 1), LSN(0x300), .walRecord([2]))
+        store.advance(to: LSN(0x300))
+        let deadline = Date().addingTimeInterval(10)
+        while !done.isSet && Date() < deadline { usleep(1000) }
+        XCTAssertTrue(done.isSet)
+        XCTAssertEqual(store.diskConsistentLSN, LSN(0x300))
+        XCTAssertEqual(try store.get(relKey(rel: 16384, block: 1), at: LSN(0x300), redo: AppendRedo()), [UInt8](repeating: 1, count: 100) + [2])
+    }
 }

@@ -1,0 +1,688 @@
+import CShims
+import LSM
+
+/// Turns decoded PostgreSQL 15 WAL records, fed in order, into values in the page server's key space
+/// (see `KeySpace` for the keys and encodings, `EngineRecord` for the engine records).
+///
+/// Every record's values go in at one LSN, the record's `endLSN` (PostgreSQL's EndRecPtr), with at
+/// most one value per key: everything a record does to a key is merged first, then put.
+///
+/// What each record becomes:
+/// - Every block reference: a page image when it carries an image with BKPIMAGE_APPLY (pd_lsn set to
+///   the record's end unless the page is new, as redo does), else the whole record as a `walRecord`
+///   (`willInit` = BKPBLOCK_WILL_INIT). A block at or past the fork's size extends it: the gap (if any)
+///   gets zero images, as PostgreSQL's redo zero-extends, and the size becomes block + 1. A fork not
+///   in its database's RelDir is added (and the database to DbDir).
+/// - XLOG: checkpoints replace the Checkpoint value; NEXTOID updates its nextOid.
+/// - Transaction: commit/abort (plain and prepared) set the xid's and subxacts' status in pg_xact
+///   (tag 1 engine records, one per CLOG page), drop the relations listed (RelDir, size 0), and
+///   commits report their timestamp; PREPARE stores the two-phase state file.
+/// - Storage: CREATE adds the fork with size 0 (an existing fork is left alone, as smgrcreate in redo
+///   does); TRUNCATE shrinks the main fork and the FSM and VM forks the way smgr_redo computes it, and
+///   puts a tag 5 / tag 6 engine record on the last remaining VM / FSM page whose tail is cleared.
+/// - CLOG and MultiXact: ZERO pages become zero images (segment size and SlruDir grow); CREATE_ID
+///   becomes tag 3 engine records (the multixact's offset and the next one's, as RecordNewMultiXact
+///   of current minor releases writes both) and tag 4 ones; TRUNCATE drops segments from SlruDir
+///   (size 0).
+/// - Database: FILE_COPY copies every fork of the source database as of the record (through the
+///   `PageSource`) plus its relmap; WAL_LOG adds an empty database; DROP removes it.
+/// - RelMap: UPDATE replaces the map file.
+/// - Heap and Heap2: records that cleared a page's all-visible (or, for locks, all-frozen) flag get a
+///   tag 2 engine record on the visibility-map page, when that page exists and the record has no
+///   block reference to it.
+/// - Anything else: its block references as above, and a count in `stats`.
+///
+/// Nothing is deleted (the engine has no deletions): a dropped relation fork or SLRU segment leaves
+/// its directory and gets size 0; its blocks stay but are unreachable through the directory.
+///
+/// Single-threaded. Directory, size and checkpoint values are cached in memory and loaded lazily
+/// with `IngestTarget.latestImage`, so ingest may resume on a store that already holds data. After
+/// an error the ingest is poisoned: state may be half-applied, so every later call throws.
+public final class WalIngest {
+    public let target: any IngestTarget
+    /// Needed for CREATE DATABASE ... STRATEGY FILE_COPY records; without one they fail.
+    public var pageSource: (any PageSource)?
+    public private(set) var stats = IngestStats()
+    /// Called for every commit record with its timestamp.
+    public var onCommit: ((CommitTimestamp) -> Void)?
+    /// Whether `commitTimestamps` collects commits (take them with `drainCommitTimestamps`). Off by
+    /// default: a list nobody drains grows with every commit.
+    public var collectsCommitTimestamps = false
+    public private(set) var commitTimestamps: [CommitTimestamp] = []
+    /// The end of the last record ingested.
+    public private(set) var lastRecordEndLSN: LSN?
+
+    private var failure: (any Error)?
+
+    // Caches of values ingest maintains itself.
+    private var relSizes: [RelTag: UInt32] = [:]
+    private var relDirs: [DatabaseTag: Set<RelDirectory.Entry>] = [:]
+    private var dbDir: Set<DatabaseTag>?
+    private var slruDirs: [SlruKind: Set<UInt32>] = [:]
+    private var slruSizes: [SlruSegmentTag: UInt32] = [:]
+    private var twoPhaseDir: Set<UInt32>?
+    private var checkpoint: [UInt8]?
+    private var checkpointLoaded = false
+
+    // What the record being ingested changes.
+    private var pending: [Key: Value] = [:]
+    private var dirtySizes = Set<RelTag>()
+    private var dirtyRelDirs = Set<DatabaseTag>()
+    private var dirtyDbDir = false
+    private var dirtySlruDirs = Set<SlruKind>()
+    private var dirtySlruSizes = Set<SlruSegmentTag>()
+    private var dirtyTwoPhaseDir = false
+    private var vmClears: [Key: [UInt32: UInt8]] = [:]
+    private var directPuts = 0
+    private var blockValueCount = 0
+    private var engineRecordTags: [EngineRecord.Tag] = []
+
+    struct SlruSegmentTag: Hashable {
+        var kind: SlruKind
+        var segment: UInt32
+    }
+
+    public init(target: any IngestTarget, pageSource: (any PageSource)? = nil) {
+        self.target = target
+        self.pageSource = pageSource
+    }
+
+    /// Takes the commit timestamps collected so far.
+    public func drainCommitTimestamps() -> [CommitTimestamp] {
+        defer { commitTimestamps = [] }
+        return commitTimestamps
+    }
+
+    /// Ingests one record. Records must come in WAL order, each once.
+    public func ingest(_ record: DecodedRecord) throws {
+        if let failure {
+            throw IngestError(.poisoned, "an earlier error stopped this ingest: \(failure)", recordLSN: record.startLSN)
+        }
+        if let last = lastRecordEndLSN, record.startLSN < last {
+            throw IngestError(.invalidArgument, "record starts before the end of the previous record (\(last)): records must be fed in order, once", recordLSN: record.startLSN)
+        }
+        do {
+            try process(record)
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    // MARK: - One record
+
+    private func process(_ record: DecodedRecord) throws {
+        pending.removeAll(keepingCapacity: true)
+        vmClears.removeAll(keepingCapacity: true)
+        directPuts = 0
+        blockValueCount = 0
+        engineRecordTags.removeAll(keepingCapacity: true)
+
+        try ingestBlocks(record)
+        let opcode = record.header.opcode
+        let interpreted: Bool
+        switch record.resourceManager {
+        case .xlog: interpreted = try ingestXLog(record, opcode)
+        case .transaction: interpreted = try ingestTransaction(record, opcode)
+        case .storage: interpreted = try ingestStorage(record, opcode)
+        case .clog: interpreted = try ingestClog(record, opcode)
+        case .multiXact: interpreted = try ingestMultiXact(record, opcode)
+        case .database: interpreted = try ingestDatabase(record, opcode)
+        case .relMap: interpreted = try ingestRelMap(record, opcode)
+        case .heap, .heap2: interpreted = try ingestHeap(record, opcode)
+        default: interpreted = false
+        }
+        let values = try flush(record.endLSN)
+        target.advance(to: record.endLSN)
+        stats.count(record, interpreted: interpreted, blockValues: blockValueCount,
+                    valuesPut: values + directPuts, engineRecords: engineRecordTags)
+        lastRecordEndLSN = record.endLSN
+    }
+
+    /// Puts everything the record changed, in key order, at `lsn`; returns how many values.
+    private func flush(_ lsn: LSN) throws -> Int {
+        for tag in dirtySizes { pending[KeySpace.relationSize(tag)] = .image(SizeValue.encode(relSizes[tag] ?? 0)) }
+        for db in dirtyRelDirs { pending[KeySpace.relDir(db)] = .image(RelDirectory(relDirs[db] ?? []).encode()) }
+        if dirtyDbDir { pending[KeySpace.dbDir] = .image(DbDirectory(dbDir ?? []).encode()) }
+        for kind in dirtySlruDirs { pending[KeySpace.slruDir(kind)] = .image(IdDirectory(slruDirs[kind] ?? []).encode()) }
+        for s in dirtySlruSizes {
+            pending[KeySpace.slruSegmentSize(s.kind, segment: s.segment)] = .image(SizeValue.encode(slruSizes[s] ?? 0))
+        }
+        if dirtyTwoPhaseDir { pending[KeySpace.twoPhaseDir] = .image(IdDirectory(twoPhaseDir ?? []).encode()) }
+        for (key, clears) in vmClears {
+            let entries = clears.keys.sorted().map { EngineRecord.VMClear(heapBlock: $0, bits: clears[$0]!) }
+            pending[key] = .engineRecord(EngineRecord.vmClear(entries).encode())
+            engineRecordTags.append(.vmClear)
+        }
+        dirtySizes.removeAll(keepingCapacity: true)
+        dirtyRelDirs.removeAll(keepingCapacity: true)
+        dirtyDbDir = false
+        dirtySlruDirs.removeAll(keepingCapacity: true)
+        dirtySlruSizes.removeAll(keepingCapacity: true)
+        dirtyTwoPhaseDir = false
+        for key in pending.keys.sorted() { try target.put(key, lsn, pending[key]!) }
+        return pending.count
+    }
+
+    // MARK: - Caches
+
+    private func relDir(_ db: DatabaseTag) throws -> Set<RelDirectory.Entry> {
+        if let d = relDirs[db] { return d }
+        let d = try target.latestImage(KeySpace.relDir(db)).map { try RelDirectory(decoding: $0).entries } ?? []
+        relDirs[db] = d
+        return d
+    }
+
+    private func relationExists(_ tag: RelTag) throws -> Bool { try relDir(tag.database).contains(tag.entry) }
+
+    /// The fork's size in blocks; 0 when it does not exist.
+    private func relSize(_ tag: RelTag) throws -> UInt32 {
+        if let n = relSizes[tag] { return n }
+        guard try relationExists(tag) else { return 0 }
+        let n = try target.latestImage(KeySpace.relationSize(tag)).map { try SizeValue.decode($0) } ?? 0
+        relSizes[tag] = n
+        return n
+    }
+
+    private func setRelSize(_ tag: RelTag, _ blocks: UInt32) {
+        relSizes[tag] = blocks
+        dirtySizes.insert(tag)
+    }
+
+    private func databases() throws -> Set<DatabaseTag> {
+        if let d = dbDir { return d }
+        let d = try target.latestImage(KeySpace.dbDir).map { try DbDirectory(decoding: $0).entries } ?? []
+        dbDir = d
+        return d
+    }
+
+    private func ensureDatabase(_ db: DatabaseTag) throws {
+        guard try !databases().contains(db) else { return }
+        dbDir!.insert(db)
+        dirtyDbDir = true
+        if try relDir(db).isEmpty { dirtyRelDirs.insert(db) }
+    }
+
+    /// Adds the fork (size 0) when its RelDir lacks it; returns whether it did.
+    @discardableResult
+    private func ensureRelation(_ tag: RelTag) throws -> Bool {
+        guard try !relationExists(tag) else { return false }
+        try ensureDatabase(tag.database)
+        relDirs[tag.database]!.insert(tag.entry)
+        dirtyRelDirs.insert(tag.database)
+        setRelSize(tag, 0)
+        return true
+    }
+
+    private func dropRelation(_ tag: RelTag) throws {
+        guard try relationExists(tag) else { return }
+        relDirs[tag.database]!.remove(tag.entry)
+        dirtyRelDirs.insert(tag.database)
+        setRelSize(tag, 0)
+    }
+
+    private func slruDir(_ kind: SlruKind) throws -> Set<UInt32> {
+        if let d = slruDirs[kind] { return d }
+        let d = try target.latestImage(KeySpace.slruDir(kind)).map { try IdDirectory(decoding: $0).ids } ?? []
+        slruDirs[kind] = d
+        return d
+    }
+
+    private func slruSegmentSize(_ s: SlruSegmentTag) throws -> UInt32 {
+        if let n = slruSizes[s] { return n }
+        guard try slruDir(s.kind).contains(s.segment) else { return 0 }
+        let n = try target.latestImage(KeySpace.slruSegmentSize(s.kind, segment: s.segment)).map { try SizeValue.decode($0) } ?? 0
+        slruSizes[s] = n
+        return n
+    }
+
+    /// Makes SLRU page `page` (counted from segment 0) exist; returns its key and whether it existed.
+    private func ensureSlruPage(_ kind: SlruKind, page: UInt32) throws -> (key: Key, existed: Bool) {
+        let seg = SlruSegmentTag(kind: kind, segment: page / PageLayout.slruPagesPerSegment)
+        let block = page % PageLayout.slruPagesPerSegment
+        var existed = true
+        if try !slruDir(kind).contains(seg.segment) {
+            slruDirs[kind]!.insert(seg.segment)
+            dirtySlruDirs.insert(kind)
+            slruSizes[seg] = 0
+            existed = false
+        }
+        if try slruSegmentSize(seg) <= block {
+            slruSizes[seg] = block + 1
+            dirtySlruSizes.insert(seg)
+            existed = false
+        }
+        return (KeySpace.slruBlock(kind, segment: seg.segment, block: block), existed)
+    }
+
+    private func dropSlruSegment(_ kind: SlruKind, _ segment: UInt32) throws {
+        guard try slruDir(kind).contains(segment) else { return }
+        slruDirs[kind]!.remove(segment)
+        dirtySlruDirs.insert(kind)
+        let s = SlruSegmentTag(kind: kind, segment: segment)
+        slruSizes[s] = 0
+        dirtySlruSizes.insert(s)
+    }
+
+    private func twoPhaseFiles() throws -> Set<UInt32> {
+        if let d = twoPhaseDir { return d }
+        let d = try target.latestImage(KeySpace.twoPhaseDir).map { try IdDirectory(decoding: $0).ids } ?? []
+        twoPhaseDir = d
+        return d
+    }
+
+    private func storedCheckpoint() throws -> [UInt8]? {
+        if !checkpointLoaded {
+            checkpoint = try target.latestImage(KeySpace.checkpoint)
+            checkpointLoaded = true
+        }
+        return checkpoint
+    }
+
+    // MARK: - Block references
+
+    private func ingestBlocks(_ record: DecodedRecord) throws {
+        guard !record.blocks.isEmpty else { return }
+        var values: [Key: Value] = [:]
+        var highest: [RelTag: UInt32] = [:]
+        for b in record.blocks {
+            let tag = RelTag(b.relation, b.fork)
+            try ensureRelation(tag)
+            let key = KeySpace.relationBlock(tag, b.block.rawValue)
+            if let image = b.image, image.apply {
+                var page = image.page
+                PageLayout.stampPageLSN(&page, record.endLSN.rawValue)
+                values[key] = .image(page)
+            } else {
+                values[key] = .walRecord(record.bytes, willInit: b.willInit)
+            }
+            highest[tag] = max(highest[tag] ?? 0, b.block.rawValue)
+        }
+        for (tag, block) in highest {
+            let size = try relSize(tag)
+            guard block >= size else { continue }
+            // PostgreSQL's redo extends the fork with zero pages up to the block it needs.
+            for gap in size..<block {
+                let key = KeySpace.relationBlock(tag, gap)
+                if values[key] == nil { pending[key] = .image(PageLayout.zeroPage) }
+            }
+            setRelSize(tag, block + 1)
+        }
+        blockValueCount = values.count
+        pending.merge(values) { _, new in new }
+    }
+
+    // MARK: - XLOG
+
+    private static let checkpointShutdown: UInt8 = 0x00
+    private static let checkpointOnline: UInt8 = 0x10
+    private static let nextOid: UInt8 = 0x30
+    private static let fpiForHint: UInt8 = 0xA0
+    private static let fpi: UInt8 = 0xB0
+
+    private func ingestXLog(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
+        switch opcode {
+        case Self.checkpointShutdown, Self.checkpointOnline:
+            guard record.mainData.count >= CheckPointLayout.size else {
+                throw IngestError(.malformed, "checkpoint record has \(record.mainData.count) bytes of main data, a CheckPoint needs \(CheckPointLayout.size)", recordLSN: record.startLSN)
+            }
+            checkpoint = record.mainData
+            checkpointLoaded = true
+            pending[KeySpace.checkpoint] = .image(record.mainData)
+            return true
+        case Self.nextOid:
+            let oid = try parseMainData(record, "XLOG_NEXTOID") { r in try r.u32() }
+            if var cp = try storedCheckpoint(), cp.count >= CheckPointLayout.size {
+                CheckPointLayout.setU32(&cp, CheckPointLayout.nextOidOffset, oid)
+                checkpoint = cp
+                pending[KeySpace.checkpoint] = .image(cp)
+            }
+            return true
+        case Self.fpi, Self.fpiForHint:
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: - Transaction
+
+    private static let xactCommit: UInt8 = 0x00
+    private static let xactPrepare: UInt8 = 0x10
+    private static let xactAbort: UInt8 = 0x20
+    private static let xactCommitPrepared: UInt8 = 0x30
+    private static let xactAbortPrepared: UInt8 = 0x40
+
+    private func ingestTransaction(_ record: DecodedRecord, _ opcodeWithFlag: UInt8) throws -> Bool {
+        let opcode = opcodeWithFlag & XactCompletion.opMask
+        switch opcode {
+        case Self.xactCommit, Self.xactCommitPrepared, Self.xactAbort, Self.xactAbortPrepared:
+            let isCommit = opcode == Self.xactCommit || opcode == Self.xactCommitPrepared
+            let prepared = opcode == Self.xactCommitPrepared || opcode == Self.xactAbortPrepared
+            let parsed = try XactCompletion(record, isCommit: isCommit)
+            let xid: UInt32
+            if prepared {
+                guard let x = parsed.twoPhaseXid else {
+                    throw IngestError(.malformed, "a prepared transaction's commit/abort record lacks its xid", recordLSN: record.startLSN)
+                }
+                xid = x
+            } else {
+                xid = record.xid.rawValue
+            }
+            try setClogStatus(isCommit ? .committed : .aborted, xids: [xid] + parsed.subxacts)
+            for node in parsed.droppedRelations {
+                for fork in ForkNumber.allCases { try dropRelation(RelTag(node, fork)) }
+            }
+            if prepared, try twoPhaseFiles().contains(xid) {
+                twoPhaseDir!.remove(xid)
+                dirtyTwoPhaseDir = true
+            }
+            if isCommit {
+                let c = CommitTimestamp(lsn: record.endLSN, xid: xid, timestamp: parsed.xactTime)
+                if collectsCommitTimestamps { commitTimestamps.append(c) }
+                onCommit?(c)
+            }
+            return true
+        case Self.xactPrepare:
+            let header = try XactPrepareHeader(record)
+            // The state file is the record's main data followed by its CRC-32C (RecreateTwoPhaseFile).
+            var file = record.mainData
+            let crc = file.withUnsafeBytes { cs_crc32c(0, $0.baseAddress, $0.count) }
+            file.appendLittleEndian(crc)
+            pending[KeySpace.twoPhaseFile(xid: header.xid)] = .image(file)
+            if try !twoPhaseFiles().contains(header.xid) {
+                twoPhaseDir!.insert(header.xid)
+                dirtyTwoPhaseDir = true
+            }
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// One tag 1 engine record per pg_xact page the xids fall on.
+    private func setClogStatus(_ status: EngineRecord.ClogStatus, xids: [UInt32]) throws {
+        var byPage: [UInt32: [UInt32]] = [:]
+        var order: [UInt32] = []
+        // InvalidTransactionId has no status to set.
+        for x in xids where x != 0 {
+            let page = PageLayout.clogPage(of: x)
+            if byPage[page] == nil { order.append(page) }
+            byPage[page, default: []].append(x)
+        }
+        for page in order {
+            let (key, existed) = try ensureSlruPage(.clog, page: page)
+            pending[key] = .engineRecord(EngineRecord.clogSetStatus(status, xids: byPage[page]!).encode(), willInit: !existed)
+            engineRecordTags.append(.clogSetStatus)
+        }
+    }
+
+    // MARK: - Storage
+
+    private static let smgrCreate: UInt8 = 0x10
+    private static let smgrTruncate: UInt8 = 0x20
+
+    private func ingestStorage(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
+        switch opcode {
+        case Self.smgrCreate:
+            try ensureRelation(SmgrCreate(record).tag)
+            return true
+        case Self.smgrTruncate:
+            let t = try SmgrTruncate(record)
+            let main = RelTag(t.node, .main)
+            // smgr_redo creates the main fork when it is missing.
+            try ensureRelation(main)
+            if t.flags & SmgrTruncate.heap != 0, try t.blocks < relSize(main) {
+                setRelSize(main, t.blocks)
+            }
+            let fsm = RelTag(t.node, .fsm)
+            if t.flags & SmgrTruncate.fsm != 0, try relationExists(fsm) {
+                let (newBlocks, partial) = PageLayout.fsmTruncation(heapBlocks: t.blocks, fsmBlocks: try relSize(fsm))
+                if let partial {
+                    pending[KeySpace.relationBlock(fsm, partial)] = .engineRecord(EngineRecord.fsmTruncate(heapBlocks: t.blocks).encode())
+                    engineRecordTags.append(.fsmTruncate)
+                }
+                if let newBlocks { setRelSize(fsm, newBlocks) }
+            }
+            let vm = RelTag(t.node, .visibilityMap)
+            if t.flags & SmgrTruncate.vm != 0, try relationExists(vm) {
+                let (newBlocks, partial) = PageLayout.vmTruncation(heapBlocks: t.blocks, vmBlocks: try relSize(vm))
+                if let partial {
+                    pending[KeySpace.relationBlock(vm, partial)] = .engineRecord(EngineRecord.vmTruncate(heapBlocks: t.blocks).encode())
+                    engineRecordTags.append(.vmTruncate)
+                }
+                if let newBlocks { setRelSize(vm, newBlocks) }
+            }
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: - CLOG
+
+    private static let clogZeroPage: UInt8 = 0x00
+    private static let clogTruncate: UInt8 = 0x10
+
+    private func ingestClog(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
+        switch opcode {
+        case Self.clogZeroPage:
+            let (key, _) = try ensureSlruPage(.clog, page: try pageNumberBody(record))
+            pending[key] = .image(PageLayout.zeroPage)
+            return true
+        case Self.clogTruncate:
+            let cutoff = try pageNumberBody(record)
+            for seg in try slruDir(.clog).sorted()
+            where PageLayout.slruMayDeleteSegment(seg, cutoffPage: cutoff, precedes: PageLayout.clogPagePrecedes) {
+                try dropSlruSegment(.clog, seg)
+            }
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: - MultiXact
+
+    private static let multixactZeroOffsets: UInt8 = 0x00
+    private static let multixactZeroMembers: UInt8 = 0x10
+    private static let multixactCreate: UInt8 = 0x20
+    private static let multixactTruncate: UInt8 = 0x30
+
+    private func ingestMultiXact(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
+        switch opcode {
+        case Self.multixactZeroOffsets, Self.multixactZeroMembers:
+            let kind: SlruKind = opcode == Self.multixactZeroOffsets ? .multixactOffsets : .multixactMembers
+            let (key, _) = try ensureSlruPage(kind, page: try pageNumberBody(record))
+            pending[key] = .image(PageLayout.zeroPage)
+            return true
+        case Self.multixactCreate:
+            let c = try MultiXactCreate(record)
+            // RecordNewMultiXact sets this multixact's offset and (since the 2025/2026 minor releases,
+            // harmless for WAL of older ones, whose next CREATE_ID sets the same value) the next one's:
+            // the end of these members, skipping offset 0; the multixact after the last is 1.
+            let next = c.multi &+ 1 == 0 ? 1 : c.multi &+ 1
+            let nextOffset = c.offset &+ UInt32(c.members.count) == 0 ? 1 : c.offset &+ UInt32(c.members.count)
+            var offsetsByPage: [UInt32: [EngineRecord.MultixactOffset]] = [:]
+            for (multi, offset) in [(c.multi, c.offset), (next, nextOffset)] {
+                offsetsByPage[PageLayout.multixactOffsetPage(of: multi), default: []].append(.init(multixactId: multi, offset: offset))
+            }
+            for page in offsetsByPage.keys.sorted() {
+                let (key, existed) = try ensureSlruPage(.multixactOffsets, page: page)
+                pending[key] = .engineRecord(EngineRecord.multixactOffsets(offsetsByPage[page]!).encode(), willInit: !existed)
+                engineRecordTags.append(.multixactOffsets)
+            }
+            var byPage: [UInt32: [EngineRecord.MultixactMember]] = [:]
+            var order: [UInt32] = []
+            for (i, m) in c.members.enumerated() {
+                let offset = c.offset &+ UInt32(i)
+                let page = PageLayout.multixactMemberPage(of: offset)
+                if byPage[page] == nil { order.append(page) }
+                byPage[page, default: []].append(.init(memberOffset: offset, xid: m.xid, status: m.status))
+            }
+            for page in order {
+                let (key, existed) = try ensureSlruPage(.multixactMembers, page: page)
+                pending[key] = .engineRecord(EngineRecord.multixactMembers(byPage[page]!).encode(), willInit: !existed)
+                engineRecordTags.append(.multixactMembers)
+            }
+            return true
+        case Self.multixactTruncate:
+            let t = try MultiXactTruncate(record)
+            // PerformMembersTruncation: segments [start, end), wrapping after the last one.
+            var seg = t.startMembers / PageLayout.multixactMembersPerPage / PageLayout.slruPagesPerSegment
+            let endSeg = t.endMembers / PageLayout.multixactMembersPerPage / PageLayout.slruPagesPerSegment
+            while seg != endSeg {
+                try dropSlruSegment(.multixactMembers, seg)
+                seg = seg == PageLayout.lastMultixactMemberSegment ? 0 : seg + 1
+            }
+            // PerformOffsetsTruncation: SimpleLruTruncate at the page of the multixact before the new oldest.
+            let previous = t.endOffsets == 1 ? UInt32.max : t.endOffsets &- 1
+            let cutoff = PageLayout.multixactOffsetPage(of: previous)
+            for s in try slruDir(.multixactOffsets).sorted()
+            where PageLayout.slruMayDeleteSegment(s, cutoffPage: cutoff, precedes: PageLayout.multixactOffsetPagePrecedes) {
+                try dropSlruSegment(.multixactOffsets, s)
+            }
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: - Database
+
+    private static let dbaseCreateFileCopy: UInt8 = 0x00
+    private static let dbaseCreateWalLog: UInt8 = 0x10
+    private static let dbaseDrop: UInt8 = 0x20
+
+    private func ingestDatabase(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
+        switch opcode {
+        case Self.dbaseCreateFileCopy:
+            try copyDatabase(try DbaseCreateFileCopy(record), record)
+            return true
+        case Self.dbaseCreateWalLog:
+            let c = try DbaseCreateWalLog(record)
+            try ensureDatabase(c.database)
+            return true
+        case Self.dbaseDrop:
+            for db in try DbaseDrop(record).databases { try dropDatabase(db) }
+            return true
+        default:
+            return false
+        }
+    }
+
+    private func dropDatabase(_ db: DatabaseTag) throws {
+        for e in try relDir(db) { setRelSize(RelTag(spc: db.spc, db: db.db, rel: e.rel, fork: e.fork), 0) }
+        relDirs[db] = []
+        dirtyRelDirs.insert(db)
+        if try databases().contains(db) {
+            dbDir!.remove(db)
+            dirtyDbDir = true
+        }
+    }
+
+    /// CREATE DATABASE ... STRATEGY FILE_COPY: redo copies the source directory as it is at this
+    /// record (after removing any directory already at the destination).
+    private func copyDatabase(_ c: DbaseCreateFileCopy, _ record: DecodedRecord) throws {
+        guard let pageSource else {
+            throw IngestError(.unsupported, "CREATE DATABASE FILE_COPY (\(c.source) -> \(c.database)) needs a page source", recordLSN: record.startLSN)
+        }
+        let sourceEntries = try relDir(c.source)
+        let old = try relDir(c.database)
+        for e in old where !sourceEntries.contains(e) {
+            setRelSize(RelTag(spc: c.database.spc, db: c.database.db, rel: e.rel, fork: e.fork), 0)
+        }
+        try ensureDatabase(c.database)
+        relDirs[c.database] = sourceEntries
+        dirtyRelDirs.insert(c.database)
+        var copied = 0
+        for e in sourceEntries.sorted() {
+            let from = RelTag(spc: c.source.spc, db: c.source.db, rel: e.rel, fork: e.fork)
+            let to = RelTag(spc: c.database.spc, db: c.database.db, rel: e.rel, fork: e.fork)
+            let blocks = try relSize(from)
+            for b in 0..<blocks {
+                let page = try pageSource.page(KeySpace.relationBlock(from, b), at: record.startLSN) ?? PageLayout.zeroPage
+                guard page.count == PageLayout.pageSize else {
+                    throw IngestError(.malformed, "page source returned \(page.count) bytes for block \(b) of \(from)", recordLSN: record.startLSN)
+                }
+                // Keys of the new database only: no other value of this record can collide.
+                try target.put(KeySpace.relationBlock(to, b), record.endLSN, .image(page))
+                copied += 1
+            }
+            setRelSize(to, blocks)
+        }
+        directPuts += copied
+        stats.countCopied(copied)
+        if let map = try target.latestImage(KeySpace.relMap(c.source)) {
+            pending[KeySpace.relMap(c.database)] = .image(map)
+        }
+    }
+
+    // MARK: - RelMap
+
+    private func ingestRelMap(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
+        guard opcode == 0x00 else { return false }
+        let u = try RelmapUpdate(record)
+        pending[KeySpace.relMap(u.database)] = .image(u.contents)
+        return true
+    }
+
+    // MARK: - Heap: implicit visibility-map clears
+
+    private func ingestHeap(_ record: DecodedRecord, _ opcodeWithFlag: UInt8) throws -> Bool {
+        let opcode = opcodeWithFlag & HeapFlags.opMask
+        let bothBits = PageLayout.vmAllVisible | PageLayout.vmAllFrozen
+        if record.resourceManager == .heap {
+            switch opcode {
+            case HeapFlags.insert:
+                if try HeapFlags.flags(record, at: 2) & HeapFlags.firstCleared != 0 { try clearVM(record, block: 0, bits: bothBits) }
+            case HeapFlags.delete:
+                if try HeapFlags.flags(record, at: 7) & HeapFlags.firstCleared != 0 { try clearVM(record, block: 0, bits: bothBits) }
+            case HeapFlags.update, HeapFlags.hotUpdate:
+                let flags = try HeapFlags.flags(record, at: 7)
+                // Block 0 is the new tuple's page; block 1, when present, the old one's.
+                let oldId: UInt8 = record.blocks.contains { $0.id == 1 } ? 1 : 0
+                let newPage = try heapBlock(record, id: 0), oldPage = try heapBlock(record, id: oldId)
+                if flags & HeapFlags.firstCleared != 0 { try clearVM(record, block: oldId, bits: bothBits) }
+                if flags & HeapFlags.updateNewCleared != 0
+                    && (oldPage.block != newPage.block || oldPage.relation != newPage.relation) {
+                    try clearVM(record, block: 0, bits: bothBits)
+                }
+            case HeapFlags.lock:
+                if try HeapFlags.flags(record, at: 7) & HeapFlags.firstCleared != 0 { try clearVM(record, block: 0, bits: PageLayout.vmAllFrozen) }
+            default:
+                return false
+            }
+        } else {
+            switch opcode {
+            case HeapFlags.multiInsert:
+                if try HeapFlags.flags(record, at: 0) & HeapFlags.firstCleared != 0 { try clearVM(record, block: 0, bits: bothBits) }
+            case HeapFlags.lockUpdated:
+                if try HeapFlags.flags(record, at: 7) & HeapFlags.firstCleared != 0 { try clearVM(record, block: 0, bits: PageLayout.vmAllFrozen) }
+            default:
+                return false
+            }
+        }
+        return true
+    }
+
+    private func heapBlock(_ record: DecodedRecord, id: UInt8) throws -> BlockReference {
+        guard let b = record.blocks.first(where: { $0.id == id }) else {
+            throw IngestError(.malformed, "\(record.resourceManager) record lacks block reference #\(id)", recordLSN: record.startLSN)
+        }
+        return b
+    }
+
+    /// Clears `bits` of the heap block referenced as `block` in its visibility map page, when that page
+    /// exists and the record does not reference it itself.
+    private func clearVM(_ record: DecodedRecord, block id: UInt8, bits: UInt8) throws {
+        let heap = try heapBlock(record, id: id)
+        let vm = RelTag(heap.relation, .visibilityMap)
+        let vmBlock = PageLayout.vmBlock(ofHeapBlock: heap.block.rawValue)
+        guard try relationExists(vm), try vmBlock < relSize(vm) else { return }
+        if record.blocks.contains(where: { $0.relation == heap.relation && $0.fork == .visibilityMap && $0.block.rawValue == vmBlock }) {
+            return
+        }
+        vmClears[KeySpace.relationBlock(vm, vmBlock), default: [:]][heap.block.rawValue, default: 0] |= bits
+    }
+}
