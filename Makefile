@@ -1,7 +1,7 @@
 # The page server's make targets. `make demo` and `make test` install what they need.
 SHELL := /bin/bash
 SWIFT ?= swift
-APT_PACKAGES := liblz4-dev liburing-dev libzstd-dev postgresql-15
+APT_PACKAGES := liblz4-dev liburing-dev libzstd-dev postgresql-15 curl python3
 
 .PHONY: deps build release test demo bench clean
 

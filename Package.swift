@@ -57,6 +57,7 @@ let package = Package(
             name: "Tools",
             dependencies: [
                 "LSM",
+                "PostgresWAL",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the engine benchmarks, each next to its baseline measured in the same run, written
-# into BENCHMARKS.md between the markers. Ours and the baseline alternate, REPS times each, and the
+# into BENCHMARKS.md between the markers; then the WAL-ingest benchmark (scripts/bench_ingest.sh,
+# which has its own settings). Ours and the baseline alternate, REPS times each, and the
 # tables show medians and the ratio of the medians (the machines are shared and noisy).
 #
 #   BENCH_DIR   where the data files go (default /tmp/pageserver-bench; fio uses the same file system)
@@ -58,3 +59,6 @@ python3 "$root/scripts/bench_report.py" "$out" "$root/BENCHMARKS.md" engine \
   "make bench  (REPS=$reps SECONDS_PER_RUN=$dur BENCH_DIR=$dir)"
 rm -rf "$dir"
 echo "BENCHMARKS.md updated"
+
+# The WAL-ingest benchmark (issue 3): ours against a PostgreSQL 15 streaming standby, its own table.
+BENCH_COMMAND="make bench" REPS=$reps BENCH_DIR="$dir-ingest" "$root/scripts/bench_ingest.sh"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Turns the JSON lines of scripts/bench.sh into the engine table of BENCHMARKS.md.
+"""Turns the JSON lines of scripts/bench.sh (SECTION engine) or scripts/bench_ingest.sh (SECTION
+ingest) into their table of BENCHMARKS.md.
 
 Usage: bench_report.py RESULTS.jsonl BENCHMARKS.md SECTION COMMAND
 Rewrites the text between <!-- SECTION:begin --> and <!-- SECTION:end --> (appends the section if
@@ -29,6 +30,35 @@ lines.append(f"Machine: {machine}. Date: {date}. Command: `{command}`.")
 lines.append("")
 lines.append("| measurement | ours (median) | baseline (median) | ratio | goal |")
 lines.append("|---|---|---|---|---|")
+
+def ingest_rows():
+    """The WAL-ingest table: ours (decode + store + flush) against the streaming standby."""
+    cap = next((r for r in rows if r["bench"] == "ingest_capture"), None)
+    ours = [r for r in rows if r["bench"] == "wal_ingest"]
+    base = [r for r in rows if r["bench"] == "standby_replay"]
+    if not ours or not base:
+        return
+    mb = ours[0]["wal_bytes"] / 1e6
+    if cap:
+        lines.insert(1, f"WAL: {cap['start_lsn']} .. {cap['end_lsn']}, {mb:.0f} MB, {med([r['records'] for r in ours]):,.0f} records "
+                        f"(`pgbench -i -s {cap['scale']}`, then `pgbench -c {cap['clients']} -j 2 -T {cap['pgbench_seconds']}`, CHECKPOINT).")
+        lines.insert(1, "")
+    o = med([r["mb_per_s"] for r in ours])
+    b = med([r["mb_per_s"] for r in base])
+    split = (f"read + decode {med([r['decode_seconds'] for r in ours]):.2f} s, ingest {med([r['ingest_seconds'] for r in ours]):.2f} s, "
+             f"final flush {med([r['flush_seconds'] for r in ours]):.2f} s")
+    lines.append(f"| WAL ingest, {mb:.0f} MB of pgbench WAL: decode + store + durable flush (MB/s of WAL) "
+                 f"| {o:.1f} MB/s ({med([r['seconds'] for r in ours]):.2f} s, {med([r['records_per_s'] for r in ours]):,.0f} records/s; {split}) "
+                 f"| PostgreSQL 15 streaming standby, start until replay reaches the end LSN: {b:.1f} MB/s "
+                 f"({med([r['seconds'] for r in base]):.2f} s, of which {med([r['startup_seconds'] for r in base]):.2f} s until it accepts connections) "
+                 f"| {o/b:.2f}x | >= 2x ({'met' if o / b >= 2 else 'MISSED'}) |")
+    a = med([r["after_startup_mb_per_s"] for r in base])
+    lines.append(f"| the same, standby startup left out (for comparison only) | {o:.1f} MB/s "
+                 f"| the standby's replay rate once it accepts connections (WAL and time between the first and the last poll): {a:.1f} MB/s "
+                 f"| {o/a:.2f}x | |")
+
+if section == "ingest":
+    ingest_rows()
 
 w = [r["mb_per_s"] for r in rows if r["bench"] == "layer_write"]
 fw = [r["mb_per_s"] for r in rows if r["bench"] == "fio_write"]

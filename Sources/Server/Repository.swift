@@ -15,6 +15,7 @@ final class Repository: Sendable {
     let context: StorageContext
     let metrics: ServerMetrics
     private let tenants = Mutex<[TenantId: [TimelineId: Timeline]]>([:])
+    private let reservations = Mutex<Set<String>>([])
 
     init(config: ServerConfig, metrics: ServerMetrics) {
         self.config = config
@@ -86,12 +87,19 @@ final class Repository: Sendable {
         }
     }
 
-    /// Reserves the id (fails with 409 if taken) before slow creation work starts.
-    func ensureAbsent(_ tenant: TenantId, _ id: TimelineId) throws {
-        guard let tls = tenants.withLock({ $0[tenant] }) else { throw APIError.notFound("tenant \(tenant) not found") }
-        if tls[id] != nil || FileManager.default.fileExists(atPath: timelineDirectory(tenant, id)) {
-            throw APIError.conflict("timeline \(id) already exists in tenant \(tenant)")
+    /// Reserves the id (409 if it is taken or being created) before slow creation work starts;
+    /// `release` ends the reservation once the timeline is registered or its creation failed.
+    func reserve(_ tenant: TenantId, _ id: TimelineId) throws {
+        try tenants.withLock { t in
+            guard let tls = t[tenant] else { throw APIError.notFound("tenant \(tenant) not found") }
+            if tls[id] != nil { throw APIError.conflict("timeline \(id) already exists in tenant \(tenant)") }
         }
+        let taken = reservations.withLock { r in !r.insert("\(tenant)/\(id)").inserted }
+        if taken { throw APIError.conflict("timeline \(id) of tenant \(tenant) is being created") }
+    }
+
+    func release(_ tenant: TenantId, _ id: TimelineId) {
+        _ = reservations.withLock { $0.remove("\(tenant)/\(id)") }
     }
 
     /// Stops every timeline: WAL receivers end, in-memory layers are flushed.

@@ -115,7 +115,8 @@ func parseSize(_ text: String) -> Int? {
     case "g", "gb", "gib": mult = 1 << 30
     default: return nil
     }
-    return n * mult
+    let (bytes, overflow) = n.multipliedReportingOverflow(by: mult)
+    return overflow ? nil : bytes
 }
 
 /// "10s", "5m", "1h", "250ms", "30" -> seconds.

@@ -80,11 +80,17 @@ enum DurableFile {
         if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 
+    /// Creates `path` and its missing parents; every directory it creates is made durable by an
+    /// fsync of its parent.
     static func makeDirectory(_ path: String) throws {
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
+            let parent = current.isEmpty ? "/" : current
             current += "/" + part
-            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+            if mkdir(current, 0o755) == 0 {
+                let dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+                if dfd >= 0 { fsync(dfd); close(dfd) }
+            } else if errno != EEXIST {
                 throw StorageError(.io, "mkdir failed: \(String(cString: strerror(errno)))", file: current)
             }
         }

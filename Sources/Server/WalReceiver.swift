@@ -121,12 +121,13 @@ final class WalReceiver: @unchecked Sendable {
                 decoder.feed(data.bytes[Int(position - data.start)...])
                 while let record = try decoder.next() {
                     if record.endLSN <= store.lastRecordLSN { continue }
+                    let uninterpretedBefore = ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0
                     do {
                         try ingest.ingest(record)
                     } catch {
                         throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
                     }
-                    count(record)
+                    count(record, uninterpreted: (ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0) > uninterpretedBefore)
                 }
             case .keepalive(_, _, let replyRequested)?:
                 if replyRequested { lastStatusTime = .distantPast }
@@ -143,7 +144,7 @@ final class WalReceiver: @unchecked Sendable {
         }
     }
 
-    private func count(_ record: DecodedRecord) {
+    private func count(_ record: DecodedRecord, uninterpreted: Bool) {
         let id = record.resourceManager.rawValue
         if rmgrCounters[id] == nil {
             let name = "\(record.resourceManager)"
@@ -152,6 +153,7 @@ final class WalReceiver: @unchecked Sendable {
                                 m.recordsUninterpreted("\(timeline.tenantId)", "\(timeline.timelineId)", rmgr: name))
         }
         rmgrCounters[id]!.ingested.increment()
+        if uninterpreted { rmgrCounters[id]!.uninterpreted.increment() }
     }
 
     /// Waits until streaming has started or failed, at most `seconds`.
@@ -176,7 +178,8 @@ final class WalReceiver: @unchecked Sendable {
 /// start-up removes.
 enum TimelineAttach {
     static func attach(repository: Repository, tenant: TenantId, timeline id: TimelineId, walSource: String) throws -> Timeline {
-        try repository.ensureAbsent(tenant, id)
+        try repository.reserve(tenant, id)
+        defer { repository.release(tenant, id) }
         let info: ConnInfo
         do { info = try ConnInfo(parsing: walSource) } catch { throw APIError.badRequest("wal_source is not a valid connection string: \(error)") }
         let conn: PGConnection

@@ -10,7 +10,7 @@ struct EngineBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmark the engine: layer write throughput and random point lookups.",
-        subcommands: [EngineBenchWrite.self, EngineBenchRead.self])
+        subcommands: [EngineBenchWrite.self, EngineBenchRead.self, IngestBenchCommand.self])
 }
 
 let benchRel: UInt32 = 16384

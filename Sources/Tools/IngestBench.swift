@@ -1,0 +1,195 @@
+import ArgumentParser
+import LSM
+import PostgresWAL
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `pagectl engine bench ingest`: WAL ingest throughput, as `scripts/bench_ingest.sh` measures it next
+/// to a PostgreSQL 15 standby replaying the same WAL.
+///
+/// Untimed: the base backup (`pg_basebackup -Ft`'s base.tar) is imported into a fresh store at its
+/// start LSN and checkpointed, as the daemon's attach does. Timed: the WAL from `--start-lsn` (the
+/// backup's START WAL LOCATION) is read from the segment files, decoded, ingested record by record
+/// (every record that starts before `--end-lsn`), and made durable with `store.checkpoint()`. The
+/// store is opened as the daemon opens it: io_uring reads, background flush on, default
+/// checkpoint distance, so layers are flushed by the background thread while ingest runs.
+struct IngestBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ingest",
+        abstract: "Import a base backup, then time WAL decode + ingest + durable flush up to an end LSN; report MB/s of WAL.")
+
+    @Option(help: "The base backup's base.tar (pg_basebackup -Ft).") var basebackup: String
+    @Option(help: "Directory holding the WAL segment files, from the one containing the start LSN on.") var wal: String
+    @Option(help: "Where decoding starts: the backup's START WAL LOCATION (HI/LO).") var startLsn: String
+    @Option(help: "Ingest every record that starts before this LSN (HI/LO).") var endLsn: String
+    @Option(help: "Directory for the store (must not exist or be empty).") var dir: String
+    @Option(help: "Bytes read from a segment file and fed to the decoder at a time.") var chunkBytes = 1 << 20
+    @Option(help: "CTL,ACK: the FIFOs of `perf record --control fifo:CTL,ACK -D -1`; events are enabled for the timed part only.") var perfControl: String?
+    @Flag(help: "Print one JSON line.") var json = false
+
+    func run() throws {
+        guard let start = LSN(parsing: startLsn) else { fail("--start-lsn \(startLsn) is not an LSN (HI/LO)") }
+        guard let end = LSN(parsing: endLsn) else { fail("--end-lsn \(endLsn) is not an LSN (HI/LO)") }
+        guard end > start else { fail("--end-lsn \(end) is not after --start-lsn \(start)") }
+        let segments = walSegments(from: start)
+        let perf = perfControl.map { PerfControl($0) }
+
+        let context = StorageContext(io: makeBlockIO(.ioUring))
+        var config = StoreConfig()
+        config.backgroundFlush = true
+        let store = try TimelineStore.open(directory: dir, config: config, context: context)
+        defer { store.close() }
+
+        // Untimed: the base backup, as the daemon's attach imports it.
+        let t0 = nowSeconds()
+        let importer = BaseBackupImport(target: TimelineStoreTarget(store: store), startLSN: start)
+        let parser = TarStreamParser(consumer: importer)
+        try readFile(basebackup, chunk: chunkBytes) { try parser.feed($0); return true }
+        try parser.finish()
+        try importer.finish()
+        store.advance(to: start)
+        try store.checkpoint()
+        let importSeconds = nowSeconds() - t0
+
+        // Timed: decode + ingest + durable flush.
+        let target = TimelineStoreTarget(store: store)
+        let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
+        var decoder = try WALDecoder(startLSN: start, segmentSize: segments.segmentSize)
+        var decodeSeconds = 0.0, ingestSeconds = 0.0
+        var done = false
+        perf?.send("enable")
+        let w0 = nowSeconds()
+        var mark = w0
+        for (i, path) in segments.paths.enumerated() where !done {
+            // The first segment is read from the start LSN's offset on: the decoder wants the stream
+            // to begin exactly there.
+            let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
+            try readFile(path, chunk: chunkBytes, from: offset) { bytes in
+                decoder.feed(bytes)
+                while let record = try decoder.next() {
+                    if record.startLSN >= end {
+                        done = true
+                        break
+                    }
+                    let now = nowSeconds()
+                    decodeSeconds += now - mark
+                    try ingest.ingest(record)
+                    mark = nowSeconds()
+                    ingestSeconds += mark - now
+                    // The next record starts at or after the end: stop before decoding it (the
+                    // bytes past the end LSN may be anything).
+                    if record.endLSN >= end {
+                        done = true
+                        break
+                    }
+                }
+                return !done
+            }
+        }
+        let now = nowSeconds()
+        decodeSeconds += now - mark
+        guard let last = ingest.lastRecordEndLSN, done || last >= end else {
+            fail("the WAL in \(wal) ends at \(decoder.position) (last record ending at \(ingest.lastRecordEndLSN.map { "\($0)" } ?? "none")), before --end-lsn \(end)")
+        }
+        let durable = try store.checkpoint()
+        let flushSeconds = nowSeconds() - now
+        let seconds = nowSeconds() - w0
+        perf?.send("disable")
+        guard durable >= last else { fail("checkpoint reached \(durable), not the last record's end \(last)") }
+
+        let walBytes = Double(end.rawValue - start.rawValue)
+        let stats = ingest.stats
+        let files = store.layers()
+        let onDisk = files.reduce(UInt64(0)) { $0 + $1.fileSize }
+        if json {
+            emitJSON([("bench", "\"wal_ingest\""), ("start_lsn", "\"\(start)\""), ("end_lsn", "\"\(end)\""),
+                      ("last_record_end_lsn", "\"\(last)\""), ("wal_bytes", "\(Int(walBytes))"),
+                      ("record_bytes", "\(stats.bytes)"), ("records", "\(stats.records)"),
+                      ("values_put", "\(stats.valuesPut)"), ("seconds", "\(seconds)"),
+                      ("mb_per_s", "\(walBytes / seconds / 1e6)"), ("records_per_s", "\(Double(stats.records) / seconds)"),
+                      ("decode_seconds", "\(decodeSeconds)"), ("ingest_seconds", "\(ingestSeconds)"),
+                      ("flush_seconds", "\(flushSeconds)"), ("import_seconds", "\(importSeconds)"),
+                      ("blocks_imported", "\(importer.blocksImported)"), ("layer_files", "\(files.count)"),
+                      ("bytes_on_disk", "\(onDisk)")])
+        } else {
+            print("imported \(importer.filesImported) files, \(importer.blocksImported) blocks at \(start) in \(format2(importSeconds)) s (not timed)")
+            print("ingested \(stats.records) records, \(format1(walBytes / 1e6)) MB of WAL (\(start) .. \(end)) in \(format2(seconds)) s: \(format1(walBytes / seconds / 1e6)) MB/s, \(Int(Double(stats.records) / seconds)) records/s")
+            print("  read + decode \(format2(decodeSeconds)) s, ingest \(format2(ingestSeconds)) s, final flush \(format2(flushSeconds)) s")
+            print("  \(stats.valuesPut) values put; \(files.count) layer files, \(onDisk) bytes on disk")
+        }
+    }
+
+    /// The segment files of `wal` from the one holding `start` on, in order, checked to be
+    /// consecutive and of one size (16 MiB unless the files say otherwise).
+    private func walSegments(from start: LSN) -> (paths: [String], segmentSize: Int) {
+        guard let d = opendir(wal) else { fail("cannot open WAL directory \(wal): \(String(cString: strerror(errno)))") }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            if name.count == 24, name.allSatisfy(\.isHexDigit) { names.append(name) }
+        }
+        closedir(d)
+        names.sort()
+        guard let first = names.first else { fail("no WAL segment files in \(wal)") }
+        var st = stat()
+        guard stat(wal + "/" + first, &st) == 0 else { fail("cannot stat \(wal)/\(first)") }
+        let segmentSize = Int(st.st_size)
+        guard segmentSize > 0, segmentSize & (segmentSize - 1) == 0 else { fail("\(wal)/\(first) is \(segmentSize) bytes, not a WAL segment") }
+        let perLogId = UInt64(0x1_0000_0000) / UInt64(segmentSize)
+        func segmentNumber(_ name: String) -> UInt64 {
+            let chars = Array(name)
+            return UInt64(String(chars[8..<16]), radix: 16)! * perLogId + UInt64(String(chars[16..<24]), radix: 16)!
+        }
+        let wanted = start.rawValue / UInt64(segmentSize)
+        var paths: [String] = []
+        var expected = wanted
+        for name in names where segmentNumber(name) >= wanted {
+            guard segmentNumber(name) == expected else { fail("WAL segment \(expected) is missing from \(wal) (next is \(name))") }
+            paths.append(wal + "/" + name)
+            expected += 1
+        }
+        guard !paths.isEmpty else { fail("\(wal) has no segment holding the start LSN \(start)") }
+        return (paths, segmentSize)
+    }
+}
+
+/// The control FIFOs of `perf record --control fifo:CTL,ACK`: each command waits for perf's "ack".
+private struct PerfControl {
+    let ctl: Int32
+    let ack: Int32
+
+    init(_ spec: String) {
+        let parts = spec.split(separator: ",").map(String.init)
+        guard parts.count == 2 else { fail("--perf-control wants CTL,ACK (two FIFO paths)") }
+        ctl = open(parts[0], O_WRONLY)
+        ack = open(parts[1], O_RDONLY)
+        guard ctl >= 0, ack >= 0 else { fail("cannot open the perf control FIFOs \(spec): \(String(cString: strerror(errno)))") }
+    }
+
+    func send(_ command: String) {
+        var line = command + "\n"
+        line.withUTF8 { _ = write(ctl, $0.baseAddress, $0.count) }
+        var reply = [UInt8](repeating: 0, count: 16)
+        _ = read(ack, &reply, reply.count)
+    }
+}
+
+/// Calls `body` with the bytes of the file at `path` from `offset` on, `chunk` bytes at a time, until
+/// the end of the file or until `body` returns false.
+private func readFile(_ path: String, chunk: Int, from offset: Int = 0, _ body: (UnsafeRawBufferPointer) throws -> Bool) throws {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { fail("cannot open \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+    defer { buffer.deallocate() }
+    var position = off_t(offset)
+    while true {
+        let n = pread(fd, buffer.baseAddress, chunk, position)
+        guard n >= 0 else { fail("cannot read \(path): \(String(cString: strerror(errno)))") }
+        if n == 0 { return }
+        position += off_t(n)
+        guard try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { return }
+    }
+}
