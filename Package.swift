@@ -61,8 +61,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .testTarget(name: "LSMTests", dependencies: ["LSM"]),
-        .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL"]),
+        .testTarget(name: "LSMTests", dependencies: ["LSM", "PGTestSupport"]),
+        .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL", "PGTestSupport"]),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol", "PGTestSupport"]),
         // A throwaway PostgreSQL 15 primary for the integration tests.
         .target(name: "PGTestSupport", path: "Tests/PGTestSupport"),

@@ -1,5 +1,6 @@
 import Foundation
 import LSM
+@_exported import PGTestSupport
 import XCTest
 
 /// A fake redo for engine tests: an image is the starting bytes; a record appends its bytes; a
@@ -13,26 +14,6 @@ struct AppendRedo: Redo {
         }
         return out
     }
-}
-
-/// A seeded generator (SplitMix64) so that every randomised test can be replayed from its seed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// The seed for a randomised test: `$TEST_SEED` when set (to replay), else fresh. Always printed.
-func testSeed(_ name: String) -> UInt64 {
-    let seed = ProcessInfo.processInfo.environment["TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max >> 1)
-    print("\(name): seed \(seed) (replay with TEST_SEED=\(seed))")
-    return seed
 }
 
 func makeTempDir(_ tag: String) -> String {

@@ -150,9 +150,7 @@ final class AttachTests: XCTestCase {
     }
 
     func testKillRestartAndPrimaryRestartWhileStreaming() throws {
-        let seed = UInt64(ProcessInfo.processInfo.environment["TEST_SEED"] ?? "") ?? UInt64.random(in: 1...1_000_000)
-        print("AttachTests.testKillRestart: seed \(seed) (replay with TEST_SEED=\(seed))")
-        var rng = SystemRandomNumberGeneratorSeeded(seed: seed)
+        var rng = SeededRandom(seed: testSeed("AttachTests.testKillRestart"))
         let primary = try TestPrimary.start(for: self)
         let ps = try TestPageServer.start(for: self, config: "checkpoint_distance = \"4MiB\"\ncheckpoint_timeout = \"2s\"\n")
         XCTAssertEqual(try ps.request("POST", "/v1/tenant", ["new_tenant_id": tenant]).status, 201)
@@ -199,18 +197,5 @@ final class AttachTests: XCTestCase {
         let r = try TestPrimary.shell("\(TestPageServer.binary) --workdir \(ps.workdir) --listen-http 127.0.0.1:\(try TestPrimary.freeLoopbackPort())", check: false)
         XCTAssertEqual(r.status, 1)
         XCTAssertTrue(r.stderr.contains("already running"), r.stderr)
-    }
-}
-
-/// SplitMix64 for the seeded kill points.
-struct SystemRandomNumberGeneratorSeeded: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -3,26 +3,6 @@ import PGTestSupport
 import XCTest
 @testable import WireProtocol
 
-/// A seeded generator (SplitMix64), so a randomised test can be replayed from its printed seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// `$TEST_SEED` when set (to replay a failure), else a fresh seed; always printed.
-func testSeed(_ name: String) -> UInt64 {
-    let seed = ProcessInfo.processInfo.environment["TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...(UInt64.max >> 1))
-    print("\(name): seed \(seed) (replay with TEST_SEED=\(seed))")
-    return seed
-}
-
 /// Builds tar archives header by header, for cases system tar does not produce on demand.
 struct TarBuilder {
     var bytes: [UInt8] = []
@@ -150,7 +130,7 @@ func parseTar(_ bytes: [UInt8], mode: FeedMode) throws -> ParsedArchive {
     case .byteByByte:
         for byte in bytes { try reader.feed([byte], consumer) }
     case .randomChunks(let seed):
-        var generator = SeededGenerator(seed: seed)
+        var generator = SeededRandom(seed: seed)
         var i = 0
         while i < bytes.count {
             let n = min(bytes.count - i, Int.random(in: 1...1500, using: &generator))
@@ -229,7 +209,7 @@ final class TarStreamReaderTests: XCTestCase {
         let deep = String(repeating: "a", count: 70) + "/" + String(repeating: "b", count: 70)
         let veryDeep = deep + "/" + String(repeating: "c", count: 90) + "/" + String(repeating: "d", count: 90)
         try FileManager.default.createDirectory(at: src.appendingPathComponent(veryDeep), withIntermediateDirectories: true)
-        var generator = SeededGenerator(seed: 42)
+        var generator = SeededRandom(seed: 42)
         let files: [String: [UInt8]] = [
             "PG_VERSION": Array("15\n".utf8),
             "global/pg_control": (0..<8192).map { _ in UInt8.random(in: 0...255, using: &generator) },
