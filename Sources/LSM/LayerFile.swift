@@ -118,16 +118,17 @@ struct BlockFetcher {
     func fetch(_ requests: [BlockRequest]) throws -> [[UInt8]] {
         var out = [[UInt8]](repeating: [], count: requests.count)
         var missIndex: [Int] = []
-        var firstMiss: [BlockCache.CacheKey: Int] = [:]
+        var missKeys: [BlockCache.CacheKey] = []
         var duplicates: [(Int, Int)] = []
         for (i, r) in requests.enumerated() {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if let b = (r.isIndex ? indexCache : dataCache).get(key) {
                 out[i] = b
-            } else if let j = firstMiss[key] {
-                duplicates.append((i, j))
+            } else if let n = missKeys.firstIndex(of: key) {
+                // Batches are small (a pipeline's worth), so a linear scan beats a hash map here.
+                duplicates.append((i, missIndex[n]))
             } else {
-                firstMiss[key] = i
+                missKeys.append(key)
                 missIndex.append(i)
             }
         }

@@ -399,7 +399,10 @@ public final class TimelineStore: Sendable {
                     failure = .corruption("value \(e.key)@\(e.lsn) lies outside its data block", file: layer.path, offset: e.block.offset)
                     continue
                 }
-                chain.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: Array(block[Int(e.valueOffset)..<end]))))
+                // A value that fills its block (an image alone in its block) shares the block's
+                // storage instead of being copied.
+                let bytes = e.valueOffset == 0 && end == block.count ? block : Array(block[Int(e.valueOffset)..<end])
+                chain.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
             }
             if let failure {
                 results.append(.failure(failure))
