@@ -33,6 +33,7 @@ struct PageServer: AsyncParsableCommand {
         if let listenPg { cfg.listenPg = listenPg }
         if let listenHttp { cfg.listenHttp = listenHttp }
         LSMLog.warning = { serverLog.warning("\($0)") }
+        raiseOpenFileLimit()
 
         let lock: WorkdirLock
         do { lock = try WorkdirLock(workdir: cfg.workdir) } catch { fatalExit("\(error)") }
@@ -58,6 +59,21 @@ struct PageServer: AsyncParsableCommand {
         serverLog.info("shutting down: flushing every timeline")
         repository.shutdown()
         serverLog.info("pageserver stopped")
+    }
+}
+
+/// Every open layer file holds a descriptor, and one attach creates one set of files per relation
+/// chunk (about a thousand for an empty cluster), so the soft limit (often 1024) is raised to the hard
+/// limit at start-up.
+func raiseOpenFileLimit() {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+    let before = limit.rlim_cur
+    limit.rlim_cur = limit.rlim_max
+    if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 {
+        serverLog.info("raised the open file limit from \(before) to \(limit.rlim_cur)")
+    } else {
+        serverLog.warning("cannot raise the open file limit above \(before): \(String(cString: strerror(errno)))")
     }
 }
 
