@@ -34,6 +34,12 @@ let package = Package(
             name: "PostgresWAL",
             dependencies: ["CShims", "LSM"]
         ),
+        // PostgreSQL 15 redo in Swift: page layouts, the resource managers' redo, masking, checksums,
+        // and the consistency checker. A `Redo` for the engine; knows nothing of files or sockets.
+        .target(
+            name: "PostgresRedo",
+            dependencies: ["LSM", "PostgresWAL"]
+        ),
         // The PostgreSQL wire protocol (v3): the replication client (and later the page service's
         // server side). Knows nothing of files or of the engine.
         .target(
@@ -45,6 +51,7 @@ let package = Package(
             dependencies: [
                 "LSM",
                 "PostgresWAL",
+                "PostgresRedo",
                 "WireProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -58,11 +65,13 @@ let package = Package(
             dependencies: [
                 "LSM",
                 "PostgresWAL",
+                "PostgresRedo",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "LSMTests", dependencies: ["LSM", "PGTestSupport"]),
         .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL", "PGTestSupport"]),
+        .testTarget(name: "PostgresRedoTests", dependencies: ["PostgresRedo", "PGTestSupport"]),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol", "PGTestSupport"]),
         // A throwaway PostgreSQL 15 primary for the integration tests.
         .target(name: "PGTestSupport", path: "Tests/PGTestSupport"),
