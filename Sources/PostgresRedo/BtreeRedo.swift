@@ -333,7 +333,7 @@ enum BtreeRedo {
         let nDeleted = Int(try main.u16())
         let nUpdated = Int(try main.u16())
         let page = step.page
-        var data = RedoReader(step.blockData, what + " block data")
+        var data = RedoReader(step.blockData, isVacuum ? "btree vacuum block data" : "btree delete block data")
         let deleted = try data.bytes(2 * nDeleted)
         if nUpdated > 0 {
             let updatedOffsets = try data.bytes(2 * nUpdated)
