@@ -66,6 +66,7 @@ let package = Package(
                 "LSM",
                 "PostgresWAL",
                 "PostgresRedo",
+                "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
