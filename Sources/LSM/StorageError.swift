@@ -5,6 +5,8 @@
 public struct StorageError: Error, CustomStringConvertible, Sendable {
     public enum Code: String, Sendable {
         case corruption, io, notFound, invalidArgument, unsupported
+        /// The redo function refused to build the value (its message says why).
+        case redo
     }
 
     public var code: Code

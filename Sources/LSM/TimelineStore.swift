@@ -409,7 +409,7 @@ public final class TimelineStore: Sendable {
                 continue
             }
             results.append(Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chain, redo: redo, stats: &stats) }
-                .mapError { $0 as? StorageError ?? StorageError(.io, "\($0)") })
+                .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) })
         }
         return results
     }

@@ -33,7 +33,7 @@ struct IngestBenchCommand: ParsableCommand {
         guard let start = LSN(parsing: startLsn) else { fail("--start-lsn \(startLsn) is not an LSN (HI/LO)") }
         guard let end = LSN(parsing: endLsn) else { fail("--end-lsn \(endLsn) is not an LSN (HI/LO)") }
         guard end > start else { fail("--end-lsn \(end) is not after --start-lsn \(start)") }
-        let segments = walSegments(from: start)
+        let segments = walSegmentFiles(in: wal, from: start)
         let perf = perfControl.map { PerfControl($0) }
 
         let context = StorageContext(io: makeBlockIO(.ioUring))
@@ -120,39 +120,6 @@ struct IngestBenchCommand: ParsableCommand {
             print("  \(stats.valuesPut) values put; \(files.count) layer files, \(onDisk) bytes on disk")
         }
     }
-
-    /// The segment files of `wal` from the one holding `start` on, in order, checked to be
-    /// consecutive and of one size (16 MiB unless the files say otherwise).
-    private func walSegments(from start: LSN) -> (paths: [String], segmentSize: Int) {
-        guard let d = opendir(wal) else { fail("cannot open WAL directory \(wal): \(String(cString: strerror(errno)))") }
-        var names: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
-            if name.count == 24, name.allSatisfy(\.isHexDigit) { names.append(name) }
-        }
-        closedir(d)
-        names.sort()
-        guard let first = names.first else { fail("no WAL segment files in \(wal)") }
-        var st = stat()
-        guard stat(wal + "/" + first, &st) == 0 else { fail("cannot stat \(wal)/\(first)") }
-        let segmentSize = Int(st.st_size)
-        guard segmentSize > 0, segmentSize & (segmentSize - 1) == 0 else { fail("\(wal)/\(first) is \(segmentSize) bytes, not a WAL segment") }
-        let perLogId = UInt64(0x1_0000_0000) / UInt64(segmentSize)
-        func segmentNumber(_ name: String) -> UInt64 {
-            let chars = Array(name)
-            return UInt64(String(chars[8..<16]), radix: 16)! * perLogId + UInt64(String(chars[16..<24]), radix: 16)!
-        }
-        let wanted = start.rawValue / UInt64(segmentSize)
-        var paths: [String] = []
-        var expected = wanted
-        for name in names where segmentNumber(name) >= wanted {
-            guard segmentNumber(name) == expected else { fail("WAL segment \(expected) is missing from \(wal) (next is \(name))") }
-            paths.append(wal + "/" + name)
-            expected += 1
-        }
-        guard !paths.isEmpty else { fail("\(wal) has no segment holding the start LSN \(start)") }
-        return (paths, segmentSize)
-    }
 }
 
 /// The control FIFOs of `perf record --control fifo:CTL,ACK`: each command waits for perf's "ack".
@@ -176,20 +143,3 @@ private struct PerfControl {
     }
 }
 
-/// Calls `body` with the bytes of the file at `path` from `offset` on, `chunk` bytes at a time, until
-/// the end of the file or until `body` returns false.
-private func readFile(_ path: String, chunk: Int, from offset: Int = 0, _ body: (UnsafeRawBufferPointer) throws -> Bool) throws {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { fail("cannot open \(path): \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
-    defer { buffer.deallocate() }
-    var position = off_t(offset)
-    while true {
-        let n = pread(fd, buffer.baseAddress, chunk, position)
-        guard n >= 0 else { fail("cannot read \(path): \(String(cString: strerror(errno)))") }
-        if n == 0 { return }
-        position += off_t(n)
-        guard try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { return }
-    }
-}
