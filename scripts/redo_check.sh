@@ -47,6 +47,7 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 wal_consistency_checking = all
 max_wal_size = 20GB
+wal_keep_size = 20GB
 checkpoint_timeout = 1h
 fsync = off
 max_prepared_transactions = 10
@@ -59,7 +60,7 @@ while [ $i -lt ${#steps[@]} ]; do
   case "$kind" in
     -c) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres -c "$arg" >/dev/null ;;
     -f) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres -f "$arg" >/dev/null ;;
-    -b) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/pgbench" -q -U postgres $arg postgres >/dev/null 2>&1 ;;
+    -b) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/pgbench" -U postgres $arg postgres >/dev/null 2>&1 ;;
     -s) asp env PGHOST=$PGHOST PGPORT=$port bash -c "$arg" ;;
   esac
 done

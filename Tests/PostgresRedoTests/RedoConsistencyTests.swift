@@ -17,7 +17,7 @@ final class RedoConsistencyTests: XCTestCase {
 
     private func run(checksums: Bool, _ workload: (TestPrimary) throws -> Void) throws -> WALDirectoryCheck.Result {
         let primary = try TestPrimary.start(for: self, settings: [
-            "wal_consistency_checking = all", "max_wal_size = 20GB", "checkpoint_timeout = 1h",
+            "wal_consistency_checking = all", "max_wal_size = 20GB", "wal_keep_size = 20GB", "checkpoint_timeout = 1h",
             "max_prepared_transactions = 10", "autovacuum = off",
         ], initdbOptions: checksums ? ["-k"] : [])
         try workload(primary)
