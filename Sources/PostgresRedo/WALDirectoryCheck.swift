@@ -21,13 +21,27 @@ public enum WALDirectoryCheck {
         public var endNote: String?
     }
 
+    /// With `baseBackup` (a pg_basebackup -Ft base.tar), its files are imported first at its start LSN
+    /// (read from its backup_label) and replay starts there, as the daemon's attach does: then every
+    /// page has a known history and none is unverifiable.
     public static func run(walDirectory wal: String, storeDirectory: String, settings: RedoSettings,
-                           from: LSN? = nil, end: LSN? = nil) throws -> Result {
+                           baseBackup: String? = nil, from: LSN? = nil, end: LSN? = nil) throws -> Result {
         let segments = try WALSegmentFiles(directory: wal)
-        let start = from ?? LSN(segments.firstSegment * UInt64(segments.segmentSize))
-        let paths = try segments.paths(from: start)
         let store = try TimelineStore.open(directory: storeDirectory, config: StoreConfig(), context: StorageContext(io: makeBlockIO(.pread)))
         defer { store.close() }
+        var backupStart: LSN?
+        if let baseBackup {
+            let label = try BackupLabelReader.startLSN(tar: baseBackup)
+            let importer = BaseBackupImport(target: TimelineStoreTarget(store: store), startLSN: label)
+            let parser = TarStreamParser(consumer: importer)
+            try readWholeFile(baseBackup) { try parser.feed($0) }
+            try parser.finish()
+            try importer.finish()
+            store.advance(to: label)
+            backupStart = label
+        }
+        let start = from ?? backupStart ?? LSN(segments.firstSegment * UInt64(segments.segmentSize))
+        let paths = try segments.paths(from: start)
         let redo = PostgresRedo(settings: settings)
         let ingest = WalIngest(target: TimelineStoreTarget(store: store), pageSource: BestEffortPageSource(store: store, redo: redo))
         let verifier = RedoVerifier { key, lsn in try store.get(key, at: lsn, redo: redo) }
@@ -64,6 +78,44 @@ public enum WALDirectoryCheck {
             }
         }
         return Result(verifier: verifier, records: records, start: start, lastRecordEnd: ingest.lastRecordEndLSN, endNote: endNote)
+    }
+}
+
+/// Reads `path` in 1 MiB chunks.
+private func readWholeFile(_ path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { throw StorageError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+    defer { buffer.deallocate() }
+    while true {
+        let n = read(fd, buffer.baseAddress, buffer.count)
+        guard n >= 0 else { throw StorageError(.io, "cannot read \(path): \(String(cString: strerror(errno)))") }
+        if n == 0 { return }
+        try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+    }
+}
+
+/// The START WAL LOCATION of the backup_label inside a base backup tar.
+enum BackupLabelReader {
+    static func startLSN(tar path: String) throws -> LSN {
+        final class Grab: TarEntryConsumer {
+            var inLabel = false
+            var label: [UInt8] = []
+            func begin(name: String, size: Int64, type: TarEntryType) throws { inLabel = name == "backup_label" }
+            func data(_ chunk: UnsafeRawBufferPointer) throws { if inLabel { label.append(contentsOf: chunk) } }
+            func end() throws { inLabel = false }
+        }
+        let grab = Grab()
+        let parser = TarStreamParser(consumer: grab)
+        try readWholeFile(path) { try parser.feed($0) }
+        try parser.finish()
+        let text = String(decoding: grab.label, as: UTF8.self)
+        for line in text.split(separator: "\n") where line.hasPrefix("START WAL LOCATION: ") {
+            let value = line.dropFirst("START WAL LOCATION: ".count).split(separator: " ").first.map(String.init) ?? ""
+            if let lsn = LSN(parsing: value) { return lsn }
+        }
+        throw StorageError(.invalidArgument, "\(path) has no backup_label with a START WAL LOCATION")
     }
 }
 

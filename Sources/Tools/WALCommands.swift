@@ -33,6 +33,7 @@ struct WALVerifyRedo: ParsableCommand {
     @Option(help: "Stop before the first record that starts at or after this LSN (HI/LO); default: the end of valid WAL.") var end: String?
     @Option(help: "Scratch directory for the store (must not exist or be empty); default: a temporary one, removed after.") var dir: String?
     @Flag(help: "The cluster has data checksums.") var checksums = false
+    @Option(help: "A base backup's base.tar (pg_basebackup -Ft) to import first; replay then starts at its start LSN.") var baseBackup: String?
     @Option(help: "Mismatches printed in full.") var show = 20
     @Flag(help: "Print one JSON line instead of the table.") var json = false
 
@@ -50,7 +51,8 @@ struct WALVerifyRedo: ParsableCommand {
         let result: WALDirectoryCheck.Result
         do {
             result = try WALDirectoryCheck.run(walDirectory: wal, storeDirectory: scratch,
-                                               settings: RedoSettings(dataChecksums: checksums), from: start, end: stop)
+                                               settings: RedoSettings(dataChecksums: checksums), baseBackup: baseBackup,
+                                               from: start, end: stop)
         } catch {
             fail("\(error)")
         }

@@ -20,18 +20,22 @@ final class RedoConsistencyTests: XCTestCase {
             "wal_consistency_checking = all", "max_wal_size = 20GB", "wal_keep_size = 20GB", "checkpoint_timeout = 1h",
             "max_prepared_transactions = 10", "autovacuum = off",
         ], initdbOptions: checksums ? ["-k"] : [])
+        // A base backup first, as the daemon's attach takes one: replay starts from it.
+        let backup = primary.directory + "/backup"
+        try primary.asPostgres("\(TestPrimary.binDirectory)/pg_basebackup -h \(primary.directory) -p \(primary.port) -U postgres -D \(backup) -Ft -X none -c fast")
         try workload(primary)
         try primary.stop()
         let scratch = NSTemporaryDirectory() + "redo-check-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let result = try WALDirectoryCheck.run(walDirectory: primary.dataDirectory + "/pg_wal", storeDirectory: scratch,
-                                               settings: RedoSettings(dataChecksums: checksums))
+                                               settings: RedoSettings(dataChecksums: checksums), baseBackup: backup + "/base.tar")
         print("checksums \(checksums ? "on" : "off"): \(result.records) records replayed\n\(result.verifier.report())")
         for m in result.verifier.mismatches.prefix(20) { print("MISMATCH \(m)") }
         let t = result.verifier.totals
         XCTAssertEqual(t.mismatched, 0, "pages that differ from the primary's")
         XCTAssertEqual(t.failed, 0, "pages that could not be built")
         XCTAssertGreaterThan(t.checked, 0)
+        XCTAssertEqual(t.unverifiable, 0, "pages without a known history despite the base backup")
         return result
     }
 
