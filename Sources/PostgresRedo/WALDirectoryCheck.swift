@@ -27,7 +27,12 @@ public enum WALDirectoryCheck {
     public static func run(walDirectory wal: String, storeDirectory: String, settings: RedoSettings,
                            baseBackup: String? = nil, from: LSN? = nil, end: LSN? = nil) throws -> Result {
         let segments = try WALSegmentFiles(directory: wal)
-        let store = try TimelineStore.open(directory: storeDirectory, config: StoreConfig(), context: StorageContext(io: makeBlockIO(.pread)))
+        // No compaction runs here, so a hot page's chain grows with the whole WAL: no chain limit.
+        var config = StoreConfig()
+        config.maxChainLength = Int(Int32.max)
+        var settings = settings
+        settings.maxChainLength = Int(Int32.max)
+        let store = try TimelineStore.open(directory: storeDirectory, config: config, context: StorageContext(io: makeBlockIO(.pread)))
         defer { store.close() }
         var backupStart: LSN?
         if let baseBackup {

@@ -40,7 +40,7 @@ final class RedoConsistencyTests: XCTestCase {
     }
 
     private func pgbench(_ primary: TestPrimary, _ args: String) throws {
-        try primary.asPostgres("\(TestPrimary.binDirectory)/pgbench -q -h \(primary.directory) -p \(primary.port) -U postgres \(args) postgres")
+        try primary.asPostgres("\(TestPrimary.binDirectory)/pgbench -h \(primary.directory) -p \(primary.port) -U postgres \(args) postgres")
     }
 
     /// Runs a SQL script with psql -f: statement by statement, so VACUUM and CREATE DATABASE work.
@@ -53,7 +53,7 @@ final class RedoConsistencyTests: XCTestCase {
 
     /// The workloads of the issue, in one cluster.
     private func workload(_ p: TestPrimary) throws {
-        try pgbench(p, "-i -s \(full ? 10 : 1)")
+        try pgbench(p, "-i -q -s \(full ? 10 : 1)")
         try pgbench(p, "-c 4 -j 2 -T \(full ? 60 : 5)")
         try sqlScript(p, """
             CREATE TABLE churn (id int PRIMARY KEY, grp int, note text, pad text);
