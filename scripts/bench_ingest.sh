@@ -28,6 +28,11 @@
 #   PERF_REPORT      when set: one more run of ours under `perf record -g`, events enabled for the
 #                    timed part only; the top of `perf report --no-children` goes to this file
 #   BENCH_COMMAND    how the run was started, for the table (default scripts/bench_ingest.sh)
+#   REDO_ONLY        when 1: skip our ingest runs and write only the redo table (issue 4): our redo
+#                    (`pagectl wal bench-redo` on the same captured WAL: ns per record type, page
+#                    reconstruction from an image plus 1, 10, 100 records, applications per second)
+#                    next to the standby's replay in records per second. Without it, the redo runs
+#                    happen too and both tables are written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -215,9 +220,14 @@ PY
   sync
 }
 
-echo "== WAL ingest: ours (decode + store + flush) vs a PostgreSQL 15 streaming standby catching up, $reps each"
+run_redo() {
+  "$bin" wal bench-redo --wal "$capture/wal" --start-lsn "$start_lsn" --end-lsn "$end_lsn" --json | tee -a "$out"
+}
+
+echo "== WAL ingest and redo: ours vs a PostgreSQL 15 streaming standby catching up, $reps each"
 for r in $(seq "$reps"); do
-  run_ours
+  if [ "${REDO_ONLY:-0}" != 1 ]; then run_ours; fi
+  run_redo
   run_standby
 done
 
@@ -241,5 +251,9 @@ if [ -n "${PERF_REPORT:-}" ]; then
   echo "perf report written to $PERF_REPORT"
 fi
 
-python3 "$root/scripts/bench_report.py" "$out" "$root/BENCHMARKS.md" ingest "$command"
-echo "BENCHMARKS.md updated (ingest)"
+if [ "${REDO_ONLY:-0}" != 1 ]; then
+  python3 "$root/scripts/bench_report.py" "$out" "$root/BENCHMARKS.md" ingest "$command"
+  echo "BENCHMARKS.md updated (ingest)"
+fi
+python3 "$root/scripts/bench_report.py" "$out" "$root/BENCHMARKS.md" redo "$command"
+echo "BENCHMARKS.md updated (redo)"

@@ -57,8 +57,51 @@ def ingest_rows():
                  f"| the standby's replay rate once it accepts connections (WAL and time between the first and the last poll): {a:.1f} MB/s "
                  f"| {o/a:.2f}x | |")
 
+def redo_rows():
+    """The redo table: our native redo against the standby replaying the same WAL."""
+    cap = next((r for r in rows if r["bench"] == "ingest_capture"), None)
+    ours = [r for r in rows if r["bench"] == "redo"]
+    base = [r for r in rows if r["bench"] == "standby_replay"]
+    if not ours or not base:
+        return
+    records = ours[0]["records"]
+    mb = base[0]["wal_bytes"] / 1e6
+    if cap:
+        lines.insert(1, f"WAL: {cap['start_lsn']} .. {cap['end_lsn']}, {mb:.0f} MB, {records:,} records "
+                        f"(`pgbench -i -s {cap['scale']}`, then `pgbench -c {cap['clients']} -j 2 -T {cap['pgbench_seconds']}`, CHECKPOINT).")
+        lines.insert(1, "")
+    o = med([r["records_applied"] / r["apply_seconds"] for r in ours])
+    apps = med([r["applications_per_s"] for r in ours])
+    b_all = med([records / r["seconds"] for r in base])
+    b_rep = med([r["after_startup_mb_per_s"] * records / mb for r in base])
+    lines.append(f"| redo of the whole WAL, records with a page applied per second of redo time (parse + apply) "
+                 f"| {o:,.0f} records/s ({apps:,.0f} page applications/s; {med([r['records_applied'] for r in ours]):,.0f} records) "
+                 f"| PostgreSQL 15 standby replaying the same WAL, records/s once it accepts connections: {b_rep:,.0f} "
+                 f"(start to end: {b_all:,.0f}) | {o/b_rep:.2f}x | >= 1x per record ({'met' if o >= b_rep else 'MISSED'}) |")
+    for n in ("1", "10", "100"):
+        vals = [r["reconstruct_ns"][n] for r in ours if n in r["reconstruct_ns"]]
+        if not vals:
+            continue
+        v = med(vals)
+        goal = f"< 3200 ns ({'met' if v < 3200 else 'MISSED'})" if n == "10" else ""
+        lines.append(f"| reconstruct one page: image + {n} record(s), the longest chain's page (ns) | {v:,.0f} ns "
+                     f"| Neon's published walredo request: 32,000 ns | {v/32000:.3f}x | {goal} |")
+    types = {}
+    for r in ours:
+        for name, t in r["by_type"].items():
+            types.setdefault(name, []).append((t["count"], t["ns"]))
+    lines.append("")
+    lines.append("Redo cost per record type (median over runs; parse + apply of one record to one page):")
+    lines.append("")
+    lines.append("| record type | applications | ns per application |")
+    lines.append("|---|---|---|")
+    for name, vs in sorted(types.items(), key=lambda kv: -kv[1][0][0]):
+        lines.append(f"| {name} | {vs[0][0]:,} | {med([v[1] for v in vs]):,.0f} |")
+
 if section == "ingest":
     ingest_rows()
+if section == "redo":
+    redo_rows()
 
 w = [r["mb_per_s"] for r in rows if r["bench"] == "layer_write"]
 fw = [r["mb_per_s"] for r in rows if r["bench"] == "fio_write"]

@@ -12,7 +12,7 @@ struct WALCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wal",
         abstract: "Work with PostgreSQL WAL segment files.",
-        subcommands: [WALVerifyRedo.self])
+        subcommands: [WALVerifyRedo.self, WALBenchRedo.self])
 }
 
 /// `pagectl wal verify-redo`: replays a pg_wal directory with our redo and checks every page against
