@@ -2,6 +2,11 @@
 // The page server: a log-structured storage engine (LSM), the daemon (Server) and its tool (Tools).
 import PackageDescription
 
+// The engine, WAL decoding and redo run whole WAL streams in the tests: unoptimised they are 10-50x
+// slower, so they are optimised in debug builds too (tests and debugging of the other targets keep
+// -Onone).
+let optimizedEvenInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "pageserver",
     platforms: [.macOS(.v15)],
@@ -27,18 +32,21 @@ let package = Package(
         // Knows nothing of PostgreSQL or sockets.
         .target(
             name: "LSM",
-            dependencies: ["CShims"]
+            dependencies: ["CShims"],
+            swiftSettings: optimizedEvenInDebug
         ),
         // PostgreSQL 15 knowledge: WAL format and decoding (later: page layouts, redo, pg_control).
         .target(
             name: "PostgresWAL",
-            dependencies: ["CShims", "LSM"]
+            dependencies: ["CShims", "LSM"],
+            swiftSettings: optimizedEvenInDebug
         ),
         // PostgreSQL 15 redo in Swift: page layouts, the resource managers' redo, masking, checksums,
         // and the consistency checker. A `Redo` for the engine; knows nothing of files or sockets.
         .target(
             name: "PostgresRedo",
-            dependencies: ["LSM", "PostgresWAL"]
+            dependencies: ["LSM", "PostgresWAL"],
+            swiftSettings: optimizedEvenInDebug
         ),
         // The PostgreSQL wire protocol (v3): the replication client (and later the page service's
         // server side). Knows nothing of files or of the engine.
@@ -66,6 +74,7 @@ let package = Package(
                 "LSM",
                 "PostgresWAL",
                 "PostgresRedo",
+                "WireProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -47,23 +47,27 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$dir'
 wal_consistency_checking = all
 max_wal_size = 20GB
+wal_keep_size = 20GB
 checkpoint_timeout = 1h
 fsync = off
 max_prepared_transactions = 10
 CONF
 asp "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+# A base backup first, as the page server's attach takes one: replay starts from it, so every page
+# has a known history (initdb's bootstrap writes catalogs without WAL).
+asp "$PGBIN/pg_basebackup" -h 127.0.0.1 -p $port -U postgres -D "$dir/backup" -Ft -X none -c fast
 i=0
 while [ $i -lt ${#steps[@]} ]; do
   kind=${steps[$i]}; arg=${steps[$((i+1))]}; i=$((i+2))
   case "$kind" in
     -c) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres -c "$arg" >/dev/null ;;
     -f) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres -f "$arg" >/dev/null ;;
-    -b) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/pgbench" -q -U postgres $arg postgres >/dev/null 2>&1 ;;
+    -b) asp env PGHOST=$PGHOST PGPORT=$port "$PGBIN/pgbench" -U postgres $arg postgres >/dev/null 2>&1 ;;
     -s) asp env PGHOST=$PGHOST PGPORT=$port bash -c "$arg" ;;
   esac
 done
 asp "$PGBIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
 flags=()
 [ ${#checksums[@]} -gt 0 ] && flags+=(--checksums)
-"$PAGECTL" wal verify-redo ${flags[@]+"${flags[@]}"} "$dir/data/pg_wal"
+"$PAGECTL" wal verify-redo ${flags[@]+"${flags[@]}"} --base-backup "$dir/backup/base.tar" "$dir/data/pg_wal"

@@ -171,3 +171,19 @@ public struct PostgresRedo: Redo {
         image.page.withUnsafeBytes { page.copy(from: $0) }
     }
 }
+
+extension RedoSettings {
+    /// Offsets in PostgreSQL 15's ControlFileData (x86-64 layout; pg_control_version 1300).
+    static let walLogHintsOffset = 176
+    static let dataChecksumVersionOffset = 252
+
+    /// The settings recorded in a cluster's pg_control file (global/pg_control, 8192 bytes).
+    public init(pgControl bytes: [UInt8], maxChainLength: Int = 10_000) throws {
+        guard bytes.count >= 256 else {
+            throw RedoError(.malformedRecord, "pg_control has \(bytes.count) bytes; PostgreSQL 15's is 8192")
+        }
+        let version = bytes.withUnsafeBytes { $0.u32le(Self.dataChecksumVersionOffset) }
+        self.init(dataChecksums: version != 0, walLogHints: bytes[Self.walLogHintsOffset] != 0,
+                  maxChainLength: maxChainLength)
+    }
+}

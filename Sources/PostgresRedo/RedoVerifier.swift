@@ -41,6 +41,7 @@ public final class RedoVerifier {
         public var unsupported = 0
         public var failed = 0
         public var checked: Int { matched + mismatched + failed }
+        public init() {}
     }
 
     /// Per "Rmgr/RECORD_TYPE".

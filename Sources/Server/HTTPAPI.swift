@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import LSM
+import PostgresWAL
 
 /// The management API (contract: ../shared/contract.md, "HTTP management API"). JSON bodies, LSNs as
 /// strings, errors as `{"msg": ...}` with 400 (bad input), 404 (unknown tenant/timeline) or 409
@@ -86,6 +87,44 @@ struct HTTPAPI {
                 let rels = try await blocking { try RelationCatalog(store: tl.store).relations(at: at) }
                 return json(200, ["lsn": "\(at)", "relations": rels.map { ["spc": $0.tag.spc, "db": $0.tag.db, "rel": $0.tag.rel,
                                                                          "fork": $0.tag.fork, "nblocks": $0.nblocks] }])
+            }
+        }
+        // Extension: the verify_redo report (see RedoVerification). `?wait=SECONDS` first waits
+        // until every record queued so far is checked.
+        router.get("/v1/tenant/:tenant_id/timeline/:timeline_id/redo_verification") { req, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                guard let v = tl.verification else { return json(200, ["enabled": false]) }
+                if let w = req.uri.queryParameters.get("wait"), let seconds = Double(w) {
+                    _ = try await blocking { v.drain(timeoutSeconds: min(seconds, 600)) }
+                }
+                return json(200, v.json())
+            }
+        }
+        // Extension: one page as our redo builds it, raw 8192 bytes.
+        // `?rel=SPC/DB/REL[/FORK]&blk=N[&lsn=LSN]` (default LSN: last_record_lsn).
+        router.get("/v1/tenant/:tenant_id/timeline/:timeline_id/page") { req, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                let q = req.uri.queryParameters
+                guard let relText = q.get("rel") else { throw APIError.badRequest("rel=SPC/DB/REL[/FORK] is required") }
+                let parts = relText.split(separator: "/").map { UInt32($0) }
+                guard parts.count == 3 || parts.count == 4, parts.allSatisfy({ $0 != nil }), (parts.count == 3 || parts[3]! <= 3) else {
+                    throw APIError.badRequest("rel '\(relText)' is not SPC/DB/REL[/FORK] (fork 0 main, 1 fsm, 2 vm, 3 init)")
+                }
+                guard let blkText = q.get("blk"), let blk = UInt32(blkText), blk != UInt32.max else { throw APIError.badRequest("blk=N is required") }
+                var lsn = tl.store.lastRecordLSN
+                if let s = q.get("lsn") {
+                    guard let l = LSN(parsing: s) else { throw APIError.badRequest("lsn '\(s)' is not an LSN like 0/16B3748") }
+                    lsn = l
+                }
+                let tag = RelTag(spc: parts[0]!, db: parts[1]!, rel: parts[2]!, fork: UInt8(parts.count == 4 ? parts[3]! : 0))
+                let at = lsn
+                let page = try await blocking { try tl.store.get(KeySpace.relationBlock(tag, blk), at: at, redo: tl.redo) }
+                guard let page else { throw APIError.notFound("block \(blk) of \(tag) has no value at \(at)") }
+                var headers = HTTPFields()
+                headers[.contentType] = "application/octet-stream"
+                return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: page)))
             }
         }
         return router

@@ -25,11 +25,13 @@ struct ServerConfig: Sendable {
     var maxChainLength = 10_000
     /// Reconnect backoff of the WAL receiver.
     var walReceiverBackoffMaxSeconds: Double = 10
+    /// Check our redo against the primary's wal_consistency_checking images (see RedoVerification).
+    var verifyRedo = false
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
-        "wal_receiver_backoff_max",
+        "wal_receiver_backoff_max", "verify_redo",
     ]
 
     /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
@@ -85,6 +87,10 @@ struct ServerConfig: Sendable {
             maxChainLength = i
         }
         if let v = try seconds("wal_receiver_backoff_max") { walReceiverBackoffMaxSeconds = v }
+        if let v = table["verify_redo"] {
+            guard let b = v.bool else { throw ConfigError("config file \(path): verify_redo must be true or false") }
+            verifyRedo = b
+        }
     }
 
     var storeConfig: StoreConfig {

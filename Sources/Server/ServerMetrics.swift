@@ -21,6 +21,17 @@ final class ServerMetrics: Sendable {
                              help: "WAL records stored but not interpreted by ingest, by resource manager")
     }
 
+    func redoVerifyChecked(_ tenant: String, _ timeline: String, rmgr: String) -> Counter {
+        registry.makeCounter(name: "pageserver_redo_verify_checked_total",
+                             labels: [("tenant_id", tenant), ("timeline_id", timeline), ("rmgr", rmgr)],
+                             help: "Pages checked by verify_redo against the primary's consistency images, by resource manager")
+    }
+
+    func redoVerifyMismatches(_ tenant: String, _ timeline: String) -> Counter {
+        registry.makeCounter(name: "pageserver_redo_verify_mismatches_total", labels: [("tenant_id", tenant), ("timeline_id", timeline)],
+                             help: "Pages whose redo differed from the primary's consistency image (or could not be built)")
+    }
+
     func lsnGauge(_ name: String, _ tenant: String, _ timeline: String, help: String) -> Gauge {
         registry.makeGauge(name: name, labels: [("tenant_id", tenant), ("timeline_id", timeline)], help: help)
     }

@@ -1,5 +1,7 @@
 import Foundation
 import LSM
+import PostgresRedo
+import PostgresWAL
 import Synchronization
 
 /// One timeline as the daemon runs it: its store, its durable metadata, its WAL receiver.
@@ -27,6 +29,10 @@ final class Timeline: Sendable {
     let metadata: Mutex<TimelineMetadata>
     let state: Mutex<State>
     let receiver = Mutex<WalReceiver?>(nil)
+    /// Native redo, with the settings (data checksums, wal_log_hints) of the cluster's pg_control.
+    let redo: PostgresRedo
+    /// The verify_redo checker, when the setting is on.
+    let verification: RedoVerification?
     unowned let repository: Repository
 
     init(tenantId: TenantId, timelineId: TimelineId, directory: String, store: TimelineStore, metadata: TimelineMetadata,
@@ -38,6 +44,22 @@ final class Timeline: Sendable {
         self.metadata = Mutex(metadata)
         self.state = Mutex(state)
         self.repository = repository
+        let control = try? store.get(KeySpace.controlFile, at: .max, redo: ImageOnlyRedo())
+        var settings = (control.flatMap { $0 }).flatMap { try? RedoSettings(pgControl: $0) } ?? RedoSettings()
+        settings.maxChainLength = repository.config.maxChainLength
+        self.redo = PostgresRedo(settings: settings)
+        if repository.config.verifyRedo {
+            let store = store, redo = self.redo, metrics = repository.metrics
+            let t = "\(tenantId)", tl = "\(timelineId)"
+            let mismatches = metrics.redoVerifyMismatches(t, tl)
+            verification = RedoVerification(
+                tenantId: tenantId, timelineId: timelineId,
+                page: { key, lsn in try store.get(key, at: lsn, redo: redo) },
+                checked: { rmgr, n in metrics.redoVerifyChecked(t, tl, rmgr: rmgr).increment(by: Int64(n)) },
+                mismatch: { mismatches.increment() })
+        } else {
+            verification = nil
+        }
     }
 
     /// Opens an existing timeline directory.
@@ -52,6 +74,7 @@ final class Timeline: Sendable {
 
     /// Starts the WAL receiver when the timeline has a WAL source.
     func startBackgroundWork() {
+        verification?.start()
         guard walSource != nil else { return }
         let r = WalReceiver(timeline: self)
         receiver.withLock { $0 = r }
@@ -72,6 +95,7 @@ final class Timeline: Sendable {
             return false
         }
         receiver.withLock { $0 }?.stop()
+        verification?.stop()
         if !broken {
             // The receiver has stopped between records, so everything put is complete.
             do { try store.checkpoint() } catch { serverLog.error("final flush of timeline \(timelineId) failed: \(error)") }

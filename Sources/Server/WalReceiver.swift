@@ -56,7 +56,7 @@ final class WalReceiver: @unchecked Sendable {
     private func run() {
         let store = timeline.store
         let target = TimelineStoreTarget(store: store)
-        let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
+        let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: timeline.redo))
         self.ingest = ingest
         var backoff = 0.1
         let maxBackoff = timeline.repository.config.walReceiverBackoffMaxSeconds
@@ -127,6 +127,7 @@ final class WalReceiver: @unchecked Sendable {
                     } catch {
                         throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
                     }
+                    timeline.verification?.submit(record)
                     count(record, uninterpreted: (ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0) > uninterpretedBefore)
                 }
             case .keepalive(_, _, let replyRequested)?:

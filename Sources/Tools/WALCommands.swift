@@ -33,65 +33,37 @@ struct WALVerifyRedo: ParsableCommand {
     @Option(help: "Stop before the first record that starts at or after this LSN (HI/LO); default: the end of valid WAL.") var end: String?
     @Option(help: "Scratch directory for the store (must not exist or be empty); default: a temporary one, removed after.") var dir: String?
     @Flag(help: "The cluster has data checksums.") var checksums = false
+    @Option(help: "A base backup's base.tar (pg_basebackup -Ft) to import first; replay then starts at its start LSN.") var baseBackup: String?
     @Option(help: "Mismatches printed in full.") var show = 20
     @Flag(help: "Print one JSON line instead of the table.") var json = false
 
     func run() throws {
-        let first = walSegmentFiles(in: wal)
-        let start: LSN
-        if let from {
-            guard let l = LSN(parsing: from) else { fail("--from \(from) is not an LSN (HI/LO)") }
-            start = l
-        } else {
-            start = LSN(first.firstSegment * UInt64(first.segmentSize))
+        let start: LSN? = try from.map { text in
+            guard let l = LSN(parsing: text) else { throw ValidationError("--from \(text) is not an LSN (HI/LO)") }
+            return l
         }
         let stop: LSN? = try end.map { text in
             guard let l = LSN(parsing: text) else { throw ValidationError("--end \(text) is not an LSN (HI/LO)") }
             return l
         }
-        let segments = walSegmentFiles(in: wal, from: start)
-
         let scratch = dir ?? makeTemporaryDirectory()
         defer { if dir == nil { removeTree(scratch) } }
-        let store = try TimelineStore.open(directory: scratch, config: StoreConfig(), context: StorageContext(io: makeBlockIO(.pread)))
-        defer { store.close() }
-        let redo = PostgresRedo(settings: RedoSettings(dataChecksums: checksums))
-        // CREATE DATABASE ... FILE_COPY copies pages as of its record; a page this WAL cannot build
-        // (its history starts before the WAL read) is left out, and then counts as unverifiable.
-        let ingest = WalIngest(target: TimelineStoreTarget(store: store), pageSource: BestEffortPageSource(store: store, redo: redo))
-        let verifier = RedoVerifier { key, lsn in try store.get(key, at: lsn, redo: redo) }
-        var decoder = try WALDecoder(startLSN: start, segmentSize: segments.segmentSize)
-        var records = 0
-        var endNote = ""
-        var done = false
-        outer: for (i, path) in segments.paths.enumerated() {
-            let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
-            try readFile(path, chunk: 1 << 20, from: offset) { bytes in
-                decoder.feed(bytes)
-                do {
-                    while let record = try decoder.next() {
-                        if let stop, record.startLSN >= stop { done = true; return false }
-                        try ingest.ingest(record)
-                        records += 1
-                        if RedoVerifier.hasCheckImages(record) { verifier.check(record) }
-                    }
-                } catch let e as WALError {
-                    if stop != nil { fail("WAL error before --end: \(e)") }
-                    endNote = "WAL ends at \(decoder.lastRecordEndLSN.map { "\($0)" } ?? "\(start)"): \(e)"
-                    done = true
-                    return false
-                }
-                return true
-            }
-            if done { break outer }
+        let result: WALDirectoryCheck.Result
+        do {
+            result = try WALDirectoryCheck.run(walDirectory: wal, storeDirectory: scratch,
+                                               settings: RedoSettings(dataChecksums: checksums), baseBackup: baseBackup,
+                                               from: start, end: stop)
+        } catch {
+            fail("\(error)")
         }
+        let verifier = result.verifier
         let totals = verifier.totals
         if json {
-            emitJSON([("records", "\(records)"), ("checked", "\(totals.checked)"), ("matched", "\(totals.matched)"),
+            emitJSON([("records", "\(result.records)"), ("checked", "\(totals.checked)"), ("matched", "\(totals.matched)"),
                       ("mismatched", "\(totals.mismatched)"), ("failed", "\(totals.failed)"),
                       ("unverifiable", "\(totals.unverifiable)"), ("unsupported", "\(totals.unsupported)")])
         } else {
-            print("decoded and ingested \(records) records from \(start)" + (endNote.isEmpty ? "" : "; \(endNote)"))
+            print("decoded and ingested \(result.records) records from \(result.start)" + (result.endNote.map { "; \($0)" } ?? ""))
             print(verifier.report())
             for m in verifier.mismatches.prefix(show) { print("MISMATCH \(m)") }
         }
@@ -124,11 +96,4 @@ func removeTree(_ path: String) {
     } else {
         unlink(path)
     }
-}
-
-/// Pages from a store, or nil when the page cannot be built.
-private struct BestEffortPageSource: PageSource {
-    let store: TimelineStore
-    let redo: any Redo
-    func page(_ key: Key, at lsn: LSN) throws -> [UInt8]? { try? store.get(key, at: lsn, redo: redo) }
 }

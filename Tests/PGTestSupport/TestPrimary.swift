@@ -65,21 +65,23 @@ public final class TestPrimary {
 
     /// Starts a primary and stops it (removing its directory) when `testCase` ends. Skips the test when
     /// PostgreSQL is not available.
-    public static func start(for testCase: XCTestCase, roles: [Role] = [], settings: [String] = []) throws -> TestPrimary {
+    public static func start(for testCase: XCTestCase, roles: [Role] = [], settings: [String] = [],
+                             initdbOptions: [String] = []) throws -> TestPrimary {
         try XCTSkipUnless(isAvailable, "PostgreSQL 15 (\(binDirectory)) and root are needed for this test")
-        let primary = try TestPrimary(roles: roles, settings: settings)
+        let primary = try TestPrimary(roles: roles, settings: settings, initdbOptions: initdbOptions)
         testCase.addTeardownBlock { primary.destroy() }
         return primary
     }
 
-    public init(roles: [Role] = [], settings: [String] = []) throws {
+    /// `initdbOptions` are added to initdb's command line (e.g. `-k` for data checksums).
+    public init(roles: [Role] = [], settings: [String] = [], initdbOptions: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.path + "/testprimary-\(UUID().uuidString.prefix(8))"
         dataDirectory = directory + "/data"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         port = try Self.freeLoopbackPort()
         do {
             try Self.shell("chown postgres: \(directory) && chmod 700 \(directory)")
-            try asPostgres("\(Self.binDirectory)/initdb -D \(dataDirectory) -A trust -U postgres --no-sync -E UTF8 --locale=C")
+            try asPostgres("\(Self.binDirectory)/initdb -D \(dataDirectory) -A trust -U postgres --no-sync -E UTF8 --locale=C \(initdbOptions.joined(separator: " "))")
             let conf = [
                 "listen_addresses = '127.0.0.1'",
                 "port = \(port)",
