@@ -156,14 +156,14 @@ enum HeapRedo {
     static func insert(_ step: RedoStep) throws {
         let what = "heap INSERT"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap INSERT main data")
         let offnum = offsetNumber(try main.u16())
         let flags = try main.u8()
         let page = step.page
         if step.info & initPage != 0 { page.initialize(specialSize: 0) }
         try checkInsertOffset(page, offnum, what)
 
-        var data = RedoReader(step.blockData, what + " block data")
+        var data = RedoReader(step.blockData, "heap INSERT block data")
         let infomask2 = try data.u16(), infomask = try data.u16(), hoff = try data.u8()
         let body = data.rest()
         guard body.count > 0, HeapTuple.headerSize + body.count <= HeapTuple.maxSize else {
@@ -186,7 +186,7 @@ enum HeapRedo {
     static func delete(_ step: RedoStep) throws {
         let what = "heap DELETE"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap DELETE main data")
         let xmax = try main.u32()
         let offnum = offsetNumber(try main.u16())
         let infobits = try main.u8(), flags = try main.u8()
@@ -220,7 +220,7 @@ enum HeapRedo {
     /// new tuple's bitmap/padding and the data not shared with the old tuple.
     static func update(_ step: RedoStep, hot: Bool) throws {
         let what = hot ? "heap HOT_UPDATE" : "heap UPDATE"
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, hot ? "heap HOT_UPDATE main data" : "heap UPDATE main data")
         let x = UpdateHeader(oldXmax: try main.u32(), oldOffnum: offsetNumber(try main.u16()),
                              oldInfobits: try main.u8(), flags: try main.u8(),
                              newXmax: try main.u32(), newOffnum: offsetNumber(try main.u16()))
@@ -248,7 +248,7 @@ enum HeapRedo {
     /// The old tuple's part of an update: xmax, infomask, forward link to the new version.
     private static func updateOldTuple(_ step: RedoStep, _ page: Page, _ x: UpdateHeader, newBlock: UInt32,
                                        hot: Bool, _ what: String) throws -> (tuple: HeapTuple, length: Int) {
-        let old = try page.normalHeapTuple(x.oldOffnum, what + " (old tuple)")
+        let old = try page.normalHeapTuple(x.oldOffnum, what)
         let t = old.tuple
         t.clearXmaxDescription()
         if hot { t.infomask2 |= HeapTuple.hotUpdated } else { t.infomask2 &= ~HeapTuple.hotUpdated }
@@ -268,7 +268,7 @@ enum HeapRedo {
     private static func updateNewTuple(_ step: RedoStep, _ page: Page, _ x: UpdateHeader, newBlock: UInt32,
                                        old: (tuple: HeapTuple, length: Int)?, _ what: String) throws {
         try checkInsertOffset(page, x.newOffnum, what)
-        var data = RedoReader(step.blockData, what + " block 0 data")
+        var data = RedoReader(step.blockData, "heap UPDATE/HOT_UPDATE block 0 data")
         let prefix = x.flags & updatePrefixFromOld != 0 ? Int(try data.u16()) : 0
         let suffix = x.flags & updateSuffixFromOld != 0 ? Int(try data.u16()) : 0
         let infomask2 = try data.u16(), infomask = try data.u16(), hoff = Int(try data.u8())
@@ -320,7 +320,7 @@ enum HeapRedo {
     static func confirm(_ step: RedoStep) throws {
         let what = "heap CONFIRM"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap CONFIRM main data")
         let offnum = offsetNumber(try main.u16())
         let page = step.page
         let (t, _) = try page.normalHeapTuple(offnum, what)
@@ -332,7 +332,7 @@ enum HeapRedo {
     static func lock(_ step: RedoStep) throws {
         let what = "heap LOCK"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap LOCK main data")
         let lockingXid = try main.u32()
         let offnum = offsetNumber(try main.u16())
         let infobits = try main.u8()
@@ -355,7 +355,7 @@ enum HeapRedo {
     static func inplace(_ step: RedoStep) throws {
         let what = "heap INPLACE"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap INPLACE main data")
         let offnum = offsetNumber(try main.u16())
         let page = step.page
         let (t, length) = try page.normalHeapTuple(offnum, what)
@@ -383,7 +383,7 @@ enum HeapRedo {
     static func prune(_ step: RedoStep) throws {
         let what = "heap2 PRUNE"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap2 PRUNE main data")
         _ = try main.u32()
         let nredirected = Int(try main.u16()), ndead = Int(try main.u16())
         let data = step.blockData
@@ -392,7 +392,7 @@ enum HeapRedo {
         }
         let nunused = data.count / 2 - 2 * nredirected - ndead
         let page = step.page
-        var r = RedoReader(data, what + " block data")
+        var r = RedoReader(data, "heap2 PRUNE block data")
         for _ in 0..<nredirected {
             let from = try nextOffset(&r, page, what)
             let to = try nextOffset(&r, page, what)
@@ -409,10 +409,10 @@ enum HeapRedo {
     static func vacuum(_ step: RedoStep) throws {
         let what = "heap2 VACUUM"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap2 VACUUM main data")
         let nunused = Int(try main.u16())
         let page = step.page
-        var r = RedoReader(step.blockData, what + " block data")
+        var r = RedoReader(step.blockData, "heap2 VACUUM block data")
         for _ in 0..<nunused { page.setItemId(try nextOffset(&r, page, what), .unused) }
         page.truncateLinePointerArray()
         page.lsn = step.lsn
@@ -424,11 +424,11 @@ enum HeapRedo {
     static func freezePage(_ step: RedoStep) throws {
         let what = "heap2 FREEZE_PAGE"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap2 FREEZE_PAGE main data")
         _ = try main.u32()
         let ntuples = Int(try main.u16())
         let page = step.page
-        var r = RedoReader(step.blockData, what + " block data")
+        var r = RedoReader(step.blockData, "heap2 FREEZE_PAGE block data")
         for i in 0..<ntuples {
             try r.seek(i * 12)
             let xmax = try r.u32()
@@ -448,7 +448,7 @@ enum HeapRedo {
     /// map page, block 1 the heap page.
     static func visible(_ step: RedoStep) throws {
         let what = "heap2 VISIBLE"
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap2 VISIBLE main data")
         _ = try main.u32()
         let flags = try main.u8()
         let page = step.page
@@ -485,7 +485,7 @@ enum HeapRedo {
     static func multiInsert(_ step: RedoStep) throws {
         let what = "heap2 MULTI_INSERT"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap2 MULTI_INSERT main data")
         let flags = try main.u8()
         try main.skip(1)
         let ntuples = Int(try main.u16())
@@ -493,7 +493,7 @@ enum HeapRedo {
         let page = step.page
         if isInit { page.initialize(specialSize: 0) }
 
-        var data = RedoReader(step.blockData, what + " block data")
+        var data = RedoReader(step.blockData, "heap2 MULTI_INSERT block data")
         for i in 0..<ntuples {
             let offnum = isInit ? 1 + i : offsetNumber(try main.u16())
             try checkInsertOffset(page, offnum, what)
@@ -526,7 +526,7 @@ enum HeapRedo {
     static func lockUpdated(_ step: RedoStep) throws {
         let what = "heap2 LOCK_UPDATED"
         try requireBlock0(step, what)
-        var main = RedoReader(step.mainData, what + " main data")
+        var main = RedoReader(step.mainData, "heap2 LOCK_UPDATED main data")
         let xmax = try main.u32()
         let offnum = offsetNumber(try main.u16())
         let infobits = try main.u8()
