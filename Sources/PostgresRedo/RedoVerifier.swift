@@ -40,6 +40,9 @@ public final class RedoVerifier {
         public var unverifiable = 0
         public var unsupported = 0
         public var failed = 0
+        /// The page's chain is longer than the store's max_chain_length: it cannot be built until
+        /// compaction writes newer images (not a redo error).
+        public var chainTooLong = 0
         public var checked: Int { matched + mismatched + failed }
         public init() {}
     }
@@ -63,6 +66,7 @@ public final class RedoVerifier {
         counts.values.reduce(into: Counts()) {
             $0.matched += $1.matched; $0.mismatched += $1.mismatched; $0.unverifiable += $1.unverifiable
             $0.unsupported += $1.unsupported; $0.failed += $1.failed
+            $0.chainTooLong += $1.chainTooLong
         }
     }
 
@@ -98,6 +102,9 @@ public final class RedoVerifier {
                 ours = p
             } catch let e as StorageError where e.code == .notFound {
                 c.unverifiable += 1
+                continue
+            } catch let e as StorageError where e.message.contains("max_chain_length") || e.message.hasPrefix("redo chainTooLong") {
+                c.chainTooLong += 1
                 continue
             } catch let e as StorageError where e.code == .redo && e.message.hasPrefix("redo unsupported") {
                 c.unsupported += 1
@@ -145,14 +152,14 @@ public final class RedoVerifier {
 
     /// A table of the counts, one line per record type, for logs and tools.
     public func report() -> String {
-        var lines = ["record type                          checked  matched  mismatched  failed  unverifiable  unsupported"]
+        var lines = ["record type                          checked  matched  mismatched  failed  unverifiable  unsupported  chain too long"]
         for (name, c) in counts.sorted(by: { $0.key < $1.key }) {
             lines.append(padRight(name, 36)
-                + " \(pad(c.checked, 7))  \(pad(c.matched, 7))  \(pad(c.mismatched, 10))  \(pad(c.failed, 6))  \(pad(c.unverifiable, 12))  \(pad(c.unsupported, 11))")
+                + " \(pad(c.checked, 7))  \(pad(c.matched, 7))  \(pad(c.mismatched, 10))  \(pad(c.failed, 6))  \(pad(c.unverifiable, 12))  \(pad(c.unsupported, 11))  \(pad(c.chainTooLong, 14))")
         }
         let t = totals
         lines.append(padRight("total", 36)
-            + " \(pad(t.checked, 7))  \(pad(t.matched, 7))  \(pad(t.mismatched, 10))  \(pad(t.failed, 6))  \(pad(t.unverifiable, 12))  \(pad(t.unsupported, 11))")
+            + " \(pad(t.checked, 7))  \(pad(t.matched, 7))  \(pad(t.mismatched, 10))  \(pad(t.failed, 6))  \(pad(t.unverifiable, 12))  \(pad(t.unsupported, 11))  \(pad(t.chainTooLong, 14))")
         return lines.joined(separator: "\n")
     }
 

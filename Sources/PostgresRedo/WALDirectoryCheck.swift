@@ -25,13 +25,16 @@ public enum WALDirectoryCheck {
     /// (read from its backup_label) and replay starts there, as the daemon's attach does: then every
     /// page has a known history and none is unverifiable.
     public static func run(walDirectory wal: String, storeDirectory: String, settings: RedoSettings,
-                           baseBackup: String? = nil, from: LSN? = nil, end: LSN? = nil) throws -> Result {
+                           baseBackup: String? = nil, from: LSN? = nil, end: LSN? = nil,
+                           maxChainLength: Int = 2_000) throws -> Result {
         let segments = try WALSegmentFiles(directory: wal)
-        // No compaction runs here, so a hot page's chain grows with the whole WAL: no chain limit.
+        // No compaction runs here, so a hot page's chain grows with the whole WAL and checking every
+        // record on it would cost quadratic time. Chains past `maxChainLength` are counted as
+        // `chainTooLong` (the store refuses them; compaction is what would bound them).
         var config = StoreConfig()
-        config.maxChainLength = Int(Int32.max)
+        config.maxChainLength = maxChainLength
         var settings = settings
-        settings.maxChainLength = Int(Int32.max)
+        settings.maxChainLength = maxChainLength
         let store = try TimelineStore.open(directory: storeDirectory, config: config, context: StorageContext(io: makeBlockIO(.pread)))
         defer { store.close() }
         var backupStart: LSN?

@@ -132,6 +132,7 @@ final class RedoVerification: Sendable {
             let totals = s.counts.values.reduce(into: RedoVerifier.Counts()) {
                 $0.matched += $1.matched; $0.mismatched += $1.mismatched; $0.failed += $1.failed
                 $0.unverifiable += $1.unverifiable; $0.unsupported += $1.unsupported
+                $0.chainTooLong += $1.chainTooLong
             }
             var byType: [String: Any] = [:]
             for (name, c) in s.counts {
@@ -142,6 +143,7 @@ final class RedoVerification: Sendable {
                 "enabled": true,
                 "checked": totals.checked, "matched": totals.matched, "mismatched": totals.mismatched,
                 "failed": totals.failed, "unverifiable": totals.unverifiable, "unsupported": totals.unsupported,
+                "chain_too_long": totals.chainTooLong,
                 "skipped": s.skipped, "queued": s.queue.count - s.head,
                 "by_record_type": byType,
                 "mismatches": s.recent.map { m -> [String: Any] in
