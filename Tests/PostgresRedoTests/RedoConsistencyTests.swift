@@ -54,7 +54,7 @@ final class RedoConsistencyTests: XCTestCase {
     /// The workloads of the issue, in one cluster.
     private func workload(_ p: TestPrimary) throws {
         try pgbench(p, "-i -q -s \(full ? 10 : 1)")
-        try pgbench(p, "-c 4 -j 2 -T \(full ? 60 : 5)")
+        try pgbench(p, full ? "-c 4 -j 2 -T 60" : "-c 4 -j 2 -t 250")
         try sqlScript(p, """
             CREATE TABLE churn (id int PRIMARY KEY, grp int, note text, pad text);
             CREATE INDEX churn_grp ON churn (grp);
