@@ -21,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // C shims: liburing's inline functions behind real symbols, CRC-32C with SSE4.2, and liblz4.
@@ -48,11 +49,15 @@ let package = Package(
             dependencies: ["LSM", "PostgresWAL"],
             swiftSettings: optimizedEvenInDebug
         ),
-        // The PostgreSQL wire protocol (v3): the replication client (and later the page service's
-        // server side). Knows nothing of files or of the engine.
+        // The PostgreSQL wire protocol (v3): the replication client, the pagestream codec and client,
+        // and the server side of the libpq port (SwiftNIO). Knows nothing of files or of the engine.
         .target(
             name: "WireProtocol",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")]
+            dependencies: [
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .executableTarget(
             name: "Server",
@@ -85,7 +90,7 @@ let package = Package(
         // A throwaway PostgreSQL 15 primary for the integration tests.
         .target(name: "PGTestSupport", path: "Tests/PGTestSupport"),
         // The daemon end to end: the real pageserver binary against a real primary.
-        .testTarget(name: "ServerTests", dependencies: ["PGTestSupport"]),
+        .testTarget(name: "ServerTests", dependencies: ["PGTestSupport", "WireProtocol"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import LSM
 import Logging
+import WireProtocol
 
 let serverLog: Logger = {
     var l = Logger(label: "pageserver")
@@ -39,6 +40,7 @@ struct PageServer: AsyncParsableCommand {
         do { lock = try WorkdirLock(workdir: cfg.workdir) } catch { fatalExit("\(error)") }
         defer { lock.release() }
         guard let (httpHost, httpPort) = splitHostPort(cfg.listenHttp) else { fatalExit("--listen-http '\(cfg.listenHttp)' is not HOST:PORT") }
+        guard let (pgHost, pgPort) = splitHostPort(cfg.listenPg) else { fatalExit("--listen-pg '\(cfg.listenPg)' is not HOST:PORT") }
 
         let metrics = ServerMetrics()
         let repository = Repository(config: cfg, metrics: metrics)
@@ -46,6 +48,20 @@ struct PageServer: AsyncParsableCommand {
         serverLog.info("pageserver started", metadata: ["workdir": "\(cfg.workdir)", "listen_http": "\(cfg.listenHttp)",
                                                         "listen_pg": "\(cfg.listenPg)", "io_engine": "\(repository.context.io.kind.rawValue)",
                                                         "timelines": "\(repository.allTimelines().count)"])
+        let pageServiceMetrics = PageServiceMetrics(metrics.registry)
+        var limits = PGServerLimits()
+        limits.maxConnections = cfg.pageServiceMaxConnections
+        let settings = PageServiceSettings(maxInflight: cfg.pageServiceMaxInflight, batchSize: 32,
+                                           waitLSNTimeoutSeconds: cfg.waitLsnTimeoutSeconds)
+        let pageService: PGWireServer
+        do {
+            pageService = try PGWireServer(host: pgHost, port: pgPort, limits: limits, threads: 2) {
+                PageServiceSession(repository: repository, metrics: pageServiceMetrics, settings: settings)
+            }
+        } catch {
+            repository.shutdown()
+            fatalExit("cannot start the page service: \(error)")
+        }
         let app = Application(router: HTTPAPI(repository: repository).makeRouter(),
                               configuration: .init(address: .hostname(httpHost, port: httpPort), serverName: "pageserver"),
                               logger: { var l = Logger(label: "pageserver.http"); l.logLevel = .warning; return l }())
@@ -53,10 +69,12 @@ struct PageServer: AsyncParsableCommand {
             try await app.runService()
         } catch {
             serverLog.error("HTTP server failed: \(error)")
+            pageService.shutdown()
             repository.shutdown()
             throw ExitCode(1)
         }
-        serverLog.info("shutting down: flushing every timeline")
+        serverLog.info("shutting down: closing page service connections, flushing every timeline")
+        pageService.shutdown()
         repository.shutdown()
         serverLog.info("pageserver stopped")
     }

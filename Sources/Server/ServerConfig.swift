@@ -27,11 +27,14 @@ struct ServerConfig: Sendable {
     var walReceiverBackoffMaxSeconds: Double = 10
     /// Check our redo against the primary's wal_consistency_checking images (see RedoVerification).
     var verifyRedo = false
+    /// Page service: most open libpq connections, and most pipelined requests read ahead per connection.
+    var pageServiceMaxConnections = 10_000
+    var pageServiceMaxInflight = 256
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
-        "wal_receiver_backoff_max", "verify_redo",
+        "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight",
     ]
 
     /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
@@ -87,6 +90,13 @@ struct ServerConfig: Sendable {
             maxChainLength = i
         }
         if let v = try seconds("wal_receiver_backoff_max") { walReceiverBackoffMaxSeconds = v }
+        func positive(_ k: String) throws -> Int? {
+            guard let v = table[k] else { return nil }
+            guard let i = v.int, i > 0 else { throw ConfigError("config file \(path): \(k) must be a positive integer") }
+            return i
+        }
+        if let v = try positive("page_service_max_connections") { pageServiceMaxConnections = v }
+        if let v = try positive("page_service_max_inflight") { pageServiceMaxInflight = v }
         if let v = table["verify_redo"] {
             guard let b = v.bool else { throw ConfigError("config file \(path): verify_redo must be true or false") }
             verifyRedo = b

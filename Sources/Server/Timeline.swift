@@ -33,6 +33,10 @@ final class Timeline: Sendable {
     let redo: PostgresRedo
     /// The verify_redo checker, when the setting is on.
     let verification: RedoVerification?
+    /// Readers waiting for an LSN to be ingested (the page service).
+    let lsnWaiter = LSNWaiter()
+    /// Relation sizes and existence, kept off the layer files (see TimelineReadSupport.swift).
+    let relSizes = RelSizeCache()
     unowned let repository: Repository
 
     init(tenantId: TenantId, timelineId: TimelineId, directory: String, store: TimelineStore, metadata: TimelineMetadata,
@@ -71,6 +75,14 @@ final class Timeline: Sendable {
     }
 
     var walSource: String? { metadata.withLock { $0.walSource } }
+
+    /// The first LSN this timeline holds (its base backup's start LSN).
+    var startLSN: LSN { metadata.withLock { LSN(parsing: $0.startLsn) } ?? .zero }
+
+    /// The ingest target WAL goes through (keeps the size cache and the LSN waiters up to date).
+    func makeIngestTarget() -> TimelineIngestTarget {
+        TimelineIngestTarget(store: store, relSizes: relSizes, lsnWaiter: lsnWaiter)
+    }
 
     /// Starts the WAL receiver when the timeline has a WAL source.
     func startBackgroundWork() {

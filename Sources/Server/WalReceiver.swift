@@ -55,7 +55,7 @@ final class WalReceiver: @unchecked Sendable {
 
     private func run() {
         let store = timeline.store
-        let target = TimelineStoreTarget(store: store)
+        let target = timeline.makeIngestTarget()
         let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: timeline.redo))
         self.ingest = ingest
         var backoff = 0.1

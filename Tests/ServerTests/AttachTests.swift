@@ -7,41 +7,7 @@ import XCTest
 final class AttachTests: XCTestCase {
     let tenant = randomHexId()
 
-    /// Relation fork sizes in blocks from the primary's data directory: "spc/db/rel/fork" -> blocks.
-    /// The FSM fork is left out (its extension is not WAL-logged), and so is the main fork of unlogged
-    /// relations (only their init fork is WAL-logged).
-    func primarySizes(_ primary: TestPrimary) throws -> [String: Int] {
-        var sizes: [String: Int] = [:]
-        var unlogged = Set<String>()
-        let fm = FileManager.default
-        var dirs: [(String, UInt32, UInt32)] = [(primary.dataDirectory + "/global", 1664, 0)]
-        for db in try fm.contentsOfDirectory(atPath: primary.dataDirectory + "/base") {
-            if let oid = UInt32(db) { dirs.append((primary.dataDirectory + "/base/" + db, 1663, oid)) }
-        }
-        for (dir, spc, db) in dirs {
-            for name in try fm.contentsOfDirectory(atPath: dir) {
-                var stem = Substring(name)
-                var seg = 0
-                if let dot = stem.firstIndex(of: ".") {
-                    guard let s = Int(stem[stem.index(after: dot)...]) else { continue }
-                    seg = s
-                    stem = stem[..<dot]
-                }
-                var fork = 0
-                for (suffix, f) in [("_fsm", 1), ("_vm", 2), ("_init", 3)] where stem.hasSuffix(suffix) {
-                    fork = f
-                    stem = stem.dropLast(suffix.count)
-                }
-                guard let rel = UInt32(stem) else { continue }
-                let size = (try fm.attributesOfItem(atPath: dir + "/" + name)[.size] as? NSNumber)?.intValue ?? 0
-                let key = "\(spc)/\(db)/\(rel)/\(fork)"
-                if fork == 3 { unlogged.insert("\(spc)/\(db)/\(rel)/0") }
-                _ = seg
-                sizes[key, default: 0] += size / 8192
-            }
-        }
-        return sizes.filter { !$0.key.hasSuffix("/1") && !unlogged.contains($0.key) }
-    }
+    func primarySizes(_ primary: TestPrimary) throws -> [String: Int] { try primaryRelationSizes(primary) }
 
     func pageServerSizes(_ ps: TestPageServer, _ timeline: String) throws -> [String: Int] {
         let r = try ps.request("GET", "/v1/tenant/\(tenant)/timeline/\(timeline)/relations")
