@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a PostgreSQL 15 primary and the page server on loopback ports under .demo/, attach,
-# write with pgbench, and show what the page server holds next to what the primary has. Cleans up.
+# write with pgbench, show what the page server holds next to what the primary has, benchmark
+# GetPage@LSN, and boot vanilla PostgreSQL from a fullbackup at an earlier LSN to show that past next
+# to the primary's present. Cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -14,7 +16,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 pg_port=$(free_port); http_port=$(free_port); ps_port=$(free_port)
 ps_pid=""
+past_started=""
 cleanup() {
+  [ -n "$past_started" ] && as_pg "$pgbin/pg_ctl" -D "$demo/past" -m immediate -w stop >/dev/null 2>&1 || true
   [ -n "$ps_pid" ] && kill "$ps_pid" 2>/dev/null && wait "$ps_pid" 2>/dev/null || true
   as_pg "$pgbin/pg_ctl" -D "$demo/pg" -m fast -w stop >/dev/null 2>&1 || true
   rm -rf "$demo"
@@ -52,9 +56,15 @@ curl -sf -X POST "$api/v1/tenant/$tenant/timeline" \
   -d "{\"new_timeline_id\": \"$timeline\", \"wal_source\": \"host=127.0.0.1 port=$pg_port user=postgres\"}" >/dev/null
 python3 -c "import sys; print('   attached in %.1f s' % (float(sys.argv[2]) - float(sys.argv[1])))" "$t0" "$(date +%s.%N)"
 
-echo "== 4. pgbench -i -s 5, then pgbench -c 2 -T 10 on the primary while the page server streams"
+echo "== 4. pgbench -i -s 5 on the primary while the page server streams; remember this moment's LSN"
 pgbench -q -i -s 5 -h 127.0.0.1 -p "$pg_port" -U postgres postgres 2>&1 | tail -n 1
+earlier_lsn=$(psql_ -c "SELECT pg_current_wal_lsn()")
+state_sql="SELECT (SELECT count(*) FROM notes) AS notes, (SELECT count(*) FROM pgbench_history) AS history, (SELECT sum(abalance) FROM pgbench_accounts) AS sum_abalance"
+earlier_state=$(psql_ -F ' | ' -c "$state_sql")
+echo "   LSN $earlier_lsn: notes | history | sum(abalance) = $earlier_state"
+echo "   then: pgbench -c 2 -T 10, and DELETE half of the notes"
 pgbench -c 2 -j 2 -T 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres 2>/dev/null | grep -E '^(tps|number of transactions actually)'
+psql_ -c "DELETE FROM notes WHERE id % 2 = 0"
 psql_ -c "CHECKPOINT"
 target=$(psql_ -c "SELECT pg_current_wal_lsn()")
 lsn_num() { python3 -c "import sys; h,l=sys.argv[1].split('/'); print(int(h,16)<<32|int(l,16))" "$1"; }
@@ -74,7 +84,26 @@ for rel in pgbench_accounts pgbench_history pgbench_accounts_pkey notes; do
   printf '   %-22s %12s %12s\n' "$rel" "$blocks" "$ours"
 done
 
-echo "== 6. checkpoint: flush the in-memory layer to layer files"
+echo "== 6. GetPage@LSN over the pagestream protocol: pagectl bench getpage (2 clients x depth 8, 5 s)"
+"$bin/pagectl" bench getpage --server "127.0.0.1:$ps_port" --http "127.0.0.1:$http_port" --tenant "$tenant" --timeline "$timeline" \
+  --clients 2 --depth 8 --duration 5 2>&1 | sed 's/^/   /'
+
+echo "== 7. time travel: a fullbackup at the earlier LSN $earlier_lsn, booted by vanilla PostgreSQL 15"
+"$bin/pagectl" fullbackup --server "127.0.0.1:$ps_port" --tenant "$tenant" --timeline "$timeline" --lsn "$earlier_lsn" -o "$demo/past.tar" 2>&1 | sed 's/^/   /'
+mkdir -p "$demo/past"
+tar -xf "$demo/past.tar" -C "$demo/past"
+chmod 700 "$demo/past"
+[ "$(id -u)" = 0 ] && chown -R postgres "$demo/past"
+past_port=$(free_port)
+as_pg "$pgbin/pg_ctl" -D "$demo/past" -l "$demo/past.log" -o "-p $past_port -k $demo" -w start >/dev/null
+past_started=1
+printf '   %-34s %s\n' "" "notes | history | sum(abalance)"
+printf '   %-34s %s\n' "primary now ($target)" "$(psql_ -F ' | ' -c "$state_sql")"
+printf '   %-34s %s\n' "booted fullbackup ($earlier_lsn)" "$(psql -X -q -At -F ' | ' -h 127.0.0.1 -p "$past_port" -U postgres -d postgres -c "$state_sql")"
+printf '   %-34s %s\n' "recorded on the primary back then" "$earlier_state"
+as_pg "$pgbin/pg_ctl" -D "$demo/past" -m fast -w stop >/dev/null
+
+echo "== 8. checkpoint: flush the in-memory layer to layer files"
 curl -sf -X PUT "$api/v1/tenant/$tenant/timeline/$timeline/checkpoint"; echo
 curl -sf "$api/v1/tenant/$tenant/timeline/$timeline" | python3 -m json.tool
 curl -sf "$api/v1/tenant/$tenant/timeline/$timeline/layer" | python3 -c '
@@ -83,7 +112,7 @@ d=json.load(sys.stdin); print("   %d layer files, %.1f MB" % (d["count"], d["tot
 
 accounts=$(psql_ -c "SELECT pg_relation_filenode('pgbench_accounts')")
 layer=$(ls -S "$demo/pageserver/tenants/$tenant/timelines/$timeline" | grep "_${accounts}_0_0__" | head -n 1)
-echo "== 7. pagectl layer inspect (a layer of pgbench_accounts)"
+echo "== 9. pagectl layer inspect (a layer of pgbench_accounts)"
 "$bin/pagectl" layer inspect "$demo/pageserver/tenants/$tenant/timelines/$timeline/$layer"
 echo
 echo "== metrics (excerpt)"
