@@ -49,6 +49,13 @@ let package = Package(
             dependencies: ["LSM", "PostgresWAL"],
             swiftSettings: optimizedEvenInDebug
         ),
+        // fullbackup / basebackup: a PostgreSQL 15 data directory as a tar stream, built from a
+        // timeline's keys at an LSN (pg_control and a WAL segment with a shutdown checkpoint made up).
+        .target(
+            name: "PostgresBackup",
+            dependencies: ["LSM", "PostgresWAL"],
+            swiftSettings: optimizedEvenInDebug
+        ),
         // The PostgreSQL wire protocol (v3): the replication client, the pagestream codec and client,
         // and the server side of the libpq port (SwiftNIO). Knows nothing of files or of the engine.
         .target(
@@ -65,6 +72,7 @@ let package = Package(
                 "LSM",
                 "PostgresWAL",
                 "PostgresRedo",
+                "PostgresBackup",
                 "WireProtocol",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -86,6 +94,7 @@ let package = Package(
         .testTarget(name: "LSMTests", dependencies: ["LSM", "PGTestSupport"]),
         .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL", "PGTestSupport"]),
         .testTarget(name: "PostgresRedoTests", dependencies: ["PostgresRedo", "PGTestSupport"]),
+        .testTarget(name: "PostgresBackupTests", dependencies: ["PostgresBackup", "PostgresRedo", "PostgresWAL", "LSM", "PGTestSupport"]),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol", "PGTestSupport"]),
         // A throwaway PostgreSQL 15 primary for the integration tests.
         .target(name: "PGTestSupport", path: "Tests/PGTestSupport"),

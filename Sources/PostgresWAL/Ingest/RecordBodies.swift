@@ -284,16 +284,20 @@ public enum CheckPointLayout {
     /// pg_control's size on disk (PG_CONTROL_FILE_SIZE).
     public static let controlFileSize = 8192
 
-    static func u32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
+    public static func u32(_ bytes: [UInt8], _ at: Int) -> UInt32 {
         UInt32(bytes[at]) | UInt32(bytes[at + 1]) << 8 | UInt32(bytes[at + 2]) << 16 | UInt32(bytes[at + 3]) << 24
     }
 
-    static func u64(_ bytes: [UInt8], _ at: Int) -> UInt64 {
+    public static func u64(_ bytes: [UInt8], _ at: Int) -> UInt64 {
         UInt64(u32(bytes, at)) | UInt64(u32(bytes, at + 4)) << 32
     }
 
-    static func setU32(_ bytes: inout [UInt8], _ at: Int, _ v: UInt32) {
+    public static func setU32(_ bytes: inout [UInt8], _ at: Int, _ v: UInt32) {
         for i in 0..<4 { bytes[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) }
+    }
+
+    public static func setU64(_ bytes: inout [UInt8], _ at: Int, _ v: UInt64) {
+        for i in 0..<8 { bytes[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
     }
 }
 

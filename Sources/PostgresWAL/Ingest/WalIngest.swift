@@ -13,7 +13,18 @@ import LSM
 ///   (`willInit` = BKPBLOCK_WILL_INIT). A block at or past the fork's size extends it: the gap (if any)
 ///   gets zero images, as PostgreSQL's redo zero-extends, and the size becomes block + 1. A fork not
 ///   in its database's RelDir is added (and the database to DbDir).
-/// - XLOG: checkpoints replace the Checkpoint value; NEXTOID updates its nextOid.
+/// - XLOG: checkpoints replace the Checkpoint value (keeping the further nextXid, nextMulti and
+///   nextMultiOffset of the record and the stored value); NEXTOID updates its nextOid.
+/// - Every record: the Checkpoint value's nextXid (a FullTransactionId: epoch << 32 | xid) stays
+///   ahead of every xid the WAL used, so a backup at any LSN never hands out an xid already used
+///   before it. The xids are the record's xl_xid and, in commit/abort records, the (prepared) xid and
+///   its subxacts. An xid at or past nextXid (compared modulo 2^32, as TransactionIdPrecedes does,
+///   and placed in nextXid's epoch or the next one) sets nextXid to the next multiple of 1024 after
+///   it, so the key changes only once per 1024 xids; 1024 divides the 32768 xids of a pg_xact page,
+///   so that nextXid either starts a page or falls on a page a used xid already created (TrimCLOG
+///   reads it). A result whose xid is special (0-2, after a wrap of the 32-bit xid) becomes 3 in the
+///   new epoch. MultiXact CREATE_ID keeps nextMulti past the multixact and nextMultiOffset past its
+///   members, exactly (0 skipped), compared modulo 2^32.
 /// - Transaction: commit/abort (plain and prepared) set the xid's and subxacts' status in pg_xact
 ///   (tag 1 engine records, one per CLOG page), drop the relations listed (RelDir, size 0), and
 ///   commits report their timestamp; PREPARE stores the two-phase state file.
@@ -132,6 +143,7 @@ public final class WalIngest {
         case .heap, .heap2: interpreted = try ingestHeap(record, opcode)
         default: interpreted = false
         }
+        try advanceNextXid(past: [record.xid.rawValue])
         let values = try flush(record.endLSN)
         target.advance(to: record.endLSN)
         stats.count(record, interpreted: interpreted, blockValues: blockValueCount,
@@ -279,6 +291,42 @@ public final class WalIngest {
         return checkpoint
     }
 
+    /// Keeps the Checkpoint key's nextXid past every xid in `xids` (see the type's note): an xid at or
+    /// past nextXid moves nextXid to the next multiple of 1024 after it.
+    private func advanceNextXid(past xids: [UInt32]) throws {
+        guard var cp = try storedCheckpoint(), cp.count >= CheckPointLayout.size else { return }
+        var next = CheckPointLayout.u64(cp, CheckPointLayout.nextXidOffset)
+        for xid in xids {
+            if let advanced = CheckpointCounters.nextXid(next, after: xid) { next = advanced }
+        }
+        guard next != CheckPointLayout.u64(cp, CheckPointLayout.nextXidOffset) else { return }
+        CheckPointLayout.setU64(&cp, CheckPointLayout.nextXidOffset, next)
+        checkpoint = cp
+        pending[KeySpace.checkpoint] = .image(cp)
+    }
+
+    /// Keeps nextMulti past a created multixact and nextMultiOffset past its members (exact values,
+    /// not rounded: TrimMultiXact reads the SLRU pages they fall on, which must exist).
+    private func advanceNextMulti(past c: MultiXactCreate) throws {
+        guard var cp = try storedCheckpoint(), cp.count >= CheckPointLayout.size else { return }
+        let nextMulti = CheckPointLayout.u32(cp, CheckPointLayout.nextMultiOffset)
+        let nextOffset = CheckPointLayout.u32(cp, CheckPointLayout.nextMultiOffsetOffset)
+        let multiAfter = CheckpointCounters.skipZero(c.multi &+ 1)
+        let offsetAfter = CheckpointCounters.skipZero(c.offset &+ UInt32(c.members.count))
+        var changed = false
+        if CheckpointCounters.precedes(nextMulti, multiAfter) {
+            CheckPointLayout.setU32(&cp, CheckPointLayout.nextMultiOffset, multiAfter)
+            changed = true
+        }
+        if CheckpointCounters.precedes(nextOffset, offsetAfter) {
+            CheckPointLayout.setU32(&cp, CheckPointLayout.nextMultiOffsetOffset, offsetAfter)
+            changed = true
+        }
+        guard changed else { return }
+        checkpoint = cp
+        pending[KeySpace.checkpoint] = .image(cp)
+    }
+
     // MARK: - Block references
 
     private func ingestBlocks(_ record: DecodedRecord) throws {
@@ -326,9 +374,16 @@ public final class WalIngest {
             guard record.mainData.count >= CheckPointLayout.size else {
                 throw IngestError(.malformed, "checkpoint record has \(record.mainData.count) bytes of main data, a CheckPoint needs \(CheckPointLayout.size)", recordLSN: record.startLSN)
             }
-            checkpoint = record.mainData
+            // The record's counters may be behind what ingest already saw (an online checkpoint takes
+            // nextXid at its REDO point, and xids assigned since are in the WAL before it): keep the
+            // further of the two so the key never moves back below an xid or multixact in use.
+            var cp = Array(record.mainData)
+            if let previous = try storedCheckpoint(), previous.count >= CheckPointLayout.size {
+                CheckpointCounters.keepFurthest(&cp, previous)
+            }
+            checkpoint = cp
             checkpointLoaded = true
-            pending[KeySpace.checkpoint] = .image(record.mainData)
+            pending[KeySpace.checkpoint] = .image(cp)
             return true
         case Self.nextOid:
             let oid = try parseMainData(record, "XLOG_NEXTOID") { r in try r.u32() }
@@ -370,6 +425,7 @@ public final class WalIngest {
                 xid = record.xid.rawValue
             }
             try setClogStatus(isCommit ? .committed : .aborted, xids: [xid] + parsed.subxacts)
+            try advanceNextXid(past: [xid] + parsed.subxacts)
             for node in parsed.droppedRelations {
                 for fork in ForkNumber.allCases { try dropRelation(RelTag(node, fork)) }
             }
@@ -498,6 +554,7 @@ public final class WalIngest {
             return true
         case Self.multixactCreate:
             let c = try MultiXactCreate(record)
+            try advanceNextMulti(past: c)
             // RecordNewMultiXact sets this multixact's offset and (since the 2025/2026 minor releases,
             // harmless for WAL of older ones, whose next CREATE_ID sets the same value) the next one's:
             // the end of these members, skipping offset 0; the multixact after the last is 1.
@@ -684,5 +741,43 @@ public final class WalIngest {
             return
         }
         vmClears[KeySpace.relationBlock(vm, vmBlock), default: [:]][heap.block.rawValue, default: 0] |= bits
+    }
+}
+
+/// The arithmetic of the Checkpoint key's counters (see `WalIngest`).
+enum CheckpointCounters {
+    /// nextXid is advanced in steps of this many xids.
+    static let xidStep: UInt64 = 1024
+    static let firstNormalXid: UInt64 = 3
+
+    /// `a` precedes `b` modulo 2^32 (TransactionIdPrecedes, MultiXactIdPrecedes).
+    static func precedes(_ a: UInt32, _ b: UInt32) -> Bool { Int32(bitPattern: a &- b) < 0 }
+
+    /// 0 is never a multixact id or a member offset: the counter after the last wraps to 1.
+    static func skipZero(_ v: UInt32) -> UInt32 { v == 0 ? 1 : v }
+
+    /// The nextXid (full, 64-bit) to store once `xid` is known used, or nil when `next` is already
+    /// past it or `xid` is not a normal xid.
+    static func nextXid(_ next: UInt64, after xid: UInt32) -> UInt64? {
+        guard UInt64(xid) >= firstNormalXid else { return nil }
+        let distance = Int32(bitPattern: xid &- UInt32(truncatingIfNeeded: next))
+        guard distance >= 0 else { return nil }
+        let used = next &+ UInt64(distance)
+        var advanced = (used / xidStep + 1) * xidStep
+        if advanced & 0xFFFF_FFFF < firstNormalXid { advanced = advanced & ~0xFFFF_FFFF | firstNormalXid }
+        return advanced
+    }
+
+    /// Puts into `cp` (a CheckPoint from a checkpoint record) the further of its and `stored`'s
+    /// nextXid, nextMulti and nextMultiOffset.
+    static func keepFurthest(_ cp: inout [UInt8], _ stored: [UInt8]) {
+        let xid = CheckPointLayout.nextXidOffset
+        if CheckPointLayout.u64(stored, xid) > CheckPointLayout.u64(cp, xid) {
+            CheckPointLayout.setU64(&cp, xid, CheckPointLayout.u64(stored, xid))
+        }
+        for at in [CheckPointLayout.nextMultiOffset, CheckPointLayout.nextMultiOffsetOffset]
+        where precedes(CheckPointLayout.u32(cp, at), CheckPointLayout.u32(stored, at)) {
+            CheckPointLayout.setU32(&cp, at, CheckPointLayout.u32(stored, at))
+        }
     }
 }
