@@ -11,7 +11,8 @@ struct Pagectl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pagectl",
         abstract: "Inspect layer files, drive the engine and benchmark it.",
-        subcommands: [LayerCommand.self, EngineCommand.self, WALCommand.self, VerifyCommand.self]
+        subcommands: [LayerCommand.self, EngineCommand.self, WALCommand.self, VerifyCommand.self,
+                      GetPageCommand.self, BaseBackupCommand.self, FullBackupCommand.self, BenchCommand.self]
     )
 }
 

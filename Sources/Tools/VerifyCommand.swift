@@ -21,13 +21,17 @@ import WireProtocol
 /// Pages the server refuses to build for lack of redo (hash, GIN, ...) are counted, not compared.
 /// Exit status 1 on any mismatch.
 ///
-/// The page server is reached through its HTTP API (`--http`) until the page service exists.
+/// Pages are read through the page service (`--server`, pagestream GetPage, 128 requests pipelined)
+/// or, without `--server`, through the HTTP API's page endpoint. The relation list always comes from
+/// the HTTP API (`--http`, default: the server's host, port 9898).
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Compare every page of every relation with a quiet primary (PostgreSQL's masking; VM bits exactly; FSM left out).")
 
-    @Option(help: "The page server's HTTP API, HOST:PORT.") var http = "127.0.0.1:9898"
+    @Option(help: "The page service (libpq port), HOST:PORT; pages are read with pagestream GetPage.") var server: String?
+    @Option(help: "The page server's HTTP API, HOST:PORT (default: the --server host, port 9898, else 127.0.0.1:9898).") var http: String?
+    @Option(help: "Pagestream protocol version, v2 or v3.") var `protocol`: PagestreamVersion = .v3
     @Option(help: "Tenant id.") var tenant: String
     @Option(help: "Timeline id.") var timeline: String
     @Option(help: "Connection string of the primary (a superuser: CHECKPOINT and pg_read_binary_file).") var primary: String
@@ -35,7 +39,7 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "Mismatches printed in full.") var show = 20
 
     func run() throws {
-        let client = try HTTPClient(address: http)
+        let client = try HTTPClient(address: httpAddress(explicit: http, server: server))
         let conn = try PGConnection.connect(try ConnInfo(parsing: primary))
         defer { conn.close() }
         _ = try conn.simpleQuery("CHECKPOINT")
@@ -57,6 +61,35 @@ struct VerifyCommand: ParsableCommand {
         guard relResponse.status == 200, let relObject = try JSONSerialization.jsonObject(with: Data(relResponse.body)) as? [String: Any],
               let rels = relObject["relations"] as? [[String: Any]] else { fail("page server: \(relResponse.status) \(relResponse.text)") }
 
+        var pageService: PageServiceClient?
+        if let server {
+            let (host, port) = parseHostPort(server)
+            do {
+                pageService = try PageServiceClient.connect(host: host, port: port, tenant: tenant, timeline: timeline, version: `protocol`)
+            } catch { fail("\(server): \(error)") }
+        }
+        defer { pageService?.close() }
+        /// Pages `first..<first+count` of a fork from the page server: the page, or the failure text.
+        func readServer(_ rel: PagestreamRelTag, first: Int, count: Int) throws -> [Result<[UInt8], ServerPageFailure>] {
+            guard count > 0 else { return [] }
+            if let pageService {
+                for b in first..<(first + count) {
+                    pageService.send(PagestreamRequest(header: pagestreamHeader(target.rawValue, requestId: UInt64(b)), body: .getPage(rel, block: UInt32(b))))
+                }
+                return try (0..<count).map { _ in
+                    switch try pageService.receive() {
+                    case .page(let p): return .success(p)
+                    case .error(let m): return .failure(ServerPageFailure(text: m))
+                    case let other: return .failure(ServerPageFailure(text: "a response of tag \(other.tag) to GetPage"))
+                    }
+                }
+            }
+            return try (first..<(first + count)).map { b in
+                let r = try client.get("\(base)/page?rel=\(rel)&blk=\(b)&lsn=\(target)")
+                return r.status == 200 ? .success(r.body) : .failure(ServerPageFailure(text: "\(r.status) \(r.text)"))
+            }
+        }
+
         var counts = VerifyCounts()
         var reports: [String] = []
         func mismatch(_ text: String) {
@@ -76,6 +109,8 @@ struct VerifyCommand: ParsableCommand {
             while block < blocks {
                 let batch = min(128, blocks - block)
                 let primaryPages = block < primaryBlocks ? try readPrimary(conn, path, block: block, count: min(batch, primaryBlocks - block)) : []
+                let relTag = PagestreamRelTag(spcNode: UInt32(spc), dbNode: UInt32(db), relNode: UInt32(relNode), forkNumber: UInt8(fork))
+                let serverPages = try readServer(relTag, first: block, count: max(0, min(batch, serverBlocks - block)))
                 for i in 0..<batch {
                     let blk = block + i
                     let p: [UInt8]? = i < primaryPages.count ? primaryPages[i] : nil
@@ -85,10 +120,12 @@ struct VerifyCommand: ParsableCommand {
                         }
                         continue
                     }
-                    let r = try client.get("\(base)/page?rel=\(tag)&blk=\(blk)&lsn=\(target)")
-                    guard r.status == 200 else {
-                        if r.text.contains("redo unsupported") { counts.unsupported += 1 } else {
-                            mismatch("\(tag) block \(blk): the page server failed: \(r.status) \(r.text)")
+                    let serverPage: [UInt8]
+                    switch serverPages[i] {
+                    case .success(let page): serverPage = page
+                    case .failure(let failure):
+                        if failure.text.contains("redo unsupported") { counts.unsupported += 1 } else {
+                            mismatch("\(tag) block \(blk): the page server failed: \(failure.text)")
                         }
                         continue
                     }
@@ -96,7 +133,7 @@ struct VerifyCommand: ParsableCommand {
                         mismatch("\(tag) block \(blk): the page server has it, the primary's file has \(primaryBlocks) blocks")
                         continue
                     }
-                    compare(server: r.body, primary: p, fork: fork, block: UInt32(blk), tag: tag, counts: &counts, mismatch: mismatch)
+                    compare(server: serverPage, primary: p, fork: fork, block: UInt32(blk), tag: tag, counts: &counts, mismatch: mismatch)
                 }
                 block += batch
             }
@@ -185,6 +222,10 @@ struct VerifyCommand: ParsableCommand {
             mismatch("\(tag) block \(block) (\(kind)): masked pages differ at offset \(off): page server 0x\(String(a[off], radix: 16)), primary 0x\(String(b[off], radix: 16))")
         }
     }
+}
+
+private struct ServerPageFailure: Error {
+    var text: String
 }
 
 private struct VerifyCounts {

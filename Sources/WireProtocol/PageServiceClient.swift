@@ -27,6 +27,11 @@ public final class PageServiceClient {
                                version: PagestreamVersion = .v3, timeoutSeconds: Double = 30) throws -> PageServiceClient {
         let info = try ConnInfo(parsing: "host=\(host) port=\(port) user=pagectl dbname=postgres")
         let conn = try PGConnection.connect(info, timeoutSeconds: timeoutSeconds)
+        return try start(on: conn, tenant: tenant, timeline: timeline, version: version)
+    }
+
+    /// Enters pagestream mode on an open, idle connection (closed on failure).
+    static func start(on conn: PGConnection, tenant: String, timeline: String, version: PagestreamVersion) throws -> PageServiceClient {
         let command = "pagestream_\(version == .v2 ? "v2" : "v3") \(tenant) \(timeline)"
         do {
             try conn.requireIdle(for: command)
@@ -119,6 +124,11 @@ public final class PageServiceClient {
         let info = try ConnInfo(parsing: "host=\(host) port=\(port) user=pagectl dbname=postgres")
         let conn = try PGConnection.connect(info, timeoutSeconds: timeoutSeconds)
         defer { conn.close() }
+        try backup(on: conn, command: command, sink: sink)
+    }
+
+    /// `backup` on an open, idle connection.
+    static func backup(on conn: PGConnection, command: String, sink: (UnsafeRawBufferPointer) throws -> Void) throws {
         try conn.requireIdle(for: command)
         try conn.sendQuery(command)
         var results: [ResultSet] = []
