@@ -5,7 +5,8 @@
 #   - fio 8 KiB random reads, direct=1, on a file in the same file system as the page server's
 #     workdir, at depth 1 and 32: the disk floor of a cold GetPage;
 #   - `pagectl bench getpage` at depth 1 and 32 with 1 and 4 clients, cold (the page server restarted
-#     and the kernel's page cache dropped when permitted) then warm (the same run again);
+#     and the kernel's page cache dropped when permitted) then warm (the same run again: same seed,
+#     so the same blocks the cold run read);
 #   - `pagectl fullbackup` timed next to `pg_basebackup -Ft` of the primary.
 # Setup: a throwaway PostgreSQL 15 primary, `pgbench -i -s SCALE`, the page server (release build)
 # attached to it (base backup, then WAL streaming), caught up, checkpointed (layer files on disk).

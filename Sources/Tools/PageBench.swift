@@ -187,11 +187,11 @@ struct BenchGetPage: ParsableCommand {
         var histogram = newLatencyHistogram()
         var requests: UInt64 = 0
         var errors = 0
-        for r in all {
+        for (i, r) in all.enumerated() {
             histogram.add(r.histogram)
             requests += r.requests
             errors += r.errors
-            if let f = r.failure { writeStderr("pagectl: client failed: \(f)\n") }
+            if let f = r.failure { writeStderr("pagectl: client \(i + 1): \(r.errors) error(s), the first: \(f)\n") }
         }
         let report = LatencyReport(
             bench: "getpage", requests: requests, seconds: clock.seconds, bytesPerRequest: 8192, histogram: histogram, errors: errors,

@@ -100,7 +100,7 @@ func hexDump(_ bytes: [UInt8]) -> String {
     func hex2(_ b: UInt8) -> String { b < 16 ? "0" + String(b, radix: 16) : String(b, radix: 16) }
     for offset in stride(from: 0, to: bytes.count, by: 16) {
         let line = bytes[offset..<min(offset + 16, bytes.count)]
-        if let previous, previous.elementsEqual(line), offset + 16 < bytes.count {
+        if let previous, previous.elementsEqual(line) {
             if !starred { out += "*\n"; starred = true }
             continue
         }
