@@ -30,11 +30,14 @@ struct ServerConfig: Sendable {
     /// Page service: most open libpq connections, and most pipelined requests read ahead per connection.
     var pageServiceMaxConnections = 10_000
     var pageServiceMaxInflight = 256
+    /// Store a page image instead of the record that would make a key's chain this long (0: never).
+    var ingestImageThreshold = 128
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight",
+        "ingest_image_threshold",
     ]
 
     /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
@@ -97,6 +100,10 @@ struct ServerConfig: Sendable {
         }
         if let v = try positive("page_service_max_connections") { pageServiceMaxConnections = v }
         if let v = try positive("page_service_max_inflight") { pageServiceMaxInflight = v }
+        if let v = table["ingest_image_threshold"] {
+            guard let i = v.int, i >= 0 else { throw ConfigError("config file \(path): ingest_image_threshold must be an integer >= 0") }
+            ingestImageThreshold = i
+        }
         if let v = table["verify_redo"] {
             guard let b = v.bool else { throw ConfigError("config file \(path): verify_redo must be true or false") }
             verifyRedo = b

@@ -81,7 +81,8 @@ final class Timeline: Sendable {
 
     /// The ingest target WAL goes through (keeps the size cache and the LSN waiters up to date).
     func makeIngestTarget() -> TimelineIngestTarget {
-        TimelineIngestTarget(store: store, relSizes: relSizes, lsnWaiter: lsnWaiter)
+        TimelineIngestTarget(store: store, relSizes: relSizes, lsnWaiter: lsnWaiter, redo: redo,
+                             imageThreshold: repository.config.ingestImageThreshold)
     }
 
     /// Starts the WAL receiver when the timeline has a WAL source.

@@ -12,6 +12,17 @@
 //    when there is no entry, or a marker at or below L (a change the reader's values already include).
 //    A change after L has left an entry or a marker above L, so a stale fill never lands.
 // A hit needs a full entry and a request LSN >= L; anything else reads the store.
+//
+// Images on ingest
+// ================
+// A page that is changed again and again (pgbench_branches, a CLOG page) would otherwise collect
+// an unbounded chain of records, and every read of it would apply them all. So ingest counts, per key,
+// the records stored since its last image or will-init record; the record that would make it
+// `imageThreshold` is stored as the page image it produces instead (the page at the record's LSN,
+// built by native redo from the page just before it). The value at that (key, LSN) is then an image
+// equal to what a reader would have reconstructed there, so no read changes, and no chain grows past
+// the threshold (until a restart forgets the counts: at most one more threshold's worth). If redo
+// cannot build the page, the record is stored as it is.
 
 import Foundation
 import LSM
@@ -108,16 +119,36 @@ final class TimelineIngestTarget: IngestTarget {
     let store: TimelineStore
     let relSizes: RelSizeCache
     let lsnWaiter: LSNWaiter
+    let redo: any Redo
+    let imageThreshold: Int
     /// The newest RelDir of each database seen, to tell which forks a new RelDir adds or removes.
     private var relDirs: [DatabaseTag: Set<RelDirectory.Entry>] = [:]
+    /// Records stored per key since its last image or will-init record (see "Images on ingest").
+    private var recordsSinceImage: [Key: Int] = [:]
+    private(set) var imagesMaterialized = 0
 
-    init(store: TimelineStore, relSizes: RelSizeCache, lsnWaiter: LSNWaiter) {
+    init(store: TimelineStore, relSizes: RelSizeCache, lsnWaiter: LSNWaiter, redo: any Redo, imageThreshold: Int) {
         self.store = store
         self.relSizes = relSizes
         self.lsnWaiter = lsnWaiter
+        self.redo = redo
+        self.imageThreshold = imageThreshold
     }
 
     func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
+        if value.kind == .image || value.willInit {
+            recordsSinceImage.removeValue(forKey: key)
+        } else if imageThreshold > 0 {
+            let n = (recordsSinceImage[key] ?? 0) + 1
+            if n >= imageThreshold, let image = materialize(key, lsn, value) {
+                recordsSinceImage.removeValue(forKey: key)
+                imagesMaterialized += 1
+                try store.put(key, lsn, .image(image))
+                return
+            }
+            if recordsSinceImage.count >= 4_000_000 { recordsSinceImage.removeAll() }
+            recordsSinceImage[key] = n
+        }
         if key.field1 == 0 && value.kind == .image {
             if key.field6 == KeySpace.sizeKeyBlock && key.field4 != 0 {
                 let rel = RelTag(spc: key.field2, db: key.field3, rel: key.field4, fork: key.field5)
@@ -145,6 +176,14 @@ final class TimelineIngestTarget: IngestTarget {
     }
 
     func latestImage(_ key: Key) throws -> [UInt8]? { try store.get(key, at: .max, redo: ImageOnlyRedo()) }
+
+    /// The page `record` produces at `lsn`, or nil when redo cannot build it.
+    private func materialize(_ key: Key, _ lsn: LSN, _ record: Value) -> [UInt8]? {
+        guard lsn.rawValue > 0 else { return nil }
+        let before = LSN(lsn.rawValue - 1)
+        guard let page = try? store.get(key, at: before, redo: redo) else { return nil }
+        return try? redo.reconstruct(key: key, lsn: lsn, base: (before, page), records: [RedoRecord(lsn: lsn, value: record)])
+    }
 
     func advance(to lsn: LSN) {
         store.advance(to: lsn)
