@@ -7,10 +7,10 @@
 // Pagestream processing
 // =====================
 // Requests are decoded on the connection's event loop into a queue. One batch at a time (up to
-// `batchSize` queued requests) goes to a worker thread, which resolves each request's read LSN
-// (waiting for WAL when needed), reads every GetPage of the batch with one batched store lookup (one
-// io_uring submission for their index blocks, one for their data blocks), and writes the responses in
-// request order in one flush. When the queue holds `maxInflight` requests the connection stops
+// `batchSize` queued requests) is answered: on the event loop itself when no request has to wait for
+// WAL, else on a worker thread (see `kick`). Answering resolves each request's read LSN, reads every
+// GetPage of the batch with one batched store lookup (one io_uring submission for their index blocks,
+// one for their data blocks), and writes the responses in request order in one flush. When the queue holds `maxInflight` requests the connection stops
 // reading until it drains to half, so a client cannot make the server buffer without bound.
 //
 // Read LSN of a request (request_lsn R, not_modified_since N, last_record_lsn L):
@@ -71,6 +71,7 @@ final class PageServiceMetrics: Sendable {
 struct PageServiceSettings: Sendable {
     var maxInflight = 256
     var batchSize = 32
+    var inlineBatchLimit = 4
     var waitLSNTimeoutSeconds: Double = 300
 }
 
@@ -167,42 +168,73 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
     }
 
     /// Starts the next batch if none is running (event loop).
+    ///
+    /// A small batch (at most `inlineBatchLimit` requests: a client that does not pipeline much) whose
+    /// requests need no waiting for WAL is answered right here on the event loop: for a warm page that
+    /// is a few microseconds of work, and two thread hops (to a worker and back) would cost more than
+    /// the lookup; a cold read blocks this event loop for one io_uring round trip. Bigger batches go to a
+    /// worker thread, so that the event loop decodes and writes while the worker reads (a deeply
+    /// pipelined client keeps two cores busy), and so do batches that must wait for WAL, which may
+    /// block up to wait_lsn_timeout without holding up the event loop.
     private func kick(_ connection: PGServerConnection) {
-        guard !busy, !closed, queueHead < queue.count, let timeline else { return }
-        busy = true
-        let end = min(queue.count, queueHead + settings.batchSize)
-        let batch = Array(queue[queueHead..<end])
-        queueHead = end
-        if queueHead == queue.count {
-            queue.removeAll(keepingCapacity: true)
-            queueHead = 0
-        }
-        let version = self.version, metrics = self.metrics, settings = self.settings
-        DispatchQueue.global().async {
-            var out = connection.allocator().buffer(capacity: batch.count * 8300)
-            let responses = PagestreamWorker(timeline: timeline, metrics: metrics, settings: settings)
-                .answer(batch.map(\.request))
-            for (i, q) in batch.enumerated() {
-                let payload = responses[i].encode(answering: q.request, version)
-                out.writeInteger(UInt8(ascii: "d"))
-                out.writeInteger(Int32(payload.count + 4))
-                out.writeBytes(payload)
+        var rounds = 0
+        while !busy, !closed, queueHead < queue.count, let timeline {
+            let end = min(queue.count, queueHead + settings.batchSize)
+            let batch = Array(queue[queueHead..<end])
+            queueHead = end
+            if queueHead == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                queueHead = 0
             }
-            connection.send(out)
-            let now = DispatchTime.now().uptimeNanoseconds
-            for (i, q) in batch.enumerated() {
-                if case .page = responses[i] { metrics.getPageLatency.recordNanoseconds(Int64(now &- q.received)) }
+            let last = timeline.store.lastRecordLSN.rawValue
+            let needsWait = batch.contains { $0.request.header.notModifiedSince > last }
+            if !needsWait && batch.count <= settings.inlineBatchLimit && rounds < 8 {
+                rounds += 1
+                answer(batch, timeline, connection)
+                resumeReadingIfDrained(connection)
+                continue
             }
-            metrics.batchSize.record(Double(batch.count))
-            connection.eventLoop.execute {
-                self.busy = false
-                if self.paused && self.queue.count - self.queueHead <= settings.maxInflight / 2 {
-                    self.paused = false
-                    connection.setReadingPaused(false)
+            if !needsWait && batch.count <= settings.inlineBatchLimit {
+                // Let other connections of this event loop have their turn.
+                connection.eventLoop.execute { self.kick(connection) }
+                return
+            }
+            busy = true
+            DispatchQueue.global().async {
+                self.answer(batch, timeline, connection)
+                connection.eventLoop.execute {
+                    self.busy = false
+                    self.resumeReadingIfDrained(connection)
+                    self.kick(connection)
                 }
-                self.kick(connection)
             }
+            return
         }
+    }
+
+    private func resumeReadingIfDrained(_ connection: PGServerConnection) {
+        if paused && queue.count - queueHead <= settings.maxInflight / 2 {
+            paused = false
+            connection.setReadingPaused(false)
+        }
+    }
+
+    /// Answers `batch` and sends the responses in one write (any thread).
+    private func answer(_ batch: [QueuedRequest], _ timeline: Timeline, _ connection: PGServerConnection) {
+        let responses = PagestreamWorker(timeline: timeline, metrics: metrics, settings: settings).answer(batch.map(\.request))
+        var out = connection.allocator().buffer(capacity: batch.count * 8300)
+        for (i, q) in batch.enumerated() {
+            let payload = responses[i].encode(answering: q.request, version)
+            out.writeInteger(UInt8(ascii: "d"))
+            out.writeInteger(Int32(payload.count + 4))
+            out.writeBytes(payload)
+        }
+        connection.send(out)
+        let now = DispatchTime.now().uptimeNanoseconds
+        for (i, q) in batch.enumerated() {
+            if case .page = responses[i] { metrics.getPageLatency.recordNanoseconds(Int64(now &- q.received)) }
+        }
+        metrics.batchSize.record(Double(batch.count))
     }
 }
 
