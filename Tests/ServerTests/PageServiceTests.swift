@@ -123,6 +123,10 @@ final class PageServiceTests: XCTestCase {
         let pagectl = TestPageServer.binary.replacingOccurrences(of: "/pageserver", with: "/pagectl")
         let verify = try TestPrimary.shell("\(pagectl) verify --server 127.0.0.1:\(ps.pgPort) --http 127.0.0.1:\(ps.httpPort) --tenant \(tenant) --timeline \(timeline) --primary '\(primary.connectionString())' 2>&1", check: false)
         XCTAssertEqual(verify.status, 0, String(verify.stdout.suffix(3000)) + String(verify.stderr.suffix(2000)))
+        let compared = verify.stdout.split(separator: "\n").first { $0.contains("pages compared") }
+            .flatMap { line in line.components(separatedBy: " pages compared").first?.split(separator: " ").last.flatMap { Int($0) } } ?? 0
+        XCTAssertGreaterThan(compared, 1500, verify.stdout.suffix(2000).description)
+        XCTAssertTrue(verify.stdout.contains(" 0 mismatched"), verify.stdout.suffix(2000).description)
 
         let metrics = String(data: try Data(contentsOf: URL(string: ps.baseURL + "/metrics")!), encoding: .utf8) ?? ""
         XCTAssertTrue(metrics.contains("pageserver_getpage_seconds_bucket"), metrics)
