@@ -23,9 +23,9 @@ import PostgresWAL
 /// - An unlogged relation (one with an init fork) whose main fork is missing or empty gets its main
 ///   fork as a copy of the init fork, as PostgreSQL's reset after a crash would make it.
 public struct DataDirectoryBackup {
-    public let source: any BackupSource
-    public let lsn: LSN
-    public let kind: BackupKind
+    let source: any BackupSource
+    let lsn: LSN
+    let kind: BackupKind
 
     /// Blocks asked for in one `source.get`.
     static let blocksPerRead = 128
