@@ -24,8 +24,8 @@ public struct BackupError: Error, CustomStringConvertible, Sendable {
 
 /// A TimelineStore read through a Redo: for tests and tools.
 public struct StoreBackupSource: BackupSource {
-    public let store: TimelineStore
-    public let redo: any Redo
+    let store: TimelineStore
+    let redo: any Redo
 
     public init(store: TimelineStore, redo: any Redo) {
         self.store = store

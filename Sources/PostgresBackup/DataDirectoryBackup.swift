@@ -23,9 +23,9 @@ import PostgresWAL
 /// - An unlogged relation (one with an init fork) whose main fork is missing or empty gets its main
 ///   fork as a copy of the init fork, as PostgreSQL's reset after a crash would make it.
 public struct DataDirectoryBackup {
-    public let source: any BackupSource
-    public let lsn: LSN
-    public let kind: BackupKind
+    let source: any BackupSource
+    let lsn: LSN
+    let kind: BackupKind
 
     /// Blocks asked for in one `source.get`.
     static let blocksPerRead = 128
@@ -63,7 +63,10 @@ public struct DataDirectoryBackup {
         let twoPhase = try top[3].map { v in try decode("TwoPhaseDir") { try IdDirectory(decoding: v).ids.sorted() } } ?? []
 
         try tar.file("PG_VERSION", Self.versionFile)
-        for (name, text) in DefaultConfiguration.files { try tar.file(name, Array(text.utf8)) }
+        // The primary's max_prepared_transactions (pg_control keeps it), and at least room for the
+        // prepared transactions of the backup.
+        let maxPrepared = max(Int(Int32(bitPattern: CheckPointLayout.u32(storedControl, ShutdownCheckpoint.Control.maxPreparedXacts))), twoPhase.count)
+        for (name, text) in DefaultConfiguration.files(maxPreparedTransactions: maxPrepared) { try tar.file(name, Array(text.utf8)) }
         for d in Self.emptyDirectories { try tar.directory(d) }
 
         try tar.file("global/pg_control", checkpoint.controlFile)

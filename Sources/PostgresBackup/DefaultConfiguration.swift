@@ -44,8 +44,15 @@ enum DefaultConfiguration {
 
         """
 
-    static let files: [(String, String)] = [
-        ("postgresql.conf", postgresqlConf),
+    /// The files; `maxPreparedTransactions` > 0 adds that setting to postgresql.conf (a cluster with
+    /// prepared transactions does not start without room for them).
+    static func files(maxPreparedTransactions: Int) -> [(String, String)] {
+        var conf = postgresqlConf
+        if maxPreparedTransactions > 0 { conf += "max_prepared_transactions = \(maxPreparedTransactions)\n" }
+        return [("postgresql.conf", conf)] + otherFiles
+    }
+
+    private static let otherFiles: [(String, String)] = [
         ("postgresql.auto.conf", autoConf),
         ("pg_hba.conf", hbaConf),
         ("pg_ident.conf", identConf),

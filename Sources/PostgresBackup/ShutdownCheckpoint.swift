@@ -35,6 +35,7 @@ struct ShutdownCheckpoint {
         static let backupStartPoint = 152
         static let backupEndPoint = 160
         static let backupEndRequired = 168
+        static let maxPreparedXacts = 192
         static let xlogBlockSize = 224
         static let xlogSegmentSize = 228
         static let crc = 288

@@ -33,6 +33,7 @@ final class BackupIntegrationTests: XCTestCase {
         let started = Date()
         let primary = try TestPrimary.start(for: self, settings: [
             "max_wal_size = 20GB", "wal_keep_size = 20GB", "checkpoint_timeout = 1h", "autovacuum = off",
+            "max_prepared_transactions = 5",
         ])
         let backupDir = primary.directory + "/basebackup"
         try primary.asPostgres("\(TestPrimary.binDirectory)/pg_basebackup -h \(primary.directory) -p \(primary.port) -U postgres -D \(backupDir) -Ft -X none -c fast")
@@ -55,6 +56,10 @@ final class BackupIntegrationTests: XCTestCase {
             """)
         try pgbench(primary, "-c 2 -j 2 -t 200")
         try primary.psql("UPDATE items SET qty = qty + 1 WHERE id % 3 = 0; DELETE FROM items WHERE id % 10 = 0")
+        // Concurrent share locks on the same rows: multixacts (a start needs nextMulti right).
+        try shareLockConcurrently(directory: primary.directory, port: primary.port, sessions: 3)
+        // A transaction left prepared across LSN1 and LSN2, committed before LSN3.
+        try primary.psql("BEGIN; INSERT INTO items VALUES (77777, 'prepared', 1); PREPARE TRANSACTION 'p1'")
         let s1 = try snapshot(primary)
 
         try primary.psql("DROP TABLE dropme")
@@ -62,6 +67,7 @@ final class BackupIntegrationTests: XCTestCase {
         let s2 = try snapshot(primary)
 
         try pgbench(primary, "-c 2 -j 2 -t 200")
+        try primary.psql("COMMIT PREPARED 'p1'")
         try primary.psql("UPDATE items SET name = name || '!' WHERE id < 1000")
         try primary.psql("VACUUM items")
         try psql(primary, "other", "DELETE FROM o_table WHERE k > 400")
@@ -72,6 +78,8 @@ final class BackupIntegrationTests: XCTestCase {
         let timeline = try ReplayedTimeline(baseTar: backupDir + "/base.tar", walDirectory: primary.dataDirectory + "/pg_wal")
         print("replayed \(timeline.baseBackupLSN)..\(timeline.lastRecordEnd) in \(Int(Date().timeIntervalSince(started)))s")
         XCTAssertGreaterThanOrEqual(timeline.lastRecordEnd, s3.lsn)
+        let checkpointAtLSN1 = try XCTUnwrap(timeline.source.get([KeySpace.checkpoint], at: s1.lsn)[0])
+        XCTAssertGreaterThan(CheckPointLayout.u32(checkpointAtLSN1, CheckPointLayout.nextMultiOffset), 1, "multixacts were made before LSN1")
 
         for (i, s) in [s1, s2, s3].enumerated() {
             let tar = primary.directory + "/full-\(i + 1).tar"
@@ -87,6 +95,14 @@ final class BackupIntegrationTests: XCTestCase {
             if s.dropmeExists {
                 XCTAssertEqual(try restored.psql("SELECT count(*) FROM dropme"), "3000")
             }
+            let prepared = try restored.psql("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'p1'")
+            XCTAssertEqual(prepared, i < 2 ? "1" : "0", "LSN\(i + 1): p1 prepared")
+            if prepared == "1" {
+                try restored.psql("COMMIT PREPARED 'p1'")
+                XCTAssertEqual(try restored.psql("SELECT name FROM items WHERE id = 77777"), "prepared")
+            }
+            // New multixacts: two sessions share-lock the same rows.
+            try shareLockConcurrently(directory: restored.directory, port: restored.port, sessions: 2)
             // Writes work, with xids past every one the primary used before the LSN.
             let xid = UInt64(try restored.psql("SELECT txid_current()")) ?? 0
             XCTAssertGreaterThan(xid, s.xid, "LSN\(i + 1): a new xid")
@@ -114,6 +130,14 @@ final class BackupIntegrationTests: XCTestCase {
     private func psql(_ p: TestPrimary, _ db: String, _ sql: String) throws -> String {
         let out = try p.asPostgres("psql -X -q -At -v ON_ERROR_STOP=1 -h \(p.directory) -p \(p.port) -U postgres -d \(db) -c \(TestPrimary.shellQuote(sql))").stdout
         return out.hasSuffix("\n") ? String(out.dropLast()) : out
+    }
+
+    /// `sessions` psql sessions share-locking items 1..50 at the same time (so multixacts are made).
+    private func shareLockConcurrently(directory: String, port: Int, sessions: Int) throws {
+        let session = "\(TestPrimary.binDirectory)/psql -X -q -h \(directory) -p \(port) -U postgres -d postgres"
+            + " -c 'BEGIN; SELECT * FROM items WHERE id <= 50 FOR SHARE; SELECT pg_sleep(0.3); COMMIT;' >/dev/null"
+        let script = "for i in $(seq \(sessions)); do \(session) & done; wait"
+        try TestPrimary.shell("cd \(directory) && runuser -u postgres -- bash -c \(TestPrimary.shellQuote(script))")
     }
 
     private func pgbench(_ p: TestPrimary, _ args: String) throws {

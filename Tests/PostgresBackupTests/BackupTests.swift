@@ -97,5 +97,22 @@ final class BackupTests: XCTestCase {
         let initForks = names.filter { $0.hasSuffix("_init") }
         XCTAssertEqual(initForks.count, 2, "the table's and its index's init forks: \(initForks)")
         for f in initForks { XCTAssertTrue(names.contains(String(f.dropLast(5))), "main fork copied from \(f)") }
+
+        // A read error fails the backup, naming what could not be read.
+        let failing = FailingSource(inner: timeline.source) { $0.field1 == 0 && $0.field4 == 1259 && $0.field6 == 0 }
+        XCTAssertThrowsError(try writeBackup(DataDirectoryBackup(source: failing, lsn: timeline.lastRecordEnd, kind: .full), to: tar)) { e in
+            XCTAssertTrue("\(e)".contains("blocks 0..<") && "\(e)".contains("injected"), "\(e)")
+        }
+    }
+}
+
+/// A real source whose reads of some keys fail (as a damaged layer file would).
+struct FailingSource: BackupSource {
+    let inner: any BackupSource
+    let fails: (Key) -> Bool
+
+    func get(_ keys: [Key], at lsn: LSN) throws -> [[UInt8]?] {
+        if let k = keys.first(where: fails) { throw StorageError(.corruption, "injected read failure of \(k)") }
+        return try inner.get(keys, at: lsn)
     }
 }

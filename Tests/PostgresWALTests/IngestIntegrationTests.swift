@@ -303,10 +303,16 @@ final class IngestIntegrationTests: XCTestCase {
                            try [UInt8](Data(contentsOf: URL(fileURLWithPath: dataDirectory + "/pg_twophase/" + name))), "two-phase file \(name)")
         }
 
-        // The checkpoint: the shutdown checkpoint, byte for byte as pg_control keeps it.
+        // The checkpoint: the shutdown checkpoint, byte for byte as pg_control keeps it, but for
+        // nextXid, which ingest keeps at the next multiple of 1024 past every xid used.
         let control = try [UInt8](Data(contentsOf: URL(fileURLWithPath: dataDirectory + "/global/pg_control")))
-        let checkpoint = try XCTUnwrap(image(KeySpace.checkpoint))
-        XCTAssertEqual(checkpoint, Array(control[40..<128]))
+        var checkpoint = try XCTUnwrap(image(KeySpace.checkpoint))
+        let theirs = Array(control[40..<128])
+        let ourNextXid = CheckPointLayout.u64(checkpoint, CheckPointLayout.nextXidOffset)
+        let theirNextXid = CheckPointLayout.u64(theirs, CheckPointLayout.nextXidOffset)
+        XCTAssertEqual(ourNextXid, (theirNextXid - 1) / 1024 * 1024 + 1024, "nextXid: the multiple of 1024 past the last xid used")
+        CheckPointLayout.setU64(&checkpoint, CheckPointLayout.nextXidOffset, theirNextXid)
+        XCTAssertEqual(checkpoint, theirs)
         try checkCheckpoint(checkpoint, against: try shell("\(PostgresCluster.bin)/pg_controldata -D \(dataDirectory)").stdout)
     }
 

@@ -426,6 +426,49 @@ final class IngestUnitTests: XCTestCase {
         }
     }
 
+    /// nextXid moves to the next multiple of 1024 past a used xid (epoch-aware), never back; an online
+    /// checkpoint with older counters does not move them back either.
+    func testCheckpointCountersStayAheadOfUsedXids() throws {
+        XCTAssertNil(CheckpointCounters.nextXid(1000, after: 999), "already past")
+        XCTAssertEqual(CheckpointCounters.nextXid(1000, after: 1000), 1024)
+        XCTAssertEqual(CheckpointCounters.nextXid(1000, after: 1023), 1024)
+        XCTAssertEqual(CheckpointCounters.nextXid(1000, after: 1024), 2048)
+        XCTAssertNil(CheckpointCounters.nextXid(1000, after: 2), "not a normal xid")
+        let epoch1: UInt64 = 1 << 32
+        XCTAssertEqual(CheckpointCounters.nextXid(epoch1 + 5, after: 4000), epoch1 + 4096, "same epoch")
+        XCTAssertNil(CheckpointCounters.nextXid(epoch1 + 5, after: 0xFFFF_FF00), "an xid of the previous epoch")
+        XCTAssertEqual(CheckpointCounters.nextXid(0xFFFF_FE00, after: 0xFFFF_FF00), epoch1 + 3, "wraps into the next epoch, past the special xids")
+        XCTAssertEqual(CheckpointCounters.nextXid(0xFFFF_FE00, after: 10), epoch1 + 1024, "an xid after the wrap")
+
+        let target = MemoryIngestTarget()
+        let ingest = WalIngest(target: target)
+        var feeder = RecordFeeder(start: LSN(0x800_0028))
+        var cp = [UInt8](repeating: 0, count: 88)
+        CheckPointLayout.setU64(&cp, CheckPointLayout.nextXidOffset, 1000)
+        CheckPointLayout.setU32(&cp, CheckPointLayout.nextMultiOffset, 1)
+        _ = try feeder.feed(ingest, RecordBuilder(rmgr: .xlog, info: 0x10, mainData: cp))
+        func stored(_ at: Int) throws -> UInt64 { CheckPointLayout.u64(try XCTUnwrap(target.latestImage(KeySpace.checkpoint)), at) }
+        var r = RecordBuilder(rmgr: .standby, info: 0x10, mainData: [0])
+        r.xid = 1500
+        let advancing = try feeder.feed(ingest, r)
+        XCTAssertEqual(try stored(CheckPointLayout.nextXidOffset), 2048)
+        r.xid = 1700
+        _ = try feeder.feed(ingest, r)
+        XCTAssertEqual(target.history(KeySpace.checkpoint).last?.lsn, advancing.endLSN, "no new value within the same 1024")
+        // An online checkpoint whose nextXid (1600) is behind: the stored 2048 stays.
+        CheckPointLayout.setU64(&cp, CheckPointLayout.nextXidOffset, 1600)
+        _ = try feeder.feed(ingest, RecordBuilder(rmgr: .xlog, info: 0x10, mainData: cp))
+        XCTAssertEqual(try stored(CheckPointLayout.nextXidOffset), 2048)
+        // MultiXact CREATE_ID: multi 7, offset 20, 3 members -> nextMulti 8, nextMultiOffset 23.
+        var create: [UInt8] = []
+        create.appendLittleEndian(UInt32(7)); create.appendLittleEndian(UInt32(20)); create.appendLittleEndian(UInt32(3))
+        for x in [UInt32(1500), 1501, 1502] { create.appendLittleEndian(x); create.appendLittleEndian(Int32(1)) }
+        _ = try feeder.feed(ingest, RecordBuilder(rmgr: .multiXact, info: 0x20, mainData: create))
+        let value = try XCTUnwrap(target.latestImage(KeySpace.checkpoint))
+        XCTAssertEqual(CheckPointLayout.u32(value, CheckPointLayout.nextMultiOffset), 8)
+        XCTAssertEqual(CheckPointLayout.u32(value, CheckPointLayout.nextMultiOffsetOffset), 23)
+    }
+
     // MARK: Base backup import
 
     func testImportFromTarInChunks() throws {

@@ -23,8 +23,9 @@ import LSM
 ///   it, so the key changes only once per 1024 xids; 1024 divides the 32768 xids of a pg_xact page,
 ///   so that nextXid either starts a page or falls on a page a used xid already created (TrimCLOG
 ///   reads it). A result whose xid is special (0-2, after a wrap of the 32-bit xid) becomes 3 in the
-///   new epoch. MultiXact CREATE_ID keeps nextMulti past the multixact and nextMultiOffset past its
-///   members, exactly (0 skipped), compared modulo 2^32.
+///   new epoch. MultiXact CREATE_ID keeps nextMulti past the multixact (0 skipped) and
+///   nextMultiOffset past its members (offset + count, wrapping as PostgreSQL's does), exactly,
+///   compared modulo 2^32.
 /// - Transaction: commit/abort (plain and prepared) set the xid's and subxacts' status in pg_xact
 ///   (tag 1 engine records, one per CLOG page), drop the relations listed (RelDir, size 0), and
 ///   commits report their timestamp; PREPARE stores the two-phase state file.
@@ -312,7 +313,8 @@ public final class WalIngest {
         let nextMulti = CheckPointLayout.u32(cp, CheckPointLayout.nextMultiOffset)
         let nextOffset = CheckPointLayout.u32(cp, CheckPointLayout.nextMultiOffsetOffset)
         let multiAfter = CheckpointCounters.skipZero(c.multi &+ 1)
-        let offsetAfter = CheckpointCounters.skipZero(c.offset &+ UInt32(c.members.count))
+        // PostgreSQL's own nextOffset may wrap to 0 (the next GetNewMultiXactId skips it).
+        let offsetAfter = c.offset &+ UInt32(c.members.count)
         var changed = false
         if CheckpointCounters.precedes(nextMulti, multiAfter) {
             CheckPointLayout.setU32(&cp, CheckPointLayout.nextMultiOffset, multiAfter)
