@@ -11,6 +11,8 @@
 ///    (an image value or a will_init record);
 /// 3. if nothing started a chain, the image layer's value at X is the base (absent: the key had no
 ///    value at X).
+/// A lookup with a `floor` (a materialized value at that LSN, see MaterializedPageCache) collects only
+/// values above the floor, and stops at the in-memory layers when they hold everything above it.
 /// Index blocks for every (request, layer) pair are fetched in one batch, then data blocks for every
 /// chosen entry in a second batch, so a batch of lookups costs at most two waits on the disk.
 ///
@@ -63,6 +65,8 @@ struct LookupState {
     var imageLayer: LayerFile?
     var deltas: [LayerFile] = []
     var layersVisited = 0
+    /// A materialized value at this LSN is the base: only values above it are collected.
+    var floor: LSN?
 }
 
 extension LayerMap {
@@ -74,24 +78,32 @@ extension LayerMap {
         for s in states.indices {
             let key = states[s].key, lsn = states[s].lsn
             // 1. In-memory layers.
+            let materialized = states[s].floor
             for layer in [open] + frozen.reversed() where layer.startLSN <= lsn {
                 states[s].layersVisited += 1
-                if layer.collect(key, floor: nil, ceiling: lsn, into: &states[s].memoryValues) {
+                if layer.collect(key, floor: materialized, ceiling: lsn, into: &states[s].memoryValues) {
                     states[s].done = true
                     break
                 }
+            }
+            // Every value above the materialized base is in memory: the files have nothing newer.
+            if let materialized, materialized.rawValue &+ 1 >= (frozen.first ?? open).startLSN.rawValue {
+                states[s].done = true
             }
             if states[s].done { continue }
             // 2. Layer files of the key's chunk.
             guard let cl = chunks[ChunkId(containing: key)] else { continue }
             var imageLSN: LSN?
             for img in cl.images.reversed() where img.descriptor.lsnStart <= lsn && img.covers(key) {
+                // An image at or below the materialized base is not needed.
+                if let materialized, img.descriptor.lsnStart <= materialized { break }
                 states[s].imageLayer = img
                 imageLSN = img.descriptor.lsnStart
                 break
             }
+            let bottom = [imageLSN, materialized].compactMap { $0 }.max()
             for d in cl.deltas.reversed() where d.descriptor.lsnStart <= lsn {
-                if let x = imageLSN, d.descriptor.lsnEnd.rawValue - 1 <= x.rawValue { break }
+                if let x = bottom, d.descriptor.lsnEnd.rawValue - 1 <= x.rawValue { break }
                 states[s].deltas.append(d)
             }
             for layer in states[s].deltas + (states[s].imageLayer.map { [$0] } ?? []) {
@@ -119,7 +131,7 @@ extension LayerMap {
         }
         for (s, found) in perState {
             let key = states[s].key, lsn = states[s].lsn
-            let floor = states[s].imageLayer?.descriptor.lsnStart
+            let floor = [states[s].imageLayer?.descriptor.lsnStart, states[s].floor].compactMap { $0 }.max()
             for (layer, blockNo, view) in found {
                 if states[s].done { break }
                 states[s].layersVisited += 1

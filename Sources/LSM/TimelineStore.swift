@@ -35,14 +35,23 @@ public final class StorageContext: Sendable {
     public let indexCache: BlockCache
     /// Open layer files with O_DIRECT (data reads bypass the kernel's page cache).
     public let directIO: Bool
+    /// Reconstructed values of every store (MaterializedPageCache), so that hot pages are not rebuilt
+    /// from their base on every read.
+    public let materialized: MaterializedPageCache
     let buffers = AlignedBufferPool()
+    private let nextStoreId = Atomic<UInt32>(0)
 
-    public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false) {
+    public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
+                materializedCacheBytes: Int = 64 << 20) {
         self.io = io
         self.dataCache = BlockCache(capacityBytes: dataCacheBytes)
         self.indexCache = BlockCache(capacityBytes: indexCacheBytes)
         self.directIO = directIO
+        self.materialized = MaterializedPageCache(capacity: materializedCacheBytes / 8192)
     }
+
+    /// A number that tells this process's stores apart in the shared caches.
+    func newStoreId() -> UInt32 { nextStoreId.add(1, ordering: .relaxed).newValue }
 
     var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, indexCache: indexCache, buffers: buffers) }
 }
@@ -79,6 +88,8 @@ public final class TimelineStore: Sendable {
         var freezeRequested = false
     }
 
+    /// This store's number in the context's shared caches.
+    let storeId: UInt32
     private let map: Mutex<LayerMap>
     private let manifest: Mutex<Manifest>
     private let writer: Mutex<WriterState>
@@ -140,6 +151,7 @@ public final class TimelineStore: Sendable {
         self.map = Mutex(map)
         self.manifest = Mutex(manifest)
         self.writer = Mutex(WriterState(lastRecordLSN: manifest.diskConsistentLSN))
+        self.storeId = context.newStoreId()
     }
 
     /// Stops the background flusher (it finishes the flush in progress). Does not flush.
@@ -364,8 +376,17 @@ public final class TimelineStore: Sendable {
     }
 
     public func get(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats) -> [Result<[UInt8]?, StorageError>] {
+        // Taken before the snapshot: every value at or below it is in the snapshot (invariant 1 of
+        // MaterializedPageCache).
+        let complete = lastRecordLSN
         let snapshot = map.withLock { $0 }
+        var bases: [(lsn: LSN, bytes: [UInt8])?] = []
         var states = requests.map { LookupState(key: $0.0, lsn: $0.1) }
+        let materialized = context.materialized
+        if materialized.isEnabled {
+            bases = requests.map { materialized.lookup(storeId, $0.0, at: $0.1) }
+            for i in states.indices { states[i].floor = bases[i]?.lsn }
+        }
         let fetcher = context.fetcher
         do {
             try snapshot.plan(&states, fetcher: fetcher)
@@ -387,7 +408,7 @@ public final class TimelineStore: Sendable {
         var results: [Result<[UInt8]?, StorageError>] = []
         results.reserveCapacity(states.count)
         var next = 0
-        for s in states {
+        for (n, s) in states.enumerated() {
             stats.layersVisited += s.layersVisited
             var chain = s.memoryValues
             var failure: StorageError?
@@ -408,15 +429,29 @@ public final class TimelineStore: Sendable {
                 results.append(.failure(failure))
                 continue
             }
-            results.append(Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chain, redo: redo, stats: &stats) }
+            let cached = bases.isEmpty ? nil : bases[n]
+            results.append(Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chain, materialized: cached, complete: complete,
+                                                    redo: redo, stats: &stats) }
                 .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) })
         }
         return results
     }
 
-    private func reconstruct(key: Key, lsn: LSN, newestFirst chain: [(LSN, Value)], redo: any Redo, stats: inout ReadStats) throws -> [UInt8]? {
-        guard let oldest = chain.last else { return nil }
+    private func reconstruct(key: Key, lsn: LSN, newestFirst chain: [(LSN, Value)], materialized cached: (lsn: LSN, bytes: [UInt8])?,
+                             complete: LSN, redo: any Redo, stats: inout ReadStats) throws -> [UInt8]? {
+        guard let oldest = chain.last else { return cached?.bytes }
         if chain[0].1.kind == .image { return chain[0].1.bytes }
+        if !oldest.1.startsChain, let cached {
+            // The materialized value is the base; the chain holds only what came after it.
+            guard chain.count <= config.maxChainLength else {
+                throw StorageError(.unsupported, "reconstructing key \(key) needs \(chain.count) records, more than max_chain_length \(config.maxChainLength)", lsn: lsn)
+            }
+            let records = chain.reversed().map { RedoRecord(lsn: $0.0, value: $0.1) }
+            stats.recordsApplied += records.count
+            let page = try redo.reconstruct(key: key, lsn: lsn, base: (cached.lsn, cached.bytes), records: records)
+            remember(key, lsn: lsn, newest: chain[0].0, complete: complete, page)
+            return page
+        }
         guard oldest.1.startsChain else {
             throw StorageError(.notFound, "no base image for key \(key): the oldest record, at LSN \(oldest.0), does not initialize the value", lsn: lsn)
         }
@@ -430,7 +465,20 @@ public final class TimelineStore: Sendable {
             if i == chain.count - 1 && v.kind == .image { base = (l, v.bytes) } else { records.append(RedoRecord(lsn: l, value: v)) }
         }
         stats.recordsApplied += records.count
-        return try redo.reconstruct(key: key, lsn: lsn, base: base, records: records)
+        let page = try redo.reconstruct(key: key, lsn: lsn, base: base, records: records)
+        remember(key, lsn: lsn, newest: chain[0].0, complete: complete, page)
+        return page
+    }
+
+    /// Puts a reconstructed value into the materialized cache at the highest LSN it is known complete
+    /// for: the read LSN when that is at or below `complete`, else `complete` when the chain had
+    /// nothing above it.
+    private func remember(_ key: Key, lsn: LSN, newest: LSN, complete: LSN, _ page: [UInt8]) {
+        if lsn <= complete {
+            context.materialized.insert(storeId, key, at: lsn, page)
+        } else if newest <= complete {
+            context.materialized.insert(storeId, key, at: complete, page)
+        }
     }
 }
 

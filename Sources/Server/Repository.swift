@@ -21,7 +21,8 @@ final class Repository: Sendable {
         self.config = config
         self.metrics = metrics
         self.context = StorageContext(io: makeBlockIO(config.ioEngine), dataCacheBytes: config.pageCacheBytes,
-                                      indexCacheBytes: config.indexCacheBytes, directIO: config.directIO)
+                                      indexCacheBytes: config.indexCacheBytes, directIO: config.directIO,
+                                      materializedCacheBytes: config.materializedPageCacheBytes)
     }
 
     var tenantsDirectory: String { config.workdir + "/tenants" }

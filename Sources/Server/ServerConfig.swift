@@ -32,12 +32,14 @@ struct ServerConfig: Sendable {
     var pageServiceMaxInflight = 256
     /// Store a page image instead of the record that would make a key's chain this long (0: never).
     var ingestImageThreshold = 128
+    /// Reconstructed pages kept in memory for all timelines (MaterializedPageCache), 8 KiB a page.
+    var materializedPageCacheBytes = 256 << 20
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight",
-        "ingest_image_threshold",
+        "ingest_image_threshold", "materialized_page_cache_size",
     ]
 
     /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
@@ -100,6 +102,7 @@ struct ServerConfig: Sendable {
         }
         if let v = try positive("page_service_max_connections") { pageServiceMaxConnections = v }
         if let v = try positive("page_service_max_inflight") { pageServiceMaxInflight = v }
+        if let v = try size("materialized_page_cache_size") { materializedPageCacheBytes = v }
         if let v = table["ingest_image_threshold"] {
             guard let i = v.int, i >= 0 else { throw ConfigError("config file \(path): ingest_image_threshold must be an integer >= 0") }
             ingestImageThreshold = i
