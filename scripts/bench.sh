@@ -62,3 +62,7 @@ echo "BENCHMARKS.md updated"
 
 # The WAL-ingest benchmark (issue 3): ours against a PostgreSQL 15 streaming standby, its own table.
 BENCH_COMMAND="make bench" REPS=$reps BENCH_DIR="$dir-ingest" "$root/scripts/bench_ingest.sh"
+
+# The page service benchmark (issue 5): GetPage next to a loopback echo and fio, fullbackup next to
+# pg_basebackup; its table is printed and its results go to bench-data/getpage-results.json.
+SKIP_BUILD=1 "$root/scripts/bench_getpage.sh"
