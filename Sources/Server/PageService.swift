@@ -71,7 +71,7 @@ final class PageServiceMetrics: Sendable {
 struct PageServiceSettings: Sendable {
     var maxInflight = 256
     var batchSize = 32
-    var inlineBatchLimit = 4
+    var inlineBatchLimit = 2
     var waitLSNTimeoutSeconds: Double = 300
 }
 
@@ -156,8 +156,12 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
                 paused = true
                 connection.setReadingPaused(true)
             }
-            kick(connection)
         }
+    }
+
+    /// The requests one socket read brought are queued: answer them (as one batch when they fit).
+    func readComplete(connection: PGServerConnection) {
+        kick(connection)
     }
 
     func copyEnded(connection: PGServerConnection) {}

@@ -42,6 +42,9 @@ public protocol PGServerSessionDelegate: AnyObject, Sendable {
     func query(_ text: String, connection: PGServerConnection)
     /// A CopyData message while in COPY BOTH.
     func copyData(_ bytes: ByteBuffer, connection: PGServerConnection)
+    /// Everything the last read from the socket brought has been handed out (a good moment to act on
+    /// a batch of pipelined messages).
+    func readComplete(connection: PGServerConnection)
     /// The client ended COPY BOTH (CopyDone or CopyFail), or the connection closed during it.
     func copyEnded(connection: PGServerConnection)
     /// The connection is closed (always called once).
@@ -373,6 +376,7 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        if connection.mode == .copyBoth { connection.delegate.readComplete(connection: connection) }
         if !connection.readingPaused && connection.mode != .closed { context.read() }
     }
 
