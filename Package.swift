@@ -70,6 +70,7 @@ let package = Package(
         .executableTarget(
             name: "Server",
             dependencies: [
+                "CShims",
                 "LSM",
                 "PostgresWAL",
                 "PostgresRedo",

@@ -6,6 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <liburing.h>
+#include <malloc.h>
+
+void cs_tune_malloc(int mmap_threshold, int trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, trim_threshold);
+}
 
 // ---- CRC-32C ----
 

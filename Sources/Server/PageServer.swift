@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import LSM
+import CShims
 import Logging
 import WireProtocol
 
@@ -35,6 +36,7 @@ struct PageServer: AsyncParsableCommand {
         if let listenHttp { cfg.listenHttp = listenHttp }
         LSMLog.warning = { serverLog.warning("\($0)") }
         raiseOpenFileLimit()
+        tuneMalloc()
 
         let lock: WorkdirLock
         do { lock = try WorkdirLock(workdir: cfg.workdir) } catch { fatalExit("\(error)") }
@@ -93,6 +95,14 @@ func raiseOpenFileLimit() {
     } else {
         serverLog.warning("cannot raise the open file limit above \(before): \(String(cString: strerror(errno)))")
     }
+}
+
+/// Every page service batch allocates a few hundred KiB of response buffers, above glibc's default
+/// 128 KiB mmap threshold: each would be a fresh mmap, page-faulted in and unmapped again, which cost
+/// about a tenth of the CPU of a pipelined GetPage stream. Serving them from the heap, and not
+/// trimming the heap's top after every free, keeps that memory warm.
+func tuneMalloc() {
+    cs_tune_malloc(32 << 20, 256 << 20)
 }
 
 func splitHostPort(_ s: String) -> (String, Int)? {

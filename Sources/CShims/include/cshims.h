@@ -47,4 +47,8 @@ int cs_o_direct_flag(void);
 void *cs_aligned_alloc(size_t alignment, size_t size);
 void cs_aligned_free(void *p);
 
+// glibc malloc tuning (mallopt): allocations below `mmap_threshold` bytes come from the heap, and the
+// heap's top is given back to the kernel only above `trim_threshold` free bytes.
+void cs_tune_malloc(int mmap_threshold, int trim_threshold);
+
 #endif
