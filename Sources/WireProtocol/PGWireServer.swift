@@ -72,8 +72,6 @@ public final class PGWireServer: Sendable {
                 makeDelegate: @escaping @Sendable () -> any PGServerSessionDelegate) throws {
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, threads))
         ownsGroup = true
-        let counter = Atomic<Int>(0)
-        _ = counter
         let box = ServerBox()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
@@ -121,8 +119,6 @@ public final class PGServerConnection: @unchecked Sendable {
     public let peer: String
     /// Startup parameters (user, database, application_name, options...).
     public internal(set) var parameters: [String: String] = [:]
-    /// Free for the delegate (its per-session state); touched only on the event loop.
-    public var userState: AnyObject?
 
     enum Mode { case startup, idle, copyBoth, copyOut, closed }
     /// Event-loop state.
@@ -357,7 +353,6 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
         connection.writabilityChanged()
         if wasCopyBoth { connection.delegate.copyEnded(connection: connection) }
         connection.delegate.closed(connection: connection)
-        connection.userState = nil
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -483,7 +478,7 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
                 connection.sendReadyForQuery()
                 return
             }
-            if waitingForSyncReset() { return }
+            connection.waitingForSync = false  // a simple query ends any extended-protocol error state
             connection.delegate.query(text, connection: connection)
         case (.idle, UInt8(ascii: "S")):
             if connection.waitingForSync {
@@ -510,11 +505,5 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
             connection.sendError("unexpected message \(printable(type)) in state \(connection.mode)", code: "08P01")
             if connection.mode == .idle { connection.sendReadyForQuery() }
         }
-    }
-
-    private func waitingForSyncReset() -> Bool {
-        // A simple query ends any extended-protocol error state.
-        connection.waitingForSync = false
-        return false
     }
 }
