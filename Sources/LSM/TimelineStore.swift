@@ -72,14 +72,34 @@ public final class StorageContext: Sendable {
 /// A new store writes an empty manifest when it is created, so a manifest always exists once any
 /// layer file can.
 ///
+/// Branches: a store may have an ancestor (another store and a branch point P). It then holds only
+/// values above P; a read that finds no chain start of its own (no image, no will-init record, no
+/// materialized base) continues in the ancestor at min(lsn, P), and the ancestor's value there is
+/// the base for this store's records above P. Ancestors nest to any depth.
+///
 /// Invariants:
 /// 1. Every record with LSN <= disk_consistent_lsn is in a layer file named by the manifest.
 /// 2. The manifest names only complete, fsynced files.
 /// 3. Flushes run one at a time, oldest frozen layer first.
+/// 4. A store with an ancestor at P holds no value at or below P (its manifest starts at
+///    disk_consistent_lsn = P), so the ancestor answers every read at or below P.
 public final class TimelineStore: Sendable {
     public let directory: String
     public let config: StoreConfig
     let context: StorageContext
+    /// Where reads continue when this store has no base for a key: the parent timeline's store at
+    /// the branch point.
+    public let ancestor: Ancestor?
+
+    public struct Ancestor: Sendable {
+        public let store: TimelineStore
+        /// The branch point: this store's values all lie above it.
+        public let lsn: LSN
+        public init(store: TimelineStore, lsn: LSN) {
+            self.store = store
+            self.lsn = lsn
+        }
+    }
 
     private struct WriterState: ~Copyable {
         var lastRecordLSN: LSN
@@ -99,8 +119,10 @@ public final class TimelineStore: Sendable {
     private let flusherExited = DispatchSemaphoreLike(value: 0)
 
     /// Opens the store in `directory` (created if missing): reads the manifest, deletes temporary
-    /// and unreferenced files, opens and verifies every layer file the manifest names.
-    public static func open(directory: String, config: StoreConfig = StoreConfig(), context: StorageContext) throws -> TimelineStore {
+    /// and unreferenced files, opens and verifies every layer file the manifest names. A store
+    /// created with an `ancestor` starts at its branch point (disk_consistent_lsn = P).
+    public static func open(directory: String, config: StoreConfig = StoreConfig(), context: StorageContext,
+                            ancestor: Ancestor? = nil) throws -> TimelineStore {
         try FileOps.makeDirectories(directory)
         let manifestPath = directory + "/" + Manifest.fileName
         let names = try FileOps.listDirectory(directory)
@@ -116,7 +138,9 @@ public final class TimelineStore: Sendable {
             // A new store writes its empty manifest before anything else, so that from now on
             // "layer files but no manifest" can only mean a lost manifest, never a crash during
             // the first flush.
-            manifest = Manifest()
+            var fresh = Manifest()
+            if let ancestor { fresh.diskConsistentLSN = ancestor.lsn }
+            manifest = fresh
             try FileOps.replaceDurably(manifestPath, with: manifest.encode(), directory: directory)
         }
         let referenced = Set(manifest.layers.map { $0.layer.fileName })
@@ -138,14 +162,18 @@ public final class TimelineStore: Sendable {
             chunks[entry.layer.chunk, default: .init()].add(file)
         }
         let open = InMemoryLayer(startLSN: manifest.diskConsistentLSN.advanced(by: 1))
+        if let ancestor, manifest.diskConsistentLSN < ancestor.lsn {
+            throw StorageError(.corruption, "the store starts at \(manifest.diskConsistentLSN), below its branch point \(ancestor.lsn)", file: manifestPath)
+        }
         let store = TimelineStore(directory: directory, config: config, context: context,
-                                  map: LayerMap(open: open, frozen: [], chunks: chunks), manifest: manifest)
+                                  map: LayerMap(open: open, frozen: [], chunks: chunks), manifest: manifest, ancestor: ancestor)
         if config.backgroundFlush { store.startFlusher() }
         return store
     }
 
-    private init(directory: String, config: StoreConfig, context: StorageContext, map: LayerMap, manifest: Manifest) {
+    private init(directory: String, config: StoreConfig, context: StorageContext, map: LayerMap, manifest: Manifest, ancestor: Ancestor?) {
         self.directory = directory
+        self.ancestor = ancestor
         self.config = config
         self.context = context
         self.map = Mutex(map)
@@ -405,10 +433,12 @@ public final class TimelineStore: Sendable {
         } catch {
             return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
         }
-        var results: [Result<[UInt8]?, StorageError>] = []
-        results.reserveCapacity(states.count)
+        // Gather each lookup's chain; those with no base of their own go on to the ancestor.
+        var chains: [[(LSN, Value)]] = []
+        var failures: [StorageError?] = []
+        chains.reserveCapacity(states.count)
         var next = 0
-        for (n, s) in states.enumerated() {
+        for s in states {
             stats.layersVisited += s.layersVisited
             var chain = s.memoryValues
             var failure: StorageError?
@@ -425,11 +455,43 @@ public final class TimelineStore: Sendable {
                 let bytes = e.valueOffset == 0 && end == block.count ? block : Array(block[Int(e.valueOffset)..<end])
                 chain.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
             }
-            if let failure {
+            chains.append(chain)
+            failures.append(failure)
+        }
+        var inherited: [Int: Result<[UInt8]?, StorageError>] = [:]
+        if let ancestor {
+            var asks: [(Key, LSN)] = []
+            var askers: [Int] = []
+            for (n, s) in states.enumerated() where failures[n] == nil {
+                let hasBase = s.imageLayer != nil || (chains[n].last?.1.startsChain ?? false) || (!bases.isEmpty && bases[n] != nil)
+                if !hasBase {
+                    asks.append((s.key, min(s.lsn, ancestor.lsn)))
+                    askers.append(n)
+                }
+            }
+            if !asks.isEmpty {
+                let answers = ancestor.store.get(asks, redo: redo, stats: &stats)
+                for (i, n) in askers.enumerated() { inherited[n] = answers[i] }
+            }
+        }
+        var results: [Result<[UInt8]?, StorageError>] = []
+        results.reserveCapacity(states.count)
+        for (n, s) in states.enumerated() {
+            if let failure = failures[n] {
                 results.append(.failure(failure))
                 continue
             }
-            let cached = bases.isEmpty ? nil : bases[n]
+            var cached = bases.isEmpty ? nil : bases[n]
+            if let fromAncestor = inherited[n] {
+                switch fromAncestor {
+                case .failure(let e):
+                    results.append(.failure(e))
+                    continue
+                case .success(let bytes):
+                    if let bytes { cached = (min(s.lsn, ancestor!.lsn), bytes) }
+                }
+            }
+            let chain = chains[n]
             results.append(Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chain, materialized: cached, complete: complete,
                                                     redo: redo, stats: &stats) }
                 .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) })
