@@ -223,3 +223,17 @@ struct ShutdownCheckpoint {
         }
     }
 }
+
+extension DataDirectoryBackup {
+    /// Where the WAL of a PostgreSQL started on a fullbackup at `lsn` begins: the LSN of the backup's
+    /// shutdown checkpoint record (P of ShutdownCheckpoint), the first record that server's WAL holds.
+    /// `pgControl` is the stored control file (for the WAL segment size; 16 MiB when unreadable).
+    public static func walStart(forBackupAt lsn: LSN, pgControl: [UInt8]?) -> LSN {
+        var segmentSize = 16 << 20
+        if let c = pgControl, c.count >= ShutdownCheckpoint.Control.xlogSegmentSize + 4 {
+            let s = Int(CheckPointLayout.u32(c, ShutdownCheckpoint.Control.xlogSegmentSize))
+            if s >= 1 << 20, s <= 1 << 30, s & (s - 1) == 0 { segmentSize = s }
+        }
+        return ShutdownCheckpoint.recordLocation(after: lsn, segmentSize: segmentSize)
+    }
+}

@@ -45,14 +45,45 @@ struct HTTPAPI {
                     let timeline = try await blocking { try TimelineAttach.attach(repository: repository, tenant: t, timeline: id, walSource: conninfo) }
                     return json(201, timeline.json())
                 }
-                if body["ancestor_timeline_id"] != nil {
-                    throw APIError.badRequest("branching is not implemented yet (issue 6)")
+                if let a = body["ancestor_timeline_id"] {
+                    let ancestor = try timelineId(a, field: "ancestor_timeline_id")
+                    var start: LSN?
+                    if let v = body["ancestor_start_lsn"], !(v is NSNull) {
+                        guard let text = v as? String, let l = LSN(parsing: text) else {
+                            throw APIError.badRequest("ancestor_start_lsn must be an LSN like 0/16B3748")
+                        }
+                        start = l
+                    }
+                    let at = start
+                    let timeline = try await blocking {
+                        try TimelineBranch.create(repository: repository, tenant: t, timeline: id, ancestor: ancestor, startLSN: at)
+                    }
+                    return json(201, timeline.json())
                 }
                 throw APIError.badRequest("give either wal_source (attach to a primary) or ancestor_timeline_id (branch)")
             }
         }
         router.get("/v1/tenant/:tenant_id/timeline/:timeline_id") { _, ctx in
             await handle { json(200, try timeline(ctx).json()) }
+        }
+        router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/wal_source") { req, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                let body = try await jsonBody(req, ctx)
+                guard let conninfo = body["wal_source"] as? String, !conninfo.isEmpty else {
+                    throw APIError.badRequest("wal_source must be a connection string")
+                }
+                let updated = try await blocking { try TimelineBranch.setWalSource(repository: repository, timeline: tl, conninfo: conninfo) }
+                return json(200, updated.json())
+            }
+        }
+        router.delete("/v1/tenant/:tenant_id/timeline/:timeline_id") { _, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                let slot = try await blocking { try TimelineBranch.delete(repository: repository, timeline: tl) }
+                return json(200, ["tenant_id": "\(tl.tenantId)", "timeline_id": "\(tl.timelineId)", "deleted": true,
+                                  "replication_slot": slot as Any? ?? NSNull()])
+            }
         }
         router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint") { _, ctx in
             await handle {

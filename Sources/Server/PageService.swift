@@ -328,13 +328,8 @@ struct PagestreamWorker {
             if notModifiedSince > request {
                 throw RequestError(message: "not_modified_since \(notModifiedSince) is above request_lsn \(request)")
             }
-            let cutoff = store.gcCutoffLSN
-            if request < cutoff {
-                throw RequestError(message: "request_lsn \(request) is below the GC cutoff \(cutoff) of timeline \(timeline.timelineId): those page versions are gone")
-            }
-            let start = timeline.startLSN
-            if request < start {
-                throw RequestError(message: "request_lsn \(request) is before the start \(start) of timeline \(timeline.timelineId)")
+            do { try timeline.checkReadable(request) } catch let e as APIError {
+                throw RequestError(message: "request_lsn: \(e.message)")
             }
         }
         try waitFor(notModifiedSince, requested: h.requestLSN)

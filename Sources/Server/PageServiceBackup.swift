@@ -42,12 +42,8 @@ extension PageServiceSession {
             let store = timeline.store
             let lsn: LSN
             if let requested = requestedLSN {
-                let start = timeline.startLSN, cutoff = store.gcCutoffLSN
-                if requested < start {
-                    return self.failFromThread(connection, "LSN \(requested) is before the start \(start) of timeline \(timeline.timelineId)")
-                }
-                if requested < cutoff {
-                    return self.failFromThread(connection, "LSN \(requested) is below the GC cutoff \(cutoff) of timeline \(timeline.timelineId)")
+                do { try timeline.checkReadable(requested) } catch {
+                    return self.failFromThread(connection, "\(error)")
                 }
                 if store.lastRecordLSN < requested {
                     let ok = timeline.lsnWaiter.wait(until: { store.lastRecordLSN >= requested }, deadline: Date().addingTimeInterval(waitSeconds))

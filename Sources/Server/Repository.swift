@@ -29,27 +29,72 @@ final class Repository: Sendable {
     func tenantDirectory(_ t: TenantId) -> String { tenantsDirectory + "/\(t)" }
     func timelineDirectory(_ t: TenantId, _ tl: TimelineId) -> String { tenantDirectory(t) + "/timelines/\(tl)" }
 
-    /// Loads every tenant and timeline found in the workdir and starts their WAL receivers.
+    /// Loads every tenant and timeline found in the workdir (ancestors before their branches) and
+    /// starts their WAL receivers. Leftovers of unfinished creations and deletions are removed.
     func load() throws {
         try DurableFile.makeDirectory(tenantsDirectory)
         for name in (try? FileManager.default.contentsOfDirectory(atPath: tenantsDirectory)) ?? [] {
             guard let tid = TenantId(parsing: name) else { continue }
-            var timelines: [TimelineId: Timeline] = [:]
             let tlDir = tenantDirectory(tid) + "/timelines"
+            var found: [TimelineId: TimelineMetadata] = [:]
             for tlName in (try? FileManager.default.contentsOfDirectory(atPath: tlDir)) ?? [] {
-                guard let tlid = TimelineId(parsing: tlName) else { continue }
                 let dir = tlDir + "/" + tlName
+                if tlName.hasSuffix(Self.deletedSuffix) {
+                    // A deletion that did not finish: the timeline was gone once renamed.
+                    try? FileManager.default.removeItem(atPath: dir)
+                    continue
+                }
+                guard let tlid = TimelineId(parsing: tlName) else { continue }
                 guard FileManager.default.fileExists(atPath: dir + "/" + TimelineMetadata.fileName) else {
                     // A timeline whose creation did not finish: its metadata never became durable.
                     try? FileManager.default.removeItem(atPath: dir)
                     continue
                 }
-                let timeline = try Timeline.open(tenantId: tid, timelineId: tlid, directory: dir, repository: self)
-                timelines[tlid] = timeline
+                found[tlid] = try TimelineMetadata.load(directory: dir)
             }
+            var timelines: [TimelineId: Timeline] = [:]
+            func open(_ id: TimelineId, _ path: [TimelineId]) throws -> Timeline {
+                if let t = timelines[id] { return t }
+                guard let meta = found[id] else { throw StorageError(.notFound, "timeline \(id) of tenant \(tid) is missing") }
+                var ancestor: Timeline?
+                if let a = meta.ancestorTimelineId {
+                    guard let aid = TimelineId(parsing: a), !path.contains(aid) else {
+                        throw StorageError(.corruption, "timeline \(id) names ancestor '\(a)', which is not a timeline id or forms a cycle",
+                                           file: timelineDirectory(tid, id) + "/" + TimelineMetadata.fileName)
+                    }
+                    guard found[aid] != nil else {
+                        throw StorageError(.notFound, "timeline \(id) branches from \(aid), which does not exist in tenant \(tid)",
+                                           file: timelineDirectory(tid, id) + "/" + TimelineMetadata.fileName)
+                    }
+                    ancestor = try open(aid, path + [id])
+                }
+                let t = try Timeline.open(tenantId: tid, timelineId: id, directory: timelineDirectory(tid, id), metadata: meta,
+                                          ancestor: ancestor, repository: self)
+                timelines[id] = t
+                return t
+            }
+            for id in found.keys.sorted() { _ = try open(id, []) }
             tenants.withLock { $0[tid] = timelines }
         }
         for t in allTimelines() { t.startBackgroundWork() }
+    }
+
+    /// A timeline directory renamed to NAME + this suffix is being deleted.
+    static let deletedSuffix = ".deleted"
+
+    /// The timelines that branch directly from `timeline`.
+    func children(of timeline: Timeline) -> [Timeline] {
+        tenants.withLock { $0[timeline.tenantId]?.values.filter { $0.ancestor === timeline } ?? [] }.sorted { $0.timelineId < $1.timelineId }
+    }
+
+    /// Removes a timeline from the registry (it must have no children).
+    func unregister(_ timeline: Timeline) throws {
+        try tenants.withLock { t in
+            if let child = t[timeline.tenantId]?.values.first(where: { $0.ancestor === timeline }) {
+                throw APIError.conflict("timeline \(timeline.timelineId) has child branches (for example \(child.timelineId)); delete them first")
+            }
+            t[timeline.tenantId]?[timeline.timelineId] = nil
+        }
     }
 
     func allTimelines() -> [Timeline] { tenants.withLock { $0.values.flatMap { $0.values } } }

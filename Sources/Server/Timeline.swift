@@ -1,10 +1,15 @@
 import Foundation
 import LSM
+import PostgresBackup
 import PostgresRedo
 import PostgresWAL
 import Synchronization
 
 /// One timeline as the daemon runs it: its store, its durable metadata, its WAL receiver.
+///
+/// A branch has an `ancestor` timeline and a branch point P (`ancestor_lsn`): its store holds only
+/// what was written to it after P and reads the rest from the ancestor (TimelineStore's ancestor).
+/// Ancestors are opened before their children and are never deleted while children exist.
 ///
 /// States: `attaching` (base backup being imported), `active`, `broken` (ingest stopped with an
 /// error; reads of what was stored still work), `stopping`.
@@ -38,9 +43,12 @@ final class Timeline: Sendable {
     /// Relation sizes and existence, kept off the layer files (see TimelineReadSupport.swift).
     let relSizes = RelSizeCache()
     unowned let repository: Repository
+    /// The parent timeline of a branch.
+    let ancestor: Timeline?
 
     init(tenantId: TenantId, timelineId: TimelineId, directory: String, store: TimelineStore, metadata: TimelineMetadata,
-         state: State, repository: Repository) {
+         state: State, repository: Repository, ancestor: Timeline? = nil) {
+        self.ancestor = ancestor
         self.tenantId = tenantId
         self.timelineId = timelineId
         self.directory = directory
@@ -67,17 +75,61 @@ final class Timeline: Sendable {
     }
 
     /// Opens an existing timeline directory.
-    static func open(tenantId: TenantId, timelineId: TimelineId, directory: String, repository: Repository) throws -> Timeline {
-        let meta = try TimelineMetadata.load(directory: directory)
-        let store = try TimelineStore.open(directory: directory, config: repository.config.storeConfig, context: repository.context)
+    /// Opens an existing timeline directory; a branch's `ancestor` must be open already.
+    static func open(tenantId: TenantId, timelineId: TimelineId, directory: String, metadata meta: TimelineMetadata,
+                     ancestor: Timeline?, repository: Repository) throws -> Timeline {
+        var storeAncestor: TimelineStore.Ancestor?
+        if let ancestor {
+            guard let p = LSN(parsing: meta.ancestorLsn) else {
+                throw StorageError(.corruption, "ancestor_lsn '\(meta.ancestorLsn)' is not an LSN", file: directory + "/" + TimelineMetadata.fileName)
+            }
+            storeAncestor = .init(store: ancestor.store, lsn: p)
+        }
+        let store = try TimelineStore.open(directory: directory, config: repository.config.storeConfig, context: repository.context,
+                                           ancestor: storeAncestor)
         return Timeline(tenantId: tenantId, timelineId: timelineId, directory: directory, store: store, metadata: meta,
-                        state: .active, repository: repository)
+                        state: .active, repository: repository, ancestor: ancestor)
     }
 
     var walSource: String? { metadata.withLock { $0.walSource } }
 
-    /// The first LSN this timeline holds (its base backup's start LSN).
+    /// The first LSN this timeline's own data starts at (an attached timeline's base backup start
+    /// LSN; a branch's branch point).
     var startLSN: LSN { metadata.withLock { LSN(parsing: $0.startLsn) } ?? .zero }
+
+    /// The branch point in the ancestor (0/0 without one).
+    var ancestorLSN: LSN { metadata.withLock { LSN(parsing: $0.ancestorLsn) } ?? .zero }
+
+    /// The oldest LSN a read of this timeline can be answered at: its GC cutoff, and its start, or
+    /// for a branch what its ancestor can answer (reads below the branch point go there).
+    var oldestReadableLSN: LSN {
+        let own = store.gcCutoffLSN
+        guard let ancestor else { return max(startLSN, own) }
+        return max(ancestor.oldestReadableLSN, own)
+    }
+
+    /// Where WAL streaming (re)starts: last_record_lsn; for a branch that has not ingested a record
+    /// of its own yet, the shutdown checkpoint record that a PostgreSQL started on the branch's
+    /// fullbackup begins its WAL with (the branch's WAL continues after the branch point).
+    func walStreamStart() -> LSN {
+        let last = store.lastRecordLSN
+        guard ancestor != nil, last == ancestorLSN else { return last }
+        let control = (try? store.get(KeySpace.controlFile, at: last, redo: ImageOnlyRedo())) ?? nil
+        return DataDirectoryBackup.walStart(forBackupAt: last, pgControl: control)
+    }
+
+    /// Checks that a read at `lsn` can be answered; the error names both LSNs.
+    func checkReadable(_ lsn: LSN) throws {
+        let cutoff = store.gcCutoffLSN
+        if lsn < cutoff {
+            throw APIError.badRequest("LSN \(lsn) is below the GC cutoff \(cutoff) of timeline \(timelineId): those page versions are gone")
+        }
+        if let ancestor {
+            if lsn <= ancestorLSN { try ancestor.checkReadable(lsn) }
+        } else if lsn < startLSN {
+            throw APIError.badRequest("LSN \(lsn) is before the start \(startLSN) of timeline \(timelineId)")
+        }
+    }
 
     /// The ingest target WAL goes through (keeps the size cache and the LSN waiters up to date).
     func makeIngestTarget() -> TimelineIngestTarget {

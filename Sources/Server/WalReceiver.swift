@@ -8,7 +8,8 @@ import WireProtocol
 /// Streams a timeline's WAL from its primary and ingests every record, on a thread of its own.
 ///
 /// Loop: connect (replication=true), IDENTIFY_SYSTEM (the system id must be the timeline's),
-/// START_REPLICATION SLOT pageserver_<timeline> PHYSICAL at last_record_lsn, then decode and ingest
+/// START_REPLICATION SLOT pageserver_<timeline> PHYSICAL at last_record_lsn (a fresh writable branch:
+/// at the shutdown checkpoint its new primary's WAL starts with, Timeline.walStreamStart), then decode and ingest
 /// record by record; every second (and whenever the primary asks) send a standby status with
 /// flush = disk_consistent_lsn, so the slot keeps every byte not yet in layer files. A lost
 /// connection is retried with exponential backoff; invalid WAL (a CRC mismatch, a malformed record)
@@ -102,7 +103,7 @@ final class WalReceiver: @unchecked Sendable {
             throw IngestStopped(message: "the WAL source \(info.redacted) is database system \(system.systemId), but this timeline holds system \(expected)")
         }
         let store = timeline.store
-        let start = store.lastRecordLSN
+        let start = timeline.walStreamStart()
         var decoder = try WALDecoder(startLSN: start)
         try conn.startReplication(slot: slotName, startLSN: start.rawValue, timeline: system.timeline)
         status.withLock { $0 = .streaming }
