@@ -73,9 +73,11 @@ public final class StorageContext: Sendable {
 /// layer file can.
 ///
 /// Branches: a store may have an ancestor (another store and a branch point P). It then holds only
-/// values above P; a read that finds no chain start of its own (no image, no will-init record, no
-/// materialized base) continues in the ancestor at min(lsn, P), and the ancestor's value there is
-/// the base for this store's records above P. Ancestors nest to any depth.
+/// values above P; a read that finds no chain start of its own (no image value, no will-init record,
+/// no materialized base) continues in the ancestor at min(lsn, P), and the ancestor's value there is
+/// the base for this store's records above P. Ancestors nest to any depth. The engine has no
+/// tombstones (a key that had a value keeps one), so a key absent from a branch's image layer simply
+/// had no value of the branch's own at that LSN.
 ///
 /// Invariants:
 /// 1. Every record with LSN <= disk_consistent_lsn is in a layer file named by the manifest.
@@ -463,7 +465,9 @@ public final class TimelineStore: Sendable {
             var asks: [(Key, LSN)] = []
             var askers: [Int] = []
             for (n, s) in states.enumerated() where failures[n] == nil {
-                let hasBase = s.imageLayer != nil || (chains[n].last?.1.startsChain ?? false) || (!bases.isEmpty && bases[n] != nil)
+                // A key missing from an image layer of this store had no value of its own there
+                // (a branch's image layers hold only the keys it wrote), so it goes on too.
+                let hasBase = (chains[n].last?.1.startsChain ?? false) || (!bases.isEmpty && bases[n] != nil)
                 if !hasBase {
                     asks.append((s.key, min(s.lsn, ancestor.lsn)))
                     askers.append(n)
