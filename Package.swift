@@ -67,11 +67,18 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The workdir as the daemon and the offline tools share it: timeline metadata, the lock file,
+        // durable small files.
+        .target(
+            name: "Workdir",
+            dependencies: ["LSM"]
+        ),
         .executableTarget(
             name: "Server",
             dependencies: [
                 "CShims",
                 "LSM",
+                "Workdir",
                 "PostgresWAL",
                 "PostgresRedo",
                 "PostgresBackup",
@@ -87,6 +94,7 @@ let package = Package(
             name: "Tools",
             dependencies: [
                 "LSM",
+                "Workdir",
                 "PostgresWAL",
                 "PostgresRedo",
                 "WireProtocol",

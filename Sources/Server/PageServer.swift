@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Hummingbird
 import LSM
+import Workdir
 import CShims
 import Logging
 import WireProtocol
@@ -113,26 +114,4 @@ func splitHostPort(_ s: String) -> (String, Int)? {
 func fatalExit(_ message: String) -> Never {
     FileHandle.standardError.write(Data(("pageserver: " + message + "\n").utf8))
     exit(1)
-}
-
-/// The workdir's lock file: a second server on the same workdir refuses to start.
-final class WorkdirLock {
-    let path: String
-    let fd: Int32
-
-    init(workdir: String) throws {
-        try DurableFile.makeDirectory(workdir)
-        path = workdir + "/pageserver.lock"
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw StorageError(.io, "cannot open the lock file: \(String(cString: strerror(errno)))", file: path) }
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
-            close(fd)
-            throw StorageError(.invalidArgument, "another pageserver is already running on workdir \(workdir) (lock file \(path) is held)")
-        }
-        ftruncate(fd, 0)
-        let pid = "\(getpid())\n"
-        _ = pid.withCString { write(fd, $0, strlen($0)) }
-    }
-
-    func release() { close(fd) }
 }

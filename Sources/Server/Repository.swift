@@ -1,5 +1,6 @@
 import Foundation
 import LSM
+import Workdir
 import Synchronization
 
 /// The tenants and timelines of one workdir (the seed's "repository"), and the on-disk layout:

@@ -1,5 +1,6 @@
 import Foundation
 import LSM
+import Workdir
 import PostgresBackup
 import PostgresRedo
 import PostgresWAL

@@ -1,5 +1,6 @@
 import Foundation
 import LSM
+import Workdir
 import PostgresWAL
 import WireProtocol
 

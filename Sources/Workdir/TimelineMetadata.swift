@@ -6,23 +6,35 @@ import LSM
 ///
 /// The WAL source keeps its password (the receiver must log in again after a restart), so the file
 /// is created with mode 0600 and the API only ever shows the redacted form.
-struct TimelineMetadata: Codable, Sendable {
-    static let fileName = "timeline.json"
-    static let formatName = "pageserver-timeline"
-    static let currentVersion = 1
+public struct TimelineMetadata: Codable, Sendable {
+    public static let fileName = "timeline.json"
+    public static let formatName = "pageserver-timeline"
+    public static let currentVersion = 1
 
-    var format = TimelineMetadata.formatName
-    var formatVersion = TimelineMetadata.currentVersion
-    var tenantId: String
-    var timelineId: String
-    var ancestorTimelineId: String?
+    public var format = TimelineMetadata.formatName
+    public var formatVersion = TimelineMetadata.currentVersion
+    public var tenantId: String
+    public var timelineId: String
+    public var ancestorTimelineId: String?
     /// The branch point in the ancestor (0/0 without an ancestor).
-    var ancestorLsn: String
+    public var ancestorLsn: String
     /// The LSN the timeline's own data starts at (the base backup's start LSN for an attached one).
-    var startLsn: String
-    var walSource: String?
-    var systemId: String?
-    var createdAt: String
+    public var startLsn: String
+    public var walSource: String?
+    public var systemId: String?
+    public var createdAt: String
+
+    public init(tenantId: String, timelineId: String, ancestorTimelineId: String?, ancestorLsn: String, startLsn: String,
+                walSource: String?, systemId: String?, createdAt: String) {
+        self.tenantId = tenantId
+        self.timelineId = timelineId
+        self.ancestorTimelineId = ancestorTimelineId
+        self.ancestorLsn = ancestorLsn
+        self.startLsn = startLsn
+        self.walSource = walSource
+        self.systemId = systemId
+        self.createdAt = createdAt
+    }
 
     enum CodingKeys: String, CodingKey {
         case format, formatVersion = "format_version", tenantId = "tenant_id", timelineId = "timeline_id"
@@ -30,7 +42,7 @@ struct TimelineMetadata: Codable, Sendable {
         case walSource = "wal_source", systemId = "system_id", createdAt = "created_at"
     }
 
-    static func load(directory: String) throws -> TimelineMetadata {
+    public static func load(directory: String) throws -> TimelineMetadata {
         let path = directory + "/" + fileName
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
@@ -47,7 +59,7 @@ struct TimelineMetadata: Codable, Sendable {
         return m
     }
 
-    func save(directory: String) throws {
+    public func save(directory: String) throws {
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         let bytes = [UInt8](try enc.encode(self)) + [0x0A]
@@ -57,8 +69,8 @@ struct TimelineMetadata: Codable, Sendable {
 
 /// Durable whole-file replacement for the daemon's small files: write NAME.tmp, fsync, rename,
 /// fsync the directory.
-enum DurableFile {
-    static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o644) throws {
+public enum DurableFile {
+    public static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o644) throws {
         let tmp = path + ".tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw StorageError(.io, "cannot create: \(String(cString: strerror(errno)))", file: tmp) }
@@ -82,7 +94,7 @@ enum DurableFile {
 
     /// Creates `path` and its missing parents; every directory it creates is made durable by an
     /// fsync of its parent.
-    static func makeDirectory(_ path: String) throws {
+    public static func makeDirectory(_ path: String) throws {
         var current = path.hasPrefix("/") ? "" : "."
         for part in path.split(separator: "/") {
             let parent = current.isEmpty ? "/" : current
@@ -97,7 +109,7 @@ enum DurableFile {
     }
 }
 
-func rfc3339Now() -> String {
+public func rfc3339Now() -> String {
     let f = ISO8601DateFormatter()
     f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
     return f.string(from: Date())
