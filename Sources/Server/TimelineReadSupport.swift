@@ -138,9 +138,9 @@ final class TimelineIngestTarget: IngestTarget {
     func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
         if value.kind == .image || value.willInit {
             recordsSinceImage.removeValue(forKey: key)
-        } else if imageThreshold > 0 {
+        } else if let threshold = imageThreshold(for: key) {
             let n = (recordsSinceImage[key] ?? 0) + 1
-            if n >= imageThreshold, let image = materialize(key, lsn, value) {
+            if n >= threshold, let image = materialize(key, lsn, value) {
                 recordsSinceImage.removeValue(forKey: key)
                 imagesMaterialized += 1
                 try store.put(key, lsn, .image(image))
@@ -158,6 +158,13 @@ final class TimelineIngestTarget: IngestTarget {
             }
         }
         try store.put(key, lsn, value)
+    }
+
+    /// Commit-timestamp buckets are imaged on their own schedule, even with images on ingest off,
+    /// as their chains could otherwise outgrow max_chain_length (see `CommitTimestampIndex`).
+    private func imageThreshold(for key: Key) -> Int? {
+        if key.field1 == KeySpace.commitTimestampField1 { return CommitTimestampIndex.recordsPerImage }
+        return imageThreshold > 0 ? imageThreshold : nil
     }
 
     private func noteRelDir(_ db: DatabaseTag, _ lsn: LSN, _ bytes: [UInt8]) throws {
