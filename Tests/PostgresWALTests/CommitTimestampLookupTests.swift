@@ -1,8 +1,8 @@
 import Foundation
 import LSM
 import PGTestSupport
-import PostgresWAL
 import XCTest
+@testable import PostgresWAL
 
 /// The commit-timestamp index's encodings, the get_lsn_by_timestamp search against a brute-force
 /// model, and the RFC 3339 parser.
@@ -34,6 +34,32 @@ final class CommitTimestampLookupTests: XCTestCase {
         XCTAssertThrowsError(try CommitTimestampIndex.decode(value.dropLast(), bucket: b))
         XCTAssertThrowsError(try CommitTimestampIndex.decode(value, bucket: b.next), "entries outside their bucket")
         XCTAssertThrowsError(try CommitTimestampIndex.decode(CommitTimestampIndex.encode(entries.reversed()), bucket: b), "not ascending")
+    }
+
+    /// Every kind of transaction end appends to its bucket; a bucket's first record is will-init,
+    /// and an ingest that starts over on a store with the bucket (a restart) appends without it.
+    func testIngestAppendsEveryTransactionEnd() throws {
+        let target = MemoryIngestTarget()
+        let ingest = WalIngest(target: target)
+        var feeder = RecordFeeder(start: LSN(0x300_0028))
+        func le(_ f: (inout LE) -> Void) -> [UInt8] { var m = LE(); f(&m); return m.bytes }
+        let commit = try feeder.feed(ingest, RecordBuilder(rmgr: .transaction, info: 0x00, xid: 10, mainData: le { $0.u64(1000) }))
+        let abort = try feeder.feed(ingest, RecordBuilder(rmgr: .transaction, info: 0x20, xid: 11, mainData: le { $0.u64(2000) }))
+        feeder.lsn = LSN(0x340_0028)
+        let prepared = try feeder.feed(ingest, RecordBuilder(rmgr: .transaction, info: 0x80 | 0x30, mainData: le { $0.u64(3000); $0.u32(1 << 4); $0.u32(12) }))
+        let restarted = WalIngest(target: target)
+        let abortPrepared = try feeder.feed(restarted, RecordBuilder(rmgr: .transaction, info: 0x80 | 0x40, mainData: le { $0.u64(4000); $0.u32(1 << 4); $0.u32(13) }))
+
+        let first = CommitTimestampIndex.key(Bucket(containing: commit.endLSN))
+        let second = CommitTimestampIndex.key(Bucket(containing: prepared.endLSN))
+        XCTAssertNotEqual(first, second)
+        func history(_ key: Key) -> [String] { target.history(key).map { "\($0.lsn) \($0.value.kind) \($0.value.willInit) \($0.value.bytes)" } }
+        func expected(_ r: DecodedRecord, _ time: Int64, willInit: Bool) -> String {
+            "\(r.endLSN) engineRecord \(willInit) \(EngineRecord.commitTimestamp(Entry(lsn: r.endLSN, xactTime: time)).encode())"
+        }
+        XCTAssertEqual(history(first), [expected(commit, 1000, willInit: true), expected(abort, 2000, willInit: false)])
+        XCTAssertEqual(history(second), [expected(prepared, 3000, willInit: true), expected(abortPrepared, 4000, willInit: false)])
+        XCTAssertEqual(ingest.stats.engineRecords(.commitTimestamp), 3)
     }
 
     // MARK: - Search
