@@ -36,6 +36,18 @@ final class CommitTimestampLookupTests: XCTestCase {
         XCTAssertThrowsError(try CommitTimestampIndex.decode(CommitTimestampIndex.encode(entries.reversed()), bucket: b), "not ascending")
     }
 
+    /// The examples of format-spec.md 10.1, 10.3 and 10.4, byte for byte.
+    func testFormatSpecExamples() throws {
+        func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined(separator: " ") }
+        let commit = Entry(lsn: LSN(0x3024A70), xactTime: try XCTUnwrap(CommitTimestampLookup.parseRFC3339("2026-11-29T05:46:40.123456Z")))
+        let abort = Entry(lsn: LSN(0x3024B28), xactTime: commit.xactTime + 1_520_000)
+        XCTAssertEqual(commit.xactTime, 849_246_400_123_456)
+        XCTAssertEqual(CommitTimestampIndex.key(commit.bucket).description, "040000000000000000000000000000000030")
+        XCTAssertEqual(hex(CommitTimestampIndex.encode([commit, abort])),
+                       "00 00 00 00 03 02 4a 70 00 03 04 62 96 01 92 40 00 00 00 00 03 02 4b 28 00 03 04 62 96 18 c3 c0")
+        XCTAssertEqual(hex(EngineRecord.commitTimestamp(commit).encode()), "07 00 00 00 00 03 02 4a 70 00 03 04 62 96 01 92 40")
+    }
+
     /// Every kind of transaction end appends to its bucket; a bucket's first record is will-init,
     /// and an ingest that starts over on a store with the bucket (a restart) appends without it.
     func testIngestAppendsEveryTransactionEnd() throws {
