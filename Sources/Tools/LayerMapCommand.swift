@@ -172,26 +172,29 @@ struct LayerMapSVG {
 
     var plotWidth: Double { Self.width - Self.labelWidth - Self.rightMargin }
 
-    /// The LSN range every panel's x axis shows.
-    var lsnRange: (lo: UInt64, hi: UInt64) {
+    /// The LSN range every panel's x axis shows: from the oldest start LSN (a base backup's layers
+    /// begin at 0/1 but hold values only from the start LSN on, so they are drawn from the left edge),
+    /// or the oldest layer when no start LSN is known, to the newest layer end or branch point.
+    let lsnRange: (lo: UInt64, hi: UInt64)
+
+    init(timelines: [MappedTimeline]) {
+        self.timelines = timelines
         var lo = UInt64.max, hi = UInt64.min
         for t in timelines {
             for e in t.manifest.layers {
                 lo = min(lo, e.layer.lsnStart.rawValue)
                 hi = max(hi, e.layer.lsnEnd.rawValue)
             }
-            for l in [t.startLSN, t.ancestorLSN, t.childBranch?.lsn].compactMap({ $0 }) where l.rawValue > 0 {
-                lo = min(lo, l.rawValue)
-                hi = max(hi, l.rawValue)
-            }
+            for l in [t.ancestorLSN, t.childBranch?.lsn].compactMap({ $0 }) where l.rawValue > 0 { hi = max(hi, l.rawValue) }
         }
-        if lo == UInt64.max { return (0, 1) }
-        return hi > lo ? (lo, hi) : (lo, lo + 1)
+        if let start = timelines.compactMap(\.startLSN).filter({ $0.rawValue > 0 }).min() { lo = start.rawValue }
+        if lo == UInt64.max { lo = 0 }
+        lsnRange = hi > lo ? (lo, hi) : (lo, lo + 1)
     }
 
     func x(_ lsn: UInt64) -> Double {
         let (lo, hi) = lsnRange
-        let clamped = min(max(lsn, lo), hi)
+        let clamped = min(max(lsn, lo), hi)  // layers that begin before the axis start at its left edge
         return Self.labelWidth + Double(clamped - lo) / Double(hi - lo) * plotWidth
     }
 

@@ -85,7 +85,8 @@ final class LayerMapTests: XCTestCase {
         try FileManager.default.copyItem(atPath: timelines + "/" + timeline, toPath: timelines + "/" + child)
         let metaPath = timelines + "/\(child)/timeline.json"
         var meta = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: metaPath))) as? [String: Any])
-        let branchLSN = "0/\(String(target / 2, radix: 16, uppercase: true))"
+        let start = try XCTUnwrap(parseLSN(meta["start_lsn"] as? String ?? ""))
+        let branchLSN = "0/\(String((start + (target - start) / 2) & ~7, radix: 16, uppercase: true))"
         meta["timeline_id"] = child
         meta["ancestor_timeline_id"] = timeline
         meta["ancestor_lsn"] = branchLSN
@@ -96,6 +97,8 @@ final class LayerMapTests: XCTestCase {
         s = try scan(svg)
         XCTAssertEqual(s.rects.count, 2 * parentFiles.count)
         XCTAssertEqual(s.branchMarkers, 1)
+        // To look at the picture: LAYER_MAP_SVG_COPY=/tmp/map.svg swift test --filter LayerMapTests
+        if let copy = ProcessInfo.processInfo.environment["LAYER_MAP_SVG_COPY"] { try? FileManager.default.copyItem(atPath: svg, toPath: copy) }
         XCTAssertTrue(s.texts.contains("branch point of \(child) at \(branchLSN)"), "\(s.texts.prefix(5))")
         let heads = s.texts.filter { $0.hasPrefix("timeline ") }
         XCTAssertEqual(heads.map { $0.contains(timeline) }, [true, false], "the root's panel comes first: \(heads)")
