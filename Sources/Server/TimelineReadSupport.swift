@@ -138,7 +138,7 @@ final class TimelineIngestTarget: IngestTarget {
     func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
         if value.kind == .image || value.willInit {
             recordsSinceImage.removeValue(forKey: key)
-        } else if let threshold = imageThreshold(for: key) {
+        } else if let threshold = recordsPerImage(for: key) {
             let n = (recordsSinceImage[key] ?? 0) + 1
             if n >= threshold, let image = materialize(key, lsn, value) {
                 recordsSinceImage.removeValue(forKey: key)
@@ -162,7 +162,7 @@ final class TimelineIngestTarget: IngestTarget {
 
     /// Commit-timestamp buckets are imaged on their own schedule, even with images on ingest off,
     /// as their chains could otherwise outgrow max_chain_length (see `CommitTimestampIndex`).
-    private func imageThreshold(for key: Key) -> Int? {
+    private func recordsPerImage(for key: Key) -> Int? {
         if key.field1 == KeySpace.commitTimestampField1 { return CommitTimestampIndex.recordsPerImage }
         return imageThreshold > 0 ? imageThreshold : nil
     }
