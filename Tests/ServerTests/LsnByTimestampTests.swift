@@ -90,14 +90,50 @@ final class LsnByTimestampTests: XCTestCase {
         XCTAssertEqual(missing.status, 400, "\(missing)")
         XCTAssertEqual(try query(ps, randomHexId(), t).status, 404)
 
+        // Bursts of small transactions, well over the 1024 records after which the daemon stores a
+        // bucket's value as an image; T2 between the bursts. Then everything to layer files.
+        let script = NSTemporaryDirectory() + "txid-\(UUID().uuidString.prefix(8)).sql"
+        try "SELECT txid_current();\n".write(toFile: script, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: script) }
+        try TestPrimary.shell("pgbench -n -h 127.0.0.1 -p \(primary.port) -U postgres -t 1200 -f \(script) postgres")
+        let t2 = try primaryTime(primary)
+        try waitUntilAfter(primary, t2)
+        let beforeBurst2 = try lsn(primary, "pg_current_wal_insert_lsn")
+        try TestPrimary.shell("pgbench -n -h 127.0.0.1 -p \(primary.port) -U postgres -t 1200 -f \(script) postgres")
+        let flushed2 = try lsn(primary, "pg_current_wal_lsn")
+        try waitUntil("the page server has ingested up to \(flushed2)", timeout: 60) {
+            (parseLSN(try ps.timeline(tenant, timeline)["last_record_lsn"] as? String ?? "") ?? 0) >= flushed2
+        }
+        XCTAssertEqual(try ps.request("PUT", "/v1/tenant/\(tenant)/timeline/\(timeline)/checkpoint").status, 200)
+        // The meta layers hold the buckets: will-init first records, and (2400 commits) images.
+        let dir = ps.workdir + "/tenants/\(tenant)/timelines/\(timeline)"
+        var bucketLines: [Substring] = []
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir) where f.hasPrefix("meta__") {
+            let dump = try TestPrimary.shell("\(LayerMapTests.pagectl) layer dump \(dir)/\(f)")
+            bucketLines += dump.stdout.split(separator: "\n").filter { $0.hasPrefix("04000000000000000000000000") }
+        }
+        XCTAssertTrue(bucketLines.contains { $0.contains("engine-record(will-init)") }, "\(bucketLines.prefix(5))")
+        XCTAssertTrue(bucketLines.contains { $0.contains(" image ") }, "no bucket image among \(bucketLines.count) bucket values")
+        let between = try query(ps, timeline, t2)
+        XCTAssertEqual(between.kind, "present", "\(between)")
+        XCTAssertGreaterThan(try XCTUnwrap(between.lsn), presentLSN)
+        XCTAssertLessThanOrEqual(try XCTUnwrap(between.lsn), beforeBurst2)
+        XCTAssertEqual(try query(ps, timeline, t).lsn, presentLSN, "older answers do not change")
+        let latest = try query(ps, timeline, "2999-01-01T00:00:00Z")
+        XCTAssertEqual(latest.kind, "future", "\(latest)")
+        XCTAssertGreaterThan(try XCTUnwrap(latest.lsn), beforeBurst2)
+
         // The index is in the store: the same answer after a kill and a restart.
         XCTAssertEqual(ps.stop(signal: SIGKILL), 128 + SIGKILL)
         try ps.start()
-        try waitUntil("the page server has ingested up to \(flushed) again", timeout: 60) {
-            (parseLSN(try ps.timeline(tenant, timeline)["last_record_lsn"] as? String ?? "") ?? 0) >= flushed
+        try waitUntil("the page server has ingested up to \(flushed2) again", timeout: 60) {
+            (parseLSN(try ps.timeline(tenant, timeline)["last_record_lsn"] as? String ?? "") ?? 0) >= flushed2
         }
         let again = try query(ps, timeline, t)
         XCTAssertEqual(again.kind, "present", "\(again)")
         XCTAssertEqual(again.lsn, presentLSN)
+        let againBetween = try query(ps, timeline, t2)
+        XCTAssertEqual(againBetween.lsn, between.lsn)
+        XCTAssertEqual(againBetween.kind, "present")
     }
 }
