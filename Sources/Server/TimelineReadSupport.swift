@@ -22,7 +22,9 @@
 // built by native redo from the page just before it). The value at that (key, LSN) is then an image
 // equal to what a reader would have reconstructed there, so no read changes, and no chain grows past
 // the threshold (until a restart forgets the counts: at most one more threshold's worth). If redo
-// cannot build the page, the record is stored as it is.
+// cannot build the page, the record is stored as it is. Commit-timestamp buckets (not pages: their
+// value is a list that grows by 16 bytes per commit) use their own, larger threshold,
+// `CommitTimestampIndex.recordsPerImage`, even when images on ingest are off.
 
 import Foundation
 import LSM

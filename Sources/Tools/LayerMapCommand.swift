@@ -33,7 +33,7 @@ struct LayerMap: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "map",
         abstract: "Draw a timeline's layer files (and its ancestors') as an SVG: chunks by LSN ranges.",
-        discussion: "Reads the workdir offline (the server may be stopped). Prints a summary per timeline.")
+        discussion: "Reads the workdir directly (no server needed; read-only). Prints a summary per timeline.")
 
     @Option(help: "The page server's workdir.") var workdir: String
     @Option(help: "Tenant id (32 hex digits).") var tenant: String
