@@ -167,8 +167,8 @@ struct LayerMapSVG {
     static let minRowHeight = 3.0
     /// Panels taller than this shrink their rows (down to `minRowHeight`).
     static let maxPlotHeight = 1600.0
-    static let imageWidth = 3.0
-    static let minDeltaWidth = 1.5
+    static let imageWidth = 4.0
+    static let minDeltaWidth = 4.0
 
     var plotWidth: Double { Self.width - Self.labelWidth - Self.rightMargin }
 
