@@ -12,6 +12,13 @@ import PostgresWAL
 // not either (SLRU pages have no LSN; the VM and FSM changes happen without a WAL record of their
 // own). A VM or FSM page that is still all zeros is first initialised as PostgreSQL's
 // vm_readbuf/fsm_readbuf do (PageInit without special space).
+//
+// Tag 7 (commit timestamp) is the exception: its key is a commit-timestamp bucket, not a page, and
+// its value is the bucket's 16-byte entries in LSN order (`CommitTimestampIndex`). Redo appends each
+// record's entry to the base value (none for a will-init record), checking that the entry is the
+// record's own (same LSN), lies in the key's bucket and comes after every entry already there; an
+// image in the chain (ingest stores one every `CommitTimestampIndex.recordsPerImage` records) is
+// simply the value so far.
 
 /// Applies engine records to pages.
 enum EngineRecordRedo {
@@ -44,6 +51,7 @@ enum EngineRecordRedo {
         case EngineRecord.Tag.multixactMembers.rawValue: try setMultixactMembers(&r, page, key)
         case EngineRecord.Tag.vmTruncate.rawValue: try truncateVisibilityMap(&r, page, key)
         case EngineRecord.Tag.fsmTruncate.rawValue: try truncateFreeSpaceMap(&r, page, key)
+        case EngineRecord.Tag.commitTimestamp.rawValue: throw malformed("tag 7 (commit timestamp) stored under key \(key), which is not a commit-timestamp bucket")
         default: throw malformed("unknown tag \(tag)")
         }
         guard r.isAtEnd else { throw malformed("tag \(tag) has \(r.remaining) trailing bytes") }
@@ -188,6 +196,57 @@ enum EngineRecordRedo {
         }
     }
 
+    // MARK: Commit timestamps
+
+    /// The value of commit-timestamp `bucket` after `records` (oldest first) on top of `base`.
+    static func reconstructCommitTimestamps(_ bucket: CommitTimestampIndex.Bucket, key: Key, base: (lsn: LSN, bytes: [UInt8])?,
+                                            records: [RedoRecord]) throws -> [UInt8] {
+        let size = CommitTimestampIndex.entrySize
+        var out = base?.bytes ?? []
+        guard out.count % size == 0 else {
+            throw RedoError(.corruptPage, "key \(key): commit-timestamp image at \(base!.lsn) has \(out.count) bytes, not a multiple of \(size)")
+        }
+        out.reserveCapacity(out.count + records.count * size)
+        for (i, r) in records.enumerated() {
+            do {
+                switch r.value.kind {
+                case .image:
+                    guard r.value.bytes.count % size == 0 else { throw malformed("image of \(r.value.bytes.count) bytes is not a list of \(size)-byte entries") }
+                    out = r.value.bytes
+                    continue
+                case .walRecord:
+                    throw malformed("a WAL record is stored under commit-timestamp key \(key)")
+                case .engineRecord:
+                    break
+                }
+                if r.value.willInit {
+                    out.removeAll(keepingCapacity: true)
+                } else if i == 0 && base == nil {
+                    throw RedoError(.missingBase, "key \(key): the oldest record (at \(r.lsn)) appends to an earlier value and there is none")
+                }
+                let entry = try r.value.bytes.withUnsafeBytes { raw -> CommitTimestampIndex.Entry in
+                    var c = BigEndianBytes(raw)
+                    let tag = try c.u8()
+                    guard tag == EngineRecord.Tag.commitTimestamp.rawValue else { throw malformed("tag \(tag) stored under commit-timestamp key \(key)") }
+                    let e = CommitTimestampIndex.Entry(lsn: LSN(try c.u64()), xactTime: Int64(bitPattern: try c.u64()))
+                    guard c.isAtEnd else { throw malformed("tag 7 has \(c.remaining) trailing bytes") }
+                    return e
+                }
+                guard entry.lsn == r.lsn else { throw malformed("entry for \(entry.lsn) is stored at \(r.lsn)") }
+                guard entry.bucket == bucket else { throw malformed("entry for \(entry.lsn) belongs to \(entry.bucket), stored under \(bucket)") }
+                if out.count >= size {
+                    let last = out.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(fromByteOffset: out.count - size, as: UInt64.self)) }
+                    guard last < entry.lsn.rawValue else { throw malformed("entry for \(entry.lsn) does not come after the last one (\(LSN(last)))") }
+                }
+                entry.encode(into: &out)
+            } catch var e as RedoError {
+                e.context = "key \(key), engine record at \(r.lsn)"
+                throw e
+            }
+        }
+        return out
+    }
+
     // MARK: Keys
 
     /// The SLRU page number (segment * 32 + block) of an SLRU block key of `kind`.
@@ -231,6 +290,12 @@ struct BigEndianBytes {
         guard remaining >= 4 else { throw truncated(4) }
         defer { position += 4 }
         return UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: position, as: UInt32.self))
+    }
+
+    mutating func u64() throws -> UInt64 {
+        guard remaining >= 8 else { throw truncated(8) }
+        defer { position += 8 }
+        return UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: position, as: UInt64.self))
     }
 
     /// A count u32 followed by that many entries of `size` bytes; the entries are consumed.

@@ -73,6 +73,9 @@ public struct PostgresRedo: Redo {
         if records.count > settings.maxChainLength {
             throw RedoError(.chainTooLong, "key \(key) needs \(records.count) records applied at \(lsn); the maximum chain length is \(settings.maxChainLength)")
         }
+        if let bucket = CommitTimestampIndex.bucket(of: key) {
+            return try EngineRecordRedo.reconstructCommitTimestamps(bucket, key: key, base: base, records: records)
+        }
         var out: [UInt8]
         if let base {
             guard base.bytes.count == Page.size else {

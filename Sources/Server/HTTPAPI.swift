@@ -104,6 +104,9 @@ struct HTTPAPI {
                                   "total_bytes": tl.store.layers().reduce(UInt64(0)) { $0 + $1.fileSize }])
             }
         }
+        router.get("/v1/tenant/:tenant_id/timeline/:timeline_id/get_lsn_by_timestamp") { req, ctx in
+            await handle { json(200, try await CommitTimestampSearch.answer(timeline: try timeline(ctx), timestampParameter: req.uri.queryParameters.get("timestamp"))) }
+        }
         // Extension of the contract: every relation fork and its size in blocks at an LSN (default
         // last_record_lsn), from the DbDir, RelDir and size keys.
         router.get("/v1/tenant/:tenant_id/timeline/:timeline_id/relations") { req, ctx in

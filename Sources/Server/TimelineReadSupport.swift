@@ -22,7 +22,9 @@
 // built by native redo from the page just before it). The value at that (key, LSN) is then an image
 // equal to what a reader would have reconstructed there, so no read changes, and no chain grows past
 // the threshold (until a restart forgets the counts: at most one more threshold's worth). If redo
-// cannot build the page, the record is stored as it is.
+// cannot build the page, the record is stored as it is. Commit-timestamp buckets (not pages: their
+// value is a list that grows by 16 bytes per commit) use their own, larger threshold,
+// `CommitTimestampIndex.recordsPerImage`, even when images on ingest are off.
 
 import Foundation
 import LSM
@@ -138,9 +140,9 @@ final class TimelineIngestTarget: IngestTarget {
     func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
         if value.kind == .image || value.willInit {
             recordsSinceImage.removeValue(forKey: key)
-        } else if imageThreshold > 0 {
+        } else if let threshold = recordsPerImage(for: key) {
             let n = (recordsSinceImage[key] ?? 0) + 1
-            if n >= imageThreshold, let image = materialize(key, lsn, value) {
+            if n >= threshold, let image = materialize(key, lsn, value) {
                 recordsSinceImage.removeValue(forKey: key)
                 imagesMaterialized += 1
                 try store.put(key, lsn, .image(image))
@@ -158,6 +160,13 @@ final class TimelineIngestTarget: IngestTarget {
             }
         }
         try store.put(key, lsn, value)
+    }
+
+    /// Commit-timestamp buckets are imaged on their own schedule, even with images on ingest off,
+    /// as their chains could otherwise outgrow max_chain_length (see `CommitTimestampIndex`).
+    private func recordsPerImage(for key: Key) -> Int? {
+        if key.field1 == KeySpace.commitTimestampField1 { return CommitTimestampIndex.recordsPerImage }
+        return imageThreshold > 0 ? imageThreshold : nil
     }
 
     private func noteRelDir(_ db: DatabaseTag, _ lsn: LSN, _ bytes: [UInt8]) throws {

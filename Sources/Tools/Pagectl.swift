@@ -20,7 +20,7 @@ struct LayerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "layer",
         abstract: "Look at layer files.",
-        subcommands: [LayerDump.self, LayerInspect.self]
+        subcommands: [LayerDump.self, LayerInspect.self, LayerMap.self]
     )
 }
 

@@ -1,3 +1,5 @@
+import LSM
+
 /// The page server's own records (`Value.engineRecord`): changes PostgreSQL makes to a page during
 /// redo without a block reference to it, which ingest therefore states explicitly under that page's
 /// key for redo to apply.
@@ -13,6 +15,7 @@
 /// | 4   | multixact members  | count u32, (memberOffset u32, xid u32, status u8) x count               | members page   |
 /// | 5   | VM truncate        | heapBlocks u32: clear both bits of every heap block >= heapBlocks on this page | VM fork page |
 /// | 6   | FSM truncate       | heapBlocks u32: zero the leaf slots of heap blocks >= heapBlocks on this page (slot = heapBlocks % 4069), then rebuild the page's upper nodes | FSM fork page |
+/// | 7   | commit timestamp   | endLSN u64, xactTime i64: append this 16-byte entry to the bucket's value | commit-timestamp bucket |
 ///
 /// Applying (for redo): tag 1 sets each xid's 2 status bits (byte (xid % 32768) / 4, shift
 /// 2 * (xid % 4)); tag 2 clears `bits` of the heap block's pair (byte (blk % 32672) / 4 after the 24-byte
@@ -21,6 +24,9 @@
 /// MXOffsetToMemberOffset / MXOffsetToFlagsOffset (see `PageLayout`). A record stored with
 /// `willInit` applies to an all-zero page (ingest marks SLRU records so when their page did not exist
 /// yet, as PostgreSQL's SLRU code reads a missing page as zeros in recovery).
+///
+/// Tag 7 is the one record that applies to a value that is not a page: a commit-timestamp bucket
+/// (`CommitTimestampIndex`), whose value is its entries in LSN order; `willInit` starts it empty.
 public enum EngineRecord: Equatable, Sendable {
     public enum Tag: UInt8, Sendable {
         case clogSetStatus = 1
@@ -29,6 +35,7 @@ public enum EngineRecord: Equatable, Sendable {
         case multixactMembers = 4
         case vmTruncate = 5
         case fsmTruncate = 6
+        case commitTimestamp = 7
     }
 
     /// A transaction's status in pg_xact (TRANSACTION_STATUS_*).
@@ -75,6 +82,7 @@ public enum EngineRecord: Equatable, Sendable {
     case multixactMembers([MultixactMember])
     case vmTruncate(heapBlocks: UInt32)
     case fsmTruncate(heapBlocks: UInt32)
+    case commitTimestamp(CommitTimestampIndex.Entry)
 
     public var tag: Tag {
         switch self {
@@ -84,6 +92,7 @@ public enum EngineRecord: Equatable, Sendable {
         case .multixactMembers: .multixactMembers
         case .vmTruncate: .vmTruncate
         case .fsmTruncate: .fsmTruncate
+        case .commitTimestamp: .commitTimestamp
         }
     }
 
@@ -116,6 +125,8 @@ public enum EngineRecord: Equatable, Sendable {
             }
         case .vmTruncate(let n), .fsmTruncate(let n):
             out.appendBigEndian(n)
+        case .commitTimestamp(let e):
+            e.encode(into: &out)
         }
         return out
     }
@@ -157,6 +168,8 @@ public enum EngineRecord: Equatable, Sendable {
             self = .vmTruncate(heapBlocks: try c.u32())
         case .fsmTruncate:
             self = .fsmTruncate(heapBlocks: try c.u32())
+        case .commitTimestamp:
+            self = .commitTimestamp(CommitTimestampIndex.Entry(lsn: LSN(try c.u64()), xactTime: Int64(bitPattern: try c.u64())))
         }
         try c.finish()
     }

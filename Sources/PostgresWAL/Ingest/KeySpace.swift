@@ -81,6 +81,7 @@ public enum SlruKind: UInt8, Sendable, CaseIterable, CustomStringConvertible {
 /// | TwoPhase file       | 2  | 0    | 0  | 0     | 0    | xid         | the state file's bytes (with CRC)  |
 /// | control file        | 3  | 0    | 0  | 0     | 0    | 0           | pg_control (8192 bytes)            |
 /// | checkpoint          | 3  | 0    | 0  | 0     | 0    | 1           | CheckPoint struct (88 bytes)       |
+/// | commit-ts bucket    | 4  | 0    | 0  | b>>32 | 0    | b & 0xFFFFFFFF | `CommitTimestampIndex` entries  |
 public enum KeySpace {
     /// GLOBALTABLESPACE_OID: the tablespace of the shared catalogs (global/).
     public static let globalTablespace: UInt32 = 1664
@@ -129,6 +130,9 @@ public enum KeySpace {
 
     public static let controlFile = Key(field1: 3, field2: 0, field3: 0, field4: 0, field5: 0, field6: 0)
     public static let checkpoint = Key(field1: 3, field2: 0, field3: 0, field4: 0, field5: 0, field6: 1)
+
+    /// f1 of the commit-timestamp index's bucket keys (see `CommitTimestampIndex.key`).
+    public static let commitTimestampField1: UInt8 = 4
 }
 
 // MARK: - Value codecs of the metadata keys
@@ -163,6 +167,10 @@ struct BigEndianCursor {
         defer { position += 4 }
         return UInt32(bytes[position]) << 24 | UInt32(bytes[position + 1]) << 16
             | UInt32(bytes[position + 2]) << 8 | UInt32(bytes[position + 3])
+    }
+
+    mutating func u64() throws -> UInt64 {
+        UInt64(try u32()) << 32 | UInt64(try u32())
     }
 
     /// A count that must be followed by at least `count * elementSize` bytes (checked before any

@@ -28,7 +28,9 @@ import LSM
 ///   compared modulo 2^32.
 /// - Transaction: commit/abort (plain and prepared) set the xid's and subxacts' status in pg_xact
 ///   (tag 1 engine records, one per CLOG page), drop the relations listed (RelDir, size 0), and
-///   commits report their timestamp; PREPARE stores the two-phase state file.
+///   commits report their timestamp; each of them also appends (end LSN, xact_time) to its WAL
+///   bucket in the commit-timestamp index (a tag 7 engine record, `CommitTimestampIndex`); PREPARE
+///   stores the two-phase state file.
 /// - Storage: CREATE adds the fork with size 0 (an existing fork is left alone, as smgrcreate in redo
 ///   does); TRUNCATE shrinks the main fork and the FSM and VM forks the way smgr_redo computes it, and
 ///   puts a tag 5 / tag 6 engine record on the last remaining VM / FSM page whose tail is cleared.
@@ -75,6 +77,8 @@ public final class WalIngest {
     private var twoPhaseDir: Set<UInt32>?
     private var checkpoint: [UInt8]?
     private var checkpointLoaded = false
+    /// The newest commit-timestamp bucket known to have a value (nil: not known yet in this process).
+    private var commitTimestampBucket: CommitTimestampIndex.Bucket?
 
     // What the record being ingested changes.
     private var pending: [Key: Value] = [:]
@@ -435,6 +439,7 @@ public final class WalIngest {
                 twoPhaseDir!.remove(xid)
                 dirtyTwoPhaseDir = true
             }
+            try appendCommitTimestamp(CommitTimestampIndex.Entry(lsn: record.endLSN, xactTime: parsed.xactTime))
             if isCommit {
                 let c = CommitTimestamp(lsn: record.endLSN, xid: xid, timestamp: parsed.xactTime)
                 if collectsCommitTimestamps { commitTimestamps.append(c) }
@@ -456,6 +461,31 @@ public final class WalIngest {
         default:
             return false
         }
+    }
+
+    /// A tag 7 engine record under the record's bucket; will-init when it is the bucket's first.
+    private func appendCommitTimestamp(_ entry: CommitTimestampIndex.Entry) throws {
+        let bucket = entry.bucket
+        let key = CommitTimestampIndex.key(bucket)
+        let exists: Bool
+        if let known = commitTimestampBucket {
+            // LSNs only grow: a bucket other than the newest one written is a new one.
+            exists = known == bucket
+        } else {
+            exists = try storedValueExists(key)
+        }
+        pending[key] = .engineRecord(EngineRecord.commitTimestamp(entry).encode(), willInit: !exists)
+        engineRecordTags.append(.commitTimestamp)
+        commitTimestampBucket = bucket
+    }
+
+    /// Whether `key` has any value in the target (an ingest resumed after a restart, or a branch
+    /// reading its ancestor's). `latestImage` returns nil only for a key without values; it throws
+    /// when the newest value is a record, which means the key exists. A genuine read error is
+    /// counted as "exists" as well: appending without will-init can never hide older entries; at
+    /// worst reads of that bucket fail loudly for want of a base.
+    private func storedValueExists(_ key: Key) throws -> Bool {
+        do { return try target.latestImage(key) != nil } catch { return true }
     }
 
     /// One tag 1 engine record per pg_xact page the xids fall on.

@@ -1,0 +1,32 @@
+// get_lsn_by_timestamp for one timeline: `CommitTimestampLookup` (PostgresWAL, where the design
+// note and the search's invariants are) over the timeline's commit-timestamp index, read at its
+// last_record_lsn through the store (so a branch sees its ancestor's entries up to the branch point),
+// between the oldest LSN the timeline can serve (max(start LSN, GC cutoff)) and last_record_lsn.
+
+import Foundation
+import LSM
+import PostgresWAL
+
+enum CommitTimestampSearch {
+    static func lookup(_ timeline: Timeline) -> CommitTimestampLookup {
+        let store = timeline.store, redo = timeline.redo
+        let newest = store.lastRecordLSN
+        return CommitTimestampLookup(oldest: max(timeline.startLSN, store.gcCutoffLSN), newest: newest) { bucket in
+            guard let bytes = try store.get(CommitTimestampIndex.key(bucket), at: newest, redo: redo) else { return [] }
+            return try CommitTimestampIndex.decode(bytes, bucket: bucket)
+        }
+    }
+
+    /// The answer for the HTTP API's `timestamp` query parameter (400 when it is missing or bad).
+    static func answer(timeline: Timeline, timestampParameter: String?) async throws -> [String: Any] {
+        guard let text = timestampParameter else {
+            throw APIError.badRequest("timestamp is required: an RFC 3339 time such as 2026-11-29T07:25:00Z")
+        }
+        guard let t = CommitTimestampLookup.parseRFC3339(text) else {
+            throw APIError.badRequest("timestamp '\(text)' is not an RFC 3339 time such as 2026-11-29T07:25:00Z or 2026-11-29T08:25:00.5+01:00")
+        }
+        let search = lookup(timeline)
+        let answer = try await blocking { try search.find(t) }
+        return ["lsn": "\(answer.lsn)", "kind": answer.kind.rawValue]
+    }
+}
