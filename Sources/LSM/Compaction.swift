@@ -53,6 +53,34 @@ public enum CompactionStep: String, Sendable, CaseIterable {
     case layerWritten, layerSynced, layerRenamed, manifestWritten, manifestRenamed, layerDeleted
 }
 
+/// The failpoint of one compaction or GC, and what the run got to: whether the failpoint fired (a
+/// simulated crash: files stay as they are) and whether the new manifest was renamed into place (the
+/// new files are committed and must stay).
+/// Used by the one thread running the compaction (the lock guarantees it), hence unchecked.
+final class CompactionRun: @unchecked Sendable {
+    let hook: (@Sendable (CompactionStep) throws -> Void)?
+    private(set) var crashed = false
+    var committed = false
+
+    init(_ hook: (@Sendable (CompactionStep) throws -> Void)?) { self.hook = hook }
+
+    func step(_ s: CompactionStep) throws {
+        if s == .manifestRenamed { committed = true }
+        do { try hook?(s) } catch {
+            crashed = true
+            throw error
+        }
+    }
+
+    /// After a real failure (not a simulated crash) before the commit, the new files are removed at
+    /// once rather than at the next open, so that a failing compaction (ENOSPC, say) does not keep
+    /// eating space.
+    func cleanUp(_ created: [(LayerFile, UInt64)]) {
+        guard !crashed, !committed else { return }
+        for (f, _) in created { try? FileOps.remove(f.path) }
+    }
+}
+
 /// What one compaction did.
 public struct CompactionReport: Sendable, Equatable {
     public var layersCreated = 0
@@ -121,18 +149,25 @@ extension TimelineStore {
         }
         let snapshot = map.withLock { $0 }
         let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
+        let run = CompactionRun(config.compactionFailpoint)
         var created: [(LayerFile, UInt64)] = []
-        for chunk in snapshot.chunks.keys.sorted() {
-            let cl = snapshot.chunks[chunk]!
-            let image = cl.newestImage(atOrBelow: at)
-            if image?.descriptor.lsnStart == at { continue }
-            let deltas = cl.deltas(readAt: at, above: image?.descriptor.lsnStart)
-            guard !deltas.isEmpty, deltas.count >= thresholdDeltas else { continue }
-            if let made = try writeImageLayer(chunk, at: at, sources: deltas + (image.map { [$0] } ?? []), fetcher: fetcher, redo: redo) {
-                created.append(made)
+        do {
+            for chunk in snapshot.chunks.keys.sorted() {
+                let cl = snapshot.chunks[chunk]!
+                let image = cl.newestImage(atOrBelow: at)
+                if image?.descriptor.lsnStart == at { continue }
+                let deltas = cl.deltas(readAt: at, above: image?.descriptor.lsnStart)
+                guard !deltas.isEmpty, deltas.count >= thresholdDeltas else { continue }
+                if let made = try writeImageLayer(chunk, at: at, sources: deltas + (image.map { [$0] } ?? []), fetcher: fetcher,
+                                                  redo: redo, run: run) {
+                    created.append(made)
+                }
             }
+            return try commitReplacement(adding: created, removing: [], gc: nil, run: run)
+        } catch {
+            run.cleanUp(created)
+            throw error
         }
-        return try commitReplacement(adding: created, removing: [], gc: nil)
     }
 
     /// Merges runs of consecutive delta layers of every chunk that has more than `maxDeltasPerChunk`,
@@ -145,20 +180,26 @@ extension TimelineStore {
         defer { compactionLock.signal() }
         let snapshot = map.withLock { $0 }
         let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
+        let run = CompactionRun(config.compactionFailpoint)
         var created: [(LayerFile, UInt64)] = []
         var removed: [LayerDescriptor] = []
-        for chunk in snapshot.chunks.keys.sorted() {
-            let cl = snapshot.chunks[chunk]!
-            var count = cl.deltas.count
-            guard count > maxDeltasPerChunk else { continue }
-            for run in Self.mergeRuns(cl, targetLayerBytes: targetLayerBytes).reversed() {
-                if count <= maxDeltasPerChunk { break }
-                created.append(try writeMergedDelta(chunk, run, fetcher: fetcher))
-                removed += run.map(\.descriptor)
-                count -= run.count - 1
+        do {
+            for chunk in snapshot.chunks.keys.sorted() {
+                let cl = snapshot.chunks[chunk]!
+                var count = cl.deltas.count
+                guard count > maxDeltasPerChunk else { continue }
+                for inputs in Self.mergeRuns(cl, targetLayerBytes: targetLayerBytes).reversed() {
+                    if count <= maxDeltasPerChunk { break }
+                    created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
+                    removed += inputs.map(\.descriptor)
+                    count -= inputs.count - 1
+                }
             }
+            return try commitReplacement(adding: created, removing: removed, gc: nil, run: run)
+        } catch {
+            run.cleanUp(created)
+            throw error
         }
-        return try commitReplacement(adding: created, removing: removed, gc: nil)
     }
 
     /// Raises the GC cutoff to `cutoff` (limited to [current cutoff, disk_consistent_lsn]) durably,
@@ -197,7 +238,7 @@ extension TimelineStore {
             map.withLock { m in m = LayerMap(open: m.open, frozen: m.frozen, chunks: m.chunks, gc: floor) }
             return report
         }
-        let done = try commitReplacement(adding: [], removing: doomed, gc: floor)
+        let done = try commitReplacement(adding: [], removing: doomed, gc: floor, run: CompactionRun(config.compactionFailpoint))
         report.layersDeleted = done.layersDeleted
         report.bytesDeleted = done.bytesDeleted
         report.deleted = done.deleted
@@ -233,13 +274,12 @@ extension TimelineStore {
     // MARK: - Writing new layers
 
     /// Step 1 of the protocol for one file; returns the opened file and its size.
-    private func finishLayer(_ w: LayerWriter) throws -> (LayerFile, UInt64) {
-        let failpoint = config.compactionFailpoint
+    private func finishLayer(_ w: LayerWriter, run: CompactionRun) throws -> (LayerFile, UInt64) {
         let size = try w.finish { step in
             switch step {
-            case .written: try failpoint?(.layerWritten)
-            case .synced: try failpoint?(.layerSynced)
-            case .renamed: try failpoint?(.layerRenamed)
+            case .written: try run.step(.layerWritten)
+            case .synced: try run.step(.layerSynced)
+            case .renamed: try run.step(.layerRenamed)
             }
         }
         let d = w.descriptor
@@ -249,7 +289,7 @@ extension TimelineStore {
     /// The image layer of `chunk` at `at`, from the keys found in `sources`; nil when no key of the
     /// chunk has a value at `at` (no file is left behind then).
     private func writeImageLayer(_ chunk: ChunkId, at: LSN, sources: [LayerFile], fetcher: BlockFetcher,
-                                 redo: any Redo) throws -> (LayerFile, UInt64)? {
+                                 redo: any Redo, run: CompactionRun) throws -> (LayerFile, UInt64)? {
         let d = LayerDescriptor.image(chunk, at: at)
         let w = try LayerWriter(directory: directory, descriptor: d, dataBlockBytes: config.dataBlockBytes, compress: config.compress)
         var iterators = sources.map { LayerEntryIterator($0, fetcher: fetcher) }
@@ -276,7 +316,7 @@ extension TimelineStore {
         }
         try drain()
         guard w.entriesWritten > 0 else { return nil }
-        return try finishLayer(w)
+        return try finishLayer(w, run: run)
     }
 
     /// Runs of consecutive delta layers worth merging (two or more each), oldest first: split at image
@@ -305,7 +345,7 @@ extension TimelineStore {
     }
 
     /// One delta layer with every entry of `run` (consecutive deltas of `chunk`, oldest first).
-    private func writeMergedDelta(_ chunk: ChunkId, _ run: [LayerFile], fetcher: BlockFetcher) throws -> (LayerFile, UInt64) {
+    private func writeMergedDelta(_ chunk: ChunkId, _ run: [LayerFile], fetcher: BlockFetcher, run progress: CompactionRun) throws -> (LayerFile, UInt64) {
         let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: run.first!.descriptor.lsnStart, lsnEnd: run.last!.descriptor.lsnEnd)
         let w = try LayerWriter(directory: directory, descriptor: d, dataBlockBytes: config.dataBlockBytes, compress: config.compress)
         var iterators = run.map { LayerEntryIterator($0, fetcher: fetcher) }
@@ -324,7 +364,7 @@ extension TimelineStore {
             try bytes.withUnsafeBytes { try w.add(e.key, e.lsn, kind: e.kind, willInit: e.willInit, bytes: $0) }
             heads[b] = try iterators[b].next()
         }
-        return try finishLayer(w)
+        return try finishLayer(w, run: progress)
     }
 
     // MARK: - Commit
@@ -332,10 +372,10 @@ extension TimelineStore {
     /// Steps 2 and 3 of the protocol: one manifest naming `adding` instead of `removing` (and the new
     /// GC floor, if any), the layer map swapped to match, then the replaced files unlinked.
     /// REQUIRES: `compactionLock` held; `adding` written and renamed (step 1).
-    private func commitReplacement(adding: [(LayerFile, UInt64)], removing: [LayerDescriptor], gc: LayerMap.GCFloor?) throws -> CompactionReport {
+    private func commitReplacement(adding: [(LayerFile, UInt64)], removing: [LayerDescriptor], gc: LayerMap.GCFloor?,
+                                   run: CompactionRun) throws -> CompactionReport {
         var report = CompactionReport()
         if adding.isEmpty && removing.isEmpty && gc == nil { return report }
-        let failpoint = config.compactionFailpoint
         let gone = Set(removing)
         manifestLock.wait()
         do {
@@ -355,8 +395,8 @@ extension TimelineStore {
             next.layers += adding.map { Manifest.Entry(layer: $0.0.descriptor, fileSize: $0.1) }
             try writeManifest(next) { step in
                 switch step {
-                case .manifestWritten: try failpoint?(.manifestWritten)
-                case .manifestRenamed: try failpoint?(.manifestRenamed)
+                case .manifestWritten: try run.step(.manifestWritten)
+                case .manifestRenamed: try run.step(.manifestRenamed)
                 default: break
                 }
             }
@@ -378,7 +418,7 @@ extension TimelineStore {
         report.layersDeleted = report.deleted.count
         for d in removing {
             try FileOps.remove(directory + "/" + d.fileName)
-            try failpoint?(.layerDeleted)
+            try run.step(.layerDeleted)
         }
         if !removing.isEmpty { try FileOps.fsyncDirectory(directory) }
         return report
