@@ -216,13 +216,19 @@ final class CompactionTests: XCTestCase {
         }
         XCTAssertEqual(store.depth().maxDeltas, 6, "seed \(seed)")
         XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 7).layersCreated, 0)
-        XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: checkpoints[16]).layersCreated, 6)
+        // An image inside a delta layer's range: reads above it use only that delta's newer entries,
+        // merges split around it, and GC keeps that delta.
+        let inside = LSN(checkpoints[15].rawValue + (checkpoints[16].rawValue - checkpoints[15].rawValue) / 2)
+        XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: inside).layersCreated, 6)
+        lsns = Self.lsnsToCheck(checkpoints + [inside, inside.advanced(by: 1)], retained, cutoff: cutoff, maxLSN: lsn, &rng)
+        Self.verify(store, model, lsns: lsns, retained: Set(retained), "seed \(seed): image inside a delta")
         try store.mergeDeltas(maxDeltasPerChunk: 1)
         let cutoff2 = checkpoints[17]
         let retained2 = [retained[1]]
         let gc2 = try store.gc(cutoff: cutoff2, retain: retained2)
         XCTAssertGreaterThan(gc2.layersDeleted, 0, "seed \(seed)")
-        lsns = Self.lsnsToCheck(checkpoints, retained, cutoff: cutoff2, maxLSN: lsn, &rng)
+        XCTAssertTrue(gc2.deleted.allSatisfy { $0.lsnEnd.rawValue - 1 <= inside.rawValue }, "seed \(seed): \(gc2.deleted)")
+        lsns = Self.lsnsToCheck(checkpoints + [inside, inside.advanced(by: 1)], retained, cutoff: cutoff2, maxLSN: lsn, &rng)
         Self.verify(store, model, lsns: lsns, retained: Set(retained2), "seed \(seed): second round")
         store.close()
         store = try TimelineStore.open(directory: dir, config: config, context: context)
