@@ -97,6 +97,7 @@ public struct GCReport: Sendable, Equatable {
     public var previousCutoff: LSN = .zero
     /// The cutoff in force afterwards (the request, limited to [previous cutoff, disk_consistent_lsn]).
     public var cutoff: LSN = .zero
+    /// The LSNs below the cutoff that stay readable.
     public var retained: [LSN] = []
     public var layersDeleted = 0
     public var bytesDeleted: UInt64 = 0
@@ -204,7 +205,9 @@ extension TimelineStore {
 
     /// Raises the GC cutoff to `cutoff` (limited to [current cutoff, disk_consistent_lsn]) durably,
     /// then deletes every layer that no read at an LSN >= the cutoff or at one of `retain` needs.
-    /// From then on `get` refuses LSNs below the cutoff except the retained ones.
+    /// From then on `get` refuses LSNs below the cutoff except the retained ones that were readable
+    /// before (at or above the previous cutoff, or retained by the previous GC or `setRetainedLSNs`).
+    /// `retain` is the complete set of branch points: an LSN left out may lose its layers.
     @discardableResult
     public func gc(cutoff requested: LSN, retain: [LSN]) throws -> GCReport {
         compactionLock.wait()
@@ -213,6 +216,10 @@ extension TimelineStore {
         let cutoff = max(previous, min(requested, dcl))
         let retained = Set(retain.filter { $0 < cutoff })
         let snapshot = map.withLock { $0 }
+        // Layers are kept for every LSN of `retain`, but reads are allowed only at those that were
+        // readable before this GC (at or above the old cutoff, or retained already): an LSN that an
+        // earlier GC did not retain may have lost layers, and a wrong answer is worse than a refusal.
+        let readable = retained.filter { $0 >= previous || snapshot.gc.retained.contains($0) }
         var doomed: [LayerDescriptor] = []
         for chunk in snapshot.chunks.keys.sorted() {
             let cl = snapshot.chunks[chunk]!
@@ -232,8 +239,8 @@ extension TimelineStore {
         var report = GCReport()
         report.previousCutoff = previous
         report.cutoff = cutoff
-        report.retained = retained.sorted()
-        let floor = LayerMap.GCFloor(cutoff: cutoff, retained: retained)
+        report.retained = readable.sorted()
+        let floor = LayerMap.GCFloor(cutoff: cutoff, retained: readable)
         if cutoff == previous && doomed.isEmpty {
             map.withLock { m in m = LayerMap(open: m.open, frozen: m.frozen, chunks: m.chunks, gc: floor) }
             return report

@@ -207,6 +207,12 @@ final class CompactionTests: XCTestCase {
         store = try TimelineStore.open(directory: dir, config: config, context: context)
         XCTAssertEqual(store.gcCutoffLSN, cutoff)
         Self.verify(store, model, lsns: lsns, retained: [], "seed \(seed): reopened, no retained LSNs set")
+        // A GC cannot make an LSN below the old cutoff readable again (its layers might be gone), but
+        // it keeps the layers of every LSN it is given.
+        let again = try store.gc(cutoff: cutoff, retain: retained)
+        XCTAssertEqual(again.retained, [])
+        XCTAssertEqual(again.layersDeleted, 0)
+        Self.verify(store, model, lsns: lsns, retained: [], "seed \(seed): reopened, GC without retained LSNs set")
         store.setRetainedLSNs(retained)
         Self.verify(store, model, lsns: lsns, retained: Set(retained), "seed \(seed): reopened")
 
