@@ -21,11 +21,28 @@
 ///    layer and are disjoint from each other.
 /// 2. An image layer at X holds every key of its key range that had a value at X.
 /// 3. Values are collected only with LSN in (X, lsn]: nothing at or below the base is re-applied.
+/// 4. A lookup at an LSN below `gc.cutoff` that is not one of `gc.retained` is refused before any
+///    layer is visited: garbage collection may have deleted the layers it needs. The cutoff lives in
+///    the snapshot, so a snapshot that lacks deleted layers always carries the cutoff that allowed
+///    their deletion (see Compaction.swift).
 final class LayerMap: Sendable {
     let open: InMemoryLayer
     /// Oldest first.
     let frozen: [InMemoryLayer]
     let chunks: [ChunkId: ChunkLayers]
+    let gc: GCFloor
+
+    /// The oldest LSNs a read may ask for: the GC cutoff, and below it only the retained LSNs (branch
+    /// points of child timelines).
+    struct GCFloor: Sendable, Equatable {
+        var cutoff: LSN = .zero
+        var retained: Set<LSN> = []
+
+        func refusal(_ lsn: LSN) -> StorageError? {
+            guard lsn < cutoff, !retained.contains(lsn) else { return nil }
+            return StorageError(.invalidArgument, "LSN \(lsn) is below the GC cutoff \(cutoff): the versions older than \(cutoff) were garbage-collected; read at \(cutoff) or later", lsn: lsn)
+        }
+    }
 
     struct ChunkLayers: Sendable {
         /// Sorted by lsnStart ascending.
@@ -44,10 +61,11 @@ final class LayerMap: Sendable {
         }
     }
 
-    init(open: InMemoryLayer, frozen: [InMemoryLayer], chunks: [ChunkId: ChunkLayers]) {
+    init(open: InMemoryLayer, frozen: [InMemoryLayer], chunks: [ChunkId: ChunkLayers], gc: GCFloor = GCFloor()) {
         self.open = open
         self.frozen = frozen
         self.chunks = chunks
+        self.gc = gc
     }
 
     var allFiles: [LayerFile] { chunks.values.flatMap { $0.deltas + $0.images } }
@@ -67,6 +85,8 @@ struct LookupState {
     var layersVisited = 0
     /// A materialized value at this LSN is the base: only values above it are collected.
     var floor: LSN?
+    /// Set when the lookup is below the GC cutoff (invariant 4); nothing else is gathered then.
+    var refused: StorageError?
 }
 
 extension LayerMap {
@@ -77,6 +97,11 @@ extension LayerMap {
         var indexOwners: [(state: Int, layer: LayerFile, block: Int)] = []
         for s in states.indices {
             let key = states[s].key, lsn = states[s].lsn
+            if let refused = gc.refusal(lsn) {
+                states[s].refused = refused
+                states[s].done = true
+                continue
+            }
             // 1. In-memory layers.
             let materialized = states[s].floor
             for layer in [open] + frozen.reversed() where layer.startLSN <= lsn {

@@ -19,6 +19,8 @@ public struct StoreConfig: Sendable {
     public var backgroundFlush = true
     /// Test seam: called at each step of a flush; throwing simulates a crash at that step.
     public var failpoint: (@Sendable (FlushStep) throws -> Void)?
+    /// Test seam: called at each step of a compaction or GC (Compaction.swift).
+    public var compactionFailpoint: (@Sendable (CompactionStep) throws -> Void)?
 
     public init() {}
 }
@@ -78,6 +80,7 @@ public final class StorageContext: Sendable {
 /// the base for this store's records above P. Ancestors nest to any depth. The engine has no
 /// tombstones (a key that had a value keeps one), so a key absent from a branch's image layer simply
 /// had no value of the branch's own at that LSN.
+/// Compaction and GC (Compaction.swift) replace layer files by the same write-then-commit pattern.
 ///
 /// Invariants:
 /// 1. Every record with LSN <= disk_consistent_lsn is in a layer file named by the manifest.
@@ -85,6 +88,8 @@ public final class StorageContext: Sendable {
 /// 3. Flushes run one at a time, oldest frozen layer first.
 /// 4. A store with an ancestor at P holds no value at or below P (its manifest starts at
 ///    disk_consistent_lsn = P), so the ancestor answers every read at or below P.
+/// 5. Every change of the manifest (flush, compaction, GC) holds `manifestLock` from reading the
+///    current manifest to swapping the layer map, so none loses another's change.
 public final class TimelineStore: Sendable {
     public let directory: String
     public let config: StoreConfig
@@ -112,8 +117,13 @@ public final class TimelineStore: Sendable {
 
     /// This store's number in the context's shared caches.
     let storeId: UInt32
-    private let map: Mutex<LayerMap>
-    private let manifest: Mutex<Manifest>
+    let map: Mutex<LayerMap>
+    let manifest: Mutex<Manifest>
+    /// Held from reading the manifest to swapping the layer map by every change of the manifest
+    /// (flush, compaction, GC), so that none of them loses another's change.
+    let manifestLock = DispatchSemaphoreLike(value: 1)
+    /// One compaction or GC at a time (Compaction.swift).
+    let compactionLock = DispatchSemaphoreLike(value: 1)
     private let writer: Mutex<WriterState>
     private let flushLock = DispatchSemaphoreLike(value: 1)
     private let flushWake = DispatchSemaphoreLike(value: 0)
@@ -168,7 +178,8 @@ public final class TimelineStore: Sendable {
             throw StorageError(.corruption, "the store starts at \(manifest.diskConsistentLSN), below its branch point \(ancestor.lsn)", file: manifestPath)
         }
         let store = TimelineStore(directory: directory, config: config, context: context,
-                                  map: LayerMap(open: open, frozen: [], chunks: chunks), manifest: manifest, ancestor: ancestor)
+                                  map: LayerMap(open: open, frozen: [], chunks: chunks, gc: .init(cutoff: manifest.gcCutoffLSN)),
+                                  manifest: manifest, ancestor: ancestor)
         if config.backgroundFlush { store.startFlusher() }
         return store
     }
@@ -257,7 +268,7 @@ public final class TimelineStore: Sendable {
                 let end = w.lastRecordLSN.advanced(by: 1)
                 guard end > m.open.startLSN else { return .nothingToFreeze }
                 m.open.freeze(endLSN: end)
-                m = LayerMap(open: InMemoryLayer(startLSN: end), frozen: m.frozen + [m.open], chunks: m.chunks)
+                m = LayerMap(open: InMemoryLayer(startLSN: end), frozen: m.frozen + [m.open], chunks: m.chunks, gc: m.gc)
                 w.freezeRequested = false
                 return .frozen
             }
@@ -358,6 +369,8 @@ public final class TimelineStore: Sendable {
             newEntries.append(.init(layer: d, fileSize: size))
             newFiles.append(try LayerFile(path: directory + "/" + d.fileName, expected: d, direct: context.directIO))
         }
+        manifestLock.wait()
+        defer { manifestLock.signal() }
         var next = manifest.withLock { $0 }
         next.generation += 1
         next.diskConsistentLSN = LSN(end.rawValue - 1)
@@ -368,11 +381,12 @@ public final class TimelineStore: Sendable {
             var chunks = m.chunks
             for f in newFiles { chunks[f.descriptor.chunk, default: .init()].add(f) }
             precondition(m.frozen.first === layer, "flushed layer is not the oldest frozen layer")
-            m = LayerMap(open: m.open, frozen: Array(m.frozen.dropFirst()), chunks: chunks)
+            m = LayerMap(open: m.open, frozen: Array(m.frozen.dropFirst()), chunks: chunks, gc: m.gc)
         }
     }
 
-    private func writeManifest(_ m: Manifest, failpoint: (@Sendable (FlushStep) throws -> Void)?) throws {
+    /// REQUIRES: `manifestLock` held.
+    func writeManifest(_ m: Manifest, failpoint: (@Sendable (FlushStep) throws -> Void)?) throws {
         let path = directory + "/" + Manifest.fileName
         let tmp = path + ".tmp"
         let fd = try FileOps.openForWrite(tmp)
@@ -441,6 +455,11 @@ public final class TimelineStore: Sendable {
         chains.reserveCapacity(states.count)
         var next = 0
         for s in states {
+            if let refused = s.refused {
+                chains.append([])
+                failures.append(refused)
+                continue
+            }
             stats.layersVisited += s.layersVisited
             var chain = s.memoryValues
             var failure: StorageError?
