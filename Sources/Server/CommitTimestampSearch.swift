@@ -1,7 +1,8 @@
 // get_lsn_by_timestamp for one timeline: `CommitTimestampLookup` (PostgresWAL, where the design
 // note and the search's invariants are) over the timeline's commit-timestamp index, read at its
 // last_record_lsn through the store (so a branch sees its ancestor's entries up to the branch point),
-// between the oldest LSN the timeline can serve (max(start LSN, GC cutoff)) and last_record_lsn.
+// between the oldest LSN the timeline can serve (Timeline.oldestReadableLSN: for a branch, what its
+// ancestors can serve) and last_record_lsn.
 
 import Foundation
 import LSM
@@ -11,7 +12,7 @@ enum CommitTimestampSearch {
     static func lookup(_ timeline: Timeline) -> CommitTimestampLookup {
         let store = timeline.store, redo = timeline.redo
         let newest = store.lastRecordLSN
-        return CommitTimestampLookup(oldest: max(timeline.startLSN, store.gcCutoffLSN), newest: newest) { bucket in
+        return CommitTimestampLookup(oldest: timeline.oldestReadableLSN, newest: newest) { bucket in
             guard let bytes = try store.get(CommitTimestampIndex.key(bucket), at: newest, redo: redo) else { return [] }
             return try CommitTimestampIndex.decode(bytes, bucket: bucket)
         }
