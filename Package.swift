@@ -68,10 +68,10 @@ let package = Package(
             ]
         ),
         // The workdir as the daemon and the offline tools share it: timeline metadata, the lock file,
-        // durable small files.
+        // durable small files, and the compaction/GC policy.
         .target(
             name: "Workdir",
-            dependencies: ["LSM"]
+            dependencies: ["LSM", "PostgresWAL"]
         ),
         .executableTarget(
             name: "Server",

@@ -479,6 +479,7 @@ public final class TimelineStore: Sendable {
             chains.append(chain)
             failures.append(failure)
         }
+        var perLookup = states.map { $0.layersVisited }
         var inherited: [Int: Result<[UInt8]?, StorageError>] = [:]
         if let ancestor {
             var asks: [(Key, LSN)] = []
@@ -493,8 +494,15 @@ public final class TimelineStore: Sendable {
                 }
             }
             if !asks.isEmpty {
-                let answers = ancestor.store.get(asks, redo: redo, stats: &stats)
-                for (i, n) in askers.enumerated() { inherited[n] = answers[i] }
+                var ancestorStats = ReadStats()
+                if stats.layersPerLookup != nil { ancestorStats.layersPerLookup = [] }
+                let answers = ancestor.store.get(asks, redo: redo, stats: &ancestorStats)
+                stats.layersVisited += ancestorStats.layersVisited
+                stats.recordsApplied += ancestorStats.recordsApplied
+                for (i, n) in askers.enumerated() {
+                    inherited[n] = answers[i]
+                    if let l = ancestorStats.layersPerLookup { perLookup[n] += l[i] }
+                }
             }
         }
         var results: [Result<[UInt8]?, StorageError>] = []
@@ -519,6 +527,7 @@ public final class TimelineStore: Sendable {
                                                     redo: redo, stats: &stats) }
                 .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) })
         }
+        stats.layersPerLookup?.append(contentsOf: perLookup)
         return results
     }
 
@@ -571,5 +580,8 @@ public final class TimelineStore: Sendable {
 public struct ReadStats: Sendable {
     public var layersVisited = 0
     public var recordsApplied = 0
+    /// When not nil, `get` appends the layers each lookup visited (its ancestors' included), in
+    /// request order.
+    public var layersPerLookup: [Int]?
     public init() {}
 }

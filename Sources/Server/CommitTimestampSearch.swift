@@ -7,15 +7,11 @@
 import Foundation
 import LSM
 import PostgresWAL
+import Workdir
 
 enum CommitTimestampSearch {
     static func lookup(_ timeline: Timeline) -> CommitTimestampLookup {
-        let store = timeline.store, redo = timeline.redo
-        let newest = store.lastRecordLSN
-        return CommitTimestampLookup(oldest: timeline.oldestReadableLSN, newest: newest) { bucket in
-            guard let bytes = try store.get(CommitTimestampIndex.key(bucket), at: newest, redo: redo) else { return [] }
-            return try CommitTimestampIndex.decode(bytes, bucket: bucket)
-        }
+        MaintenancePolicy.commitTimestamps(timeline.store, oldestReadable: timeline.oldestReadableLSN, redo: timeline.redo)
     }
 
     /// The answer for the HTTP API's `timestamp` query parameter (400 when it is missing or bad).

@@ -85,6 +85,40 @@ struct HTTPAPI {
                                   "replication_slot": slot as Any? ?? NSNull()])
             }
         }
+        // Compaction now: flush what was ingested, then image layers and delta merges.
+        router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/compact") { _, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                let summary = try await blocking { () -> String in
+                    try tl.store.checkpointAtRecordBoundary()
+                    let r = try tl.maintenance.compact()
+                    return jsonText(["image_layers_created": r.images.layersCreated, "image_bytes_written": r.images.bytesWritten,
+                                     "layers_merged": r.merges.layersDeleted, "merged_layers_created": r.merges.layersCreated,
+                                     "merge_bytes_written": r.merges.bytesWritten,
+                                     "bytes_deleted": r.images.bytesDeleted + r.merges.bytesDeleted,
+                                     "max_delta_depth_after": r.depthAfter.maxDeltas, "layer_files": tl.store.layers().count])
+                }
+                return rawJSON(200, summary)
+            }
+        }
+        router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/do_gc") { req, ctx in
+            await handle {
+                let tl = try timeline(ctx)
+                var requested: LSN?
+                if let s = req.uri.queryParameters.get("cutoff") {
+                    guard let l = LSN(parsing: s) else { throw APIError.badRequest("cutoff '\(s)' is not an LSN like 0/16B3748") }
+                    requested = l
+                }
+                let at = requested
+                let summary = try await blocking { () -> String in
+                    let r = try tl.maintenance.gc(cutoff: at)
+                    return jsonText(["previous_cutoff": "\(r.previousCutoff)", "cutoff": "\(r.cutoff)",
+                                     "retained_lsns": r.retained.map { "\($0)" }, "layers_deleted": r.layersDeleted,
+                                     "bytes_deleted": r.bytesDeleted, "layer_files": tl.store.layers().count])
+                }
+                return rawJSON(200, summary)
+            }
+        }
         router.put("/v1/tenant/:tenant_id/timeline/:timeline_id/checkpoint") { _, ctx in
             await handle {
                 let tl = try timeline(ctx)
@@ -181,6 +215,18 @@ func timelineId(_ v: Any?, field: String) throws -> TimelineId {
     guard let s = v as? String else { throw APIError.badRequest("\(field) is required (32 lowercase hex characters)") }
     guard let id = TimelineId(parsing: s) else { throw APIError.badRequest("\(field) '\(s)' is not 32 lowercase hex characters") }
     return id
+}
+
+/// JSON text of `object` (sorted keys), for work done off the event loop.
+func jsonText(_ object: Any) -> String {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    return String(decoding: data, as: UTF8.self)
+}
+
+func rawJSON(_ status: Int, _ text: String) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    return Response(status: .init(code: status), headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
 }
 
 func json(_ status: Int, _ object: Any) -> Response {

@@ -39,6 +39,7 @@ final class PageServiceMetrics: Sendable {
     let waitLSNSeconds: DurationHistogram
     let connections: Gauge
     let batchSize: ValueHistogram
+    let layersPerGetPage: ValueHistogram
 
     init(_ registry: PrometheusCollectorRegistry) {
         getPageLatency = registry.makeDurationHistogram(
@@ -65,6 +66,8 @@ final class PageServiceMetrics: Sendable {
         connections = registry.makeGauge(name: "pageserver_page_service_connections", help: "Open page service connections")
         batchSize = registry.makeValueHistogram(name: "pageserver_pagestream_batch_size", buckets: [1, 2, 4, 8, 16, 32, 64],
                                                 help: "Pipelined pagestream requests processed together")
+        layersPerGetPage = registry.makeValueHistogram(name: "pageserver_getpage_layers_visited", buckets: [1, 2, 3, 4, 5, 6, 8, 12, 16, 32, 64],
+                                                       help: "Layers (in-memory and files, ancestors' included) one GetPage visited")
     }
 }
 
@@ -290,6 +293,7 @@ struct PagestreamWorker {
         }
         if !pageLookups.isEmpty {
             var stats = ReadStats()
+            stats.layersPerLookup = []
             let results = timeline.store.get(pageLookups.map { ($0.key, $0.lsn) }, redo: timeline.redo, stats: &stats)
             for (j, lookup) in pageLookups.enumerated() {
                 switch results[j] {
@@ -307,6 +311,7 @@ struct PagestreamWorker {
             }
             metrics.getPageCount.increment(by: Int64(pageLookups.count))
             metrics.layersVisited.increment(by: Int64(stats.layersVisited))
+            for n in stats.layersPerLookup ?? [] { metrics.layersPerGetPage.record(Int64(n)) }
             metrics.redoRecordsApplied.increment(by: Int64(stats.recordsApplied))
         }
         let out = responses.map { $0 ?? .error("internal error: request not answered") }

@@ -75,6 +75,11 @@ final class Repository: Sendable {
                 return t
             }
             for id in found.keys.sorted() { _ = try open(id, []) }
+            // Reads at a child's branch point stay possible below a parent's GC cutoff.
+            for t in timelines.values {
+                let points = timelines.values.filter { $0.ancestor === t }.map { $0.ancestorLSN }
+                if !points.isEmpty { t.store.setRetainedLSNs(points) }
+            }
             tenants.withLock { $0[tid] = timelines }
         }
         for t in allTimelines() { t.startBackgroundWork() }
@@ -181,6 +186,12 @@ extension Repository {
             metrics.layerGauge("pageserver_layer_bytes", tid, tlid, help: "Bytes in layer files of the timeline")
                 .set(Int64(layers.reduce(UInt64(0)) { $0 + $1.fileSize }))
             metrics.layerGauge("pageserver_in_memory_layer_bytes", tid, tlid, help: "Bytes in in-memory layers").set(Int64(t.store.inMemoryBytes))
+            metrics.lsnGauge("pageserver_gc_cutoff_lsn", tid, tlid, help: "GC cutoff: reads below it are refused (LSN as a number)")
+                .set(Int64(bitPattern: t.store.gcCutoffLSN.rawValue))
+            let depth = t.store.depth()
+            metrics.layerGauge("pageserver_max_delta_depth", tid, tlid, help: "Most delta layers above the newest image layer of any chunk")
+                .set(Int64(depth.maxDeltas))
+            for n in depth.perChunk.values { metrics.deltaDepth.record(Int64(n)) }
         }
     }
 }

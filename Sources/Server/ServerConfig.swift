@@ -1,6 +1,7 @@
 import Foundation
 import LSM
 import TOMLKit
+import Workdir
 
 /// The daemon's settings: defaults, then the TOML config file, then command-line flags.
 ///
@@ -34,12 +35,28 @@ struct ServerConfig: Sendable {
     var ingestImageThreshold = 128
     /// Reconstructed pages kept in memory for all timelines (MaterializedPageCache), 8 KiB a page.
     var materializedPageCacheBytes = 256 << 20
+    /// Compaction (TimelineMaintenance): how often a pass runs per timeline (0: never in the
+    /// background); a chunk gets a new image layer once it has `imageCreationThreshold` delta layers
+    /// above its newest image; more than `compactionThreshold` delta layers of a chunk are merged.
+    var compactionPeriodSeconds: Double = 20
+    var imageCreationThreshold = 3
+    var compactionThreshold = 10
+    /// GC: how often it runs (0: never in the background), and what it keeps: every version needed
+    /// to read at LSNs within `gcHorizonBytes` of WAL behind last_record_lsn and within
+    /// `pitrIntervalSeconds` of now (the cutoff is the lower of the two).
+    var gcPeriodSeconds: Double = 3600
+    var gcHorizonBytes = 64 << 20
+    var pitrIntervalSeconds: Double = 7 * 86400
+    /// Ingest slows down while a chunk has more than this many delta layers above its newest image
+    /// (compaction has fallen behind).
+    var maxDeltaDepth = 50
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight",
-        "ingest_image_threshold", "materialized_page_cache_size",
+        "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold",
+        "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
     ]
 
     /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
@@ -107,10 +124,26 @@ struct ServerConfig: Sendable {
             guard let i = v.int, i >= 0 else { throw ConfigError("config file \(path): ingest_image_threshold must be an integer >= 0") }
             ingestImageThreshold = i
         }
+        if let v = try seconds("compaction_period") { compactionPeriodSeconds = max(0, v) }
+        if let v = try positive("image_creation_threshold") { imageCreationThreshold = v }
+        if let v = try positive("compaction_threshold") { compactionThreshold = max(2, v) }
+        if let v = try seconds("gc_period") { gcPeriodSeconds = max(0, v) }
+        if let v = try size("gc_horizon") { gcHorizonBytes = v }
+        if let v = try seconds("pitr_interval") { pitrIntervalSeconds = max(0, v) }
+        if let v = try positive("max_delta_depth") { maxDeltaDepth = v }
         if let v = table["verify_redo"] {
             guard let b = v.bool else { throw ConfigError("config file \(path): verify_redo must be true or false") }
             verifyRedo = b
         }
+    }
+
+    var maintenanceSettings: MaintenanceSettings {
+        var m = MaintenanceSettings()
+        m.imageCreationThreshold = imageCreationThreshold
+        m.compactionThreshold = compactionThreshold
+        m.gcHorizonBytes = gcHorizonBytes
+        m.pitrIntervalSeconds = pitrIntervalSeconds
+        return m
     }
 
     var storeConfig: StoreConfig {

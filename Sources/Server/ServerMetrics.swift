@@ -3,6 +3,13 @@ import Prometheus
 /// The daemon's Prometheus metrics. Per-timeline gauges are labelled with tenant and timeline ids.
 final class ServerMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
+    /// Delta layers above the newest image, one observation per chunk each time /metrics is rendered.
+    let deltaDepth: ValueHistogram
+
+    init() {
+        deltaDepth = registry.makeValueHistogram(name: "pageserver_chunk_delta_depth", buckets: [0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64],
+                                                 help: "Delta layers above the newest image layer, per chunk (observed at each /metrics)")
+    }
 
     func walBytesReceived(_ tenant: String, _ timeline: String) -> Counter {
         registry.makeCounter(name: "pageserver_wal_received_bytes_total", labels: [("tenant_id", tenant), ("timeline_id", timeline)],

@@ -46,6 +46,8 @@ final class Timeline: Sendable {
     unowned let repository: Repository
     /// The parent timeline of a branch.
     let ancestor: Timeline?
+    /// Compaction and GC (background thread, and the passes of PUT compact / do_gc).
+    let maintenance: TimelineMaintenance
 
     init(tenantId: TenantId, timelineId: TimelineId, directory: String, store: TimelineStore, metadata: TimelineMetadata,
          state: State, repository: Repository, ancestor: Timeline? = nil) {
@@ -57,6 +59,8 @@ final class Timeline: Sendable {
         self.metadata = Mutex(metadata)
         self.state = Mutex(state)
         self.repository = repository
+        maintenance = TimelineMaintenance(tenantId: tenantId, timelineId: timelineId, config: repository.config, metrics: repository.metrics)
+        defer { maintenance.timeline = self }
         let control = try? store.get(KeySpace.controlFile, at: .max, redo: ImageOnlyRedo())
         var settings = (control.flatMap { $0 }).flatMap { try? RedoSettings(pgControl: $0) } ?? RedoSettings()
         settings.maxChainLength = repository.config.maxChainLength
@@ -126,7 +130,8 @@ final class Timeline: Sendable {
             throw APIError.badRequest("LSN \(lsn) is below the GC cutoff \(cutoff) of timeline \(timelineId): those page versions are gone")
         }
         if let ancestor {
-            if lsn <= ancestorLSN { try ancestor.checkReadable(lsn) }
+            // At the branch point itself the ancestor keeps what a read needs (a retained LSN).
+            if lsn < ancestorLSN { try ancestor.checkReadable(lsn) }
         } else if lsn < startLSN {
             throw APIError.badRequest("LSN \(lsn) is before the start \(startLSN) of timeline \(timelineId)")
         }
@@ -141,6 +146,7 @@ final class Timeline: Sendable {
     /// Starts the WAL receiver when the timeline has a WAL source.
     func startBackgroundWork() {
         verification?.start()
+        maintenance.start()
         guard walSource != nil else { return }
         let r = WalReceiver(timeline: self)
         receiver.withLock { $0 = r }
@@ -162,6 +168,7 @@ final class Timeline: Sendable {
         }
         receiver.withLock { $0 }?.stop()
         verification?.stop()
+        maintenance.stop()
         if !broken {
             // The receiver has stopped between records, so everything put is complete.
             do { try store.checkpoint() } catch { serverLog.error("final flush of timeline \(timelineId) failed: \(error)") }

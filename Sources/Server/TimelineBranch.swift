@@ -32,6 +32,9 @@ enum TimelineBranch {
         }
         try repository.reserve(tenant, id)
         defer { repository.release(tenant, id) }
+        // No GC of the ancestor between the cutoff check and the registration (invariant 1).
+        ancestor.maintenance.branchLock.lock()
+        defer { ancestor.maintenance.branchLock.unlock() }
         let last = ancestor.store.lastRecordLSN
         let p = requested ?? last
         guard p <= last else {
@@ -128,6 +131,7 @@ enum TimelineBranch {
         timeline.state.withLock { $0 = .stopping }
         timeline.receiver.withLock { $0 }?.stop()
         timeline.verification?.stop()
+        timeline.maintenance.stop()
         timeline.store.close()
         var slot: String?
         if let source = timeline.walSource, let info = try? ConnInfo(parsing: source) {

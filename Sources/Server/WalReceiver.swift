@@ -139,6 +139,9 @@ final class WalReceiver: @unchecked Sendable {
                 break
             }
             if Date().timeIntervalSince(lastStatusTime) >= 1 {
+                // Backpressure: wait while compaction is behind (TimelineMaintenance.throttle).
+                timeline.maintenance.refreshDepth()
+                timeline.maintenance.throttle { stopping.load(ordering: .acquiring) }
                 try conn.sendStandbyStatus(write: decoder.position.rawValue, flush: store.diskConsistentLSN.rawValue,
                                            apply: store.lastRecordLSN.rawValue)
                 lastStatusTime = Date()

@@ -12,7 +12,8 @@ struct Pagectl: ParsableCommand {
         commandName: "pagectl",
         abstract: "Inspect layer files, drive the engine and benchmark it.",
         subcommands: [LayerCommand.self, EngineCommand.self, WALCommand.self, VerifyCommand.self,
-                      GetPageCommand.self, BaseBackupCommand.self, FullBackupCommand.self, BenchCommand.self]
+                      GetPageCommand.self, BaseBackupCommand.self, FullBackupCommand.self, BenchCommand.self,
+                      CompactCommand.self]
     )
 }
 

@@ -1,0 +1,134 @@
+import Foundation
+import Glibc
+import PGTestSupport
+import XCTest
+
+/// Compaction and GC against real PostgreSQL: sustained pgbench with small thresholds keeps read
+/// amplification and the layer files bounded, every page still verifies against the primary, reads
+/// and branches below the GC cutoff are refused, and the offline `pagectl compact` leaves a workdir
+/// the server serves the same pages from.
+final class MaintenanceTests: XCTestCase {
+    let tenant = randomHexId()
+    var pagectl: String { TestPageServer.binary.replacingOccurrences(of: "/pageserver", with: "/pagectl") }
+
+    static let smallThresholds = """
+        checkpoint_distance = "1MiB"
+        compaction_period = "1s"
+        image_creation_threshold = 3
+        compaction_threshold = 4
+        gc_period = "2s"
+        gc_horizon = "8MiB"
+        pitr_interval = "0s"
+        max_delta_depth = 12
+        """
+
+    func attach(_ ps: TestPageServer, _ primary: TestPrimary) throws -> String {
+        XCTAssertEqual(try ps.request("POST", "/v1/tenant", ["new_tenant_id": tenant]).status, 201)
+        let id = randomHexId()
+        let r = try ps.request("POST", "/v1/tenant/\(tenant)/timeline", ["new_timeline_id": id, "wal_source": primary.connectionString()])
+        XCTAssertEqual(r.status, 201, "attach: \(String(describing: r.json))")
+        return id
+    }
+
+    func waitForPrimary(_ ps: TestPageServer, _ primary: TestPrimary, _ timeline: String) throws {
+        let target = parseLSN(try primary.psql("SELECT pg_current_wal_lsn()"))!
+        try waitUntil("the timeline reaches the primary's LSN", timeout: 120) {
+            parseLSN(try ps.timeline(tenant, timeline)["last_record_lsn"] as? String ?? "") ?? 0 >= target
+        }
+    }
+
+    func layerStats(_ ps: TestPageServer, _ timeline: String) throws -> (count: Int, bytes: Int) {
+        let o = try ps.request("GET", "/v1/tenant/\(tenant)/timeline/\(timeline)/layer").json as? [String: Any] ?? [:]
+        return (o["count"] as? Int ?? -1, o["total_bytes"] as? Int ?? -1)
+    }
+
+    func verify(_ ps: TestPageServer, _ timeline: String, _ primary: TestPrimary, _ what: String) throws {
+        let r = try TestPrimary.shell("\(pagectl) verify --server 127.0.0.1:\(ps.pgPort) --http 127.0.0.1:\(ps.httpPort) --tenant \(tenant) --timeline \(timeline) --primary '\(primary.connectionString())' 2>&1", check: false)
+        XCTAssertEqual(r.status, 0, "\(what): " + String(r.stdout.suffix(3000)))
+        XCTAssertTrue(r.stdout.contains(" 0 mismatched"), "\(what): " + String(r.stdout.suffix(2000)))
+    }
+
+    /// The p99 of the layers-visited-per-GetPage histogram in /metrics.
+    func layersVisitedP99(_ ps: TestPageServer) throws -> Double {
+        let text = String(data: try Data(contentsOf: URL(string: ps.baseURL + "/metrics")!), encoding: .utf8) ?? ""
+        var buckets: [(le: Double, count: Double)] = []
+        for line in text.split(separator: "\n") where line.hasPrefix("pageserver_getpage_layers_visited_bucket") {
+            guard let le = line.range(of: "le=\""), let end = line[le.upperBound...].firstIndex(of: "\"") else { continue }
+            let bound = line[le.upperBound..<end] == "+Inf" ? Double.infinity : Double(line[le.upperBound..<end]) ?? .nan
+            buckets.append((bound, Double(line.split(separator: " ").last ?? "0") ?? 0))
+        }
+        buckets.sort { $0.le < $1.le }
+        guard let total = buckets.last?.count, total > 0 else { return .nan }
+        return buckets.first { $0.count >= 0.99 * total }?.le ?? .infinity
+    }
+
+    func testSustainedWritesKeepReadAmplificationAndDiskBounded() throws {
+        let primary = try TestPrimary.start(for: self)
+        let ps = try TestPageServer.start(for: self, config: Self.smallThresholds)
+        let timeline = try attach(ps, primary)
+        let bench = "pgbench -h 127.0.0.1 -p \(primary.port) -U postgres"
+        try TestPrimary.shell("\(bench) -i -s 2 -q postgres")
+        var rounds: [(count: Int, bytes: Int, wal: UInt64)] = []
+        for round in 0..<4 {
+            try TestPrimary.shell("\(bench) -T 8 -c 2 -j 2 postgres")
+            try waitForPrimary(ps, primary, timeline)
+            XCTAssertEqual(try ps.request("PUT", "/v1/tenant/\(tenant)/timeline/\(timeline)/checkpoint").status, 200)
+            let compacted = try ps.request("PUT", "/v1/tenant/\(tenant)/timeline/\(timeline)/compact")
+            XCTAssertEqual(compacted.status, 200, "\(String(describing: compacted.json))")
+            let gc = try ps.request("PUT", "/v1/tenant/\(tenant)/timeline/\(timeline)/do_gc")
+            XCTAssertEqual(gc.status, 200, "\(String(describing: gc.json))")
+            let s = try layerStats(ps, timeline)
+            rounds.append((s.count, s.bytes, parseLSN(try primary.psql("SELECT pg_current_wal_lsn()"))!))
+            print("round \(round): \(s.count) layer files, \(s.bytes) bytes; compact \(String(describing: compacted.json)); gc \(String(describing: gc.json))")
+        }
+        // The WAL kept growing; the layer files and bytes did not grow with it.
+        XCTAssertGreaterThan(rounds[3].wal - rounds[1].wal, 8 << 20)
+        XCTAssertLessThanOrEqual(rounds[3].count, rounds[1].count * 3 / 2 + 10, "\(rounds)")
+        XCTAssertLessThanOrEqual(rounds[3].bytes, rounds[1].bytes * 2, "\(rounds)")
+
+        // Read amplification: GetPage all over the database, then the histogram's p99.
+        let r = try TestPrimary.shell("\(pagectl) bench getpage --server 127.0.0.1:\(ps.pgPort) --http 127.0.0.1:\(ps.httpPort) --tenant \(tenant) --timeline \(timeline) --clients 2 --depth 8 --duration 3 2>&1", check: false)
+        XCTAssertEqual(r.status, 0, r.stdout)
+        let p99 = try layersVisitedP99(ps)
+        XCTAssertLessThanOrEqual(p99, 6, "layers visited per GetPage, p99")
+
+        try verify(ps, timeline, primary, "after compaction and GC")
+
+        // Below the GC cutoff: reads and branches are refused with both LSNs named.
+        let detail = try ps.timeline(tenant, timeline)
+        let cutoff = try XCTUnwrap(parseLSN(detail["latest_gc_cutoff_lsn"] as? String ?? ""))
+        XCTAssertGreaterThan(cutoff, 0, "\(detail)")
+        let below = String(format: "%X/%X", (cutoff - 8) >> 32, (cutoff - 8) & 0xFFFF_FFFF)
+        let branch = try ps.request("POST", "/v1/tenant/\(tenant)/timeline",
+                                    ["new_timeline_id": randomHexId(), "ancestor_timeline_id": timeline, "ancestor_start_lsn": below])
+        XCTAssertEqual(branch.status, 400, "\(String(describing: branch.json))")
+        XCTAssertTrue("\(String(describing: branch.json))".contains("GC cutoff"), "\(String(describing: branch.json))")
+        let get = try TestPrimary.shell("\(pagectl) getpage --server 127.0.0.1:\(ps.pgPort) --tenant \(tenant) --timeline \(timeline) --rel 1664/0/1262 --blk 0 --lsn \(below) 2>&1 >/dev/null", check: false)
+        XCTAssertNotEqual(get.status, 0)
+        XCTAssertTrue(get.stdout.contains("GC cutoff"), get.stdout)
+    }
+
+    func testOfflineCompactionLeavesAWorkdirThatServesTheSamePages() throws {
+        let primary = try TestPrimary.start(for: self)
+        let ps = try TestPageServer.start(for: self, config: "checkpoint_distance = \"1MiB\"\ncompaction_period = \"0s\"\ngc_period = \"0s\"\n")
+        let timeline = try attach(ps, primary)
+        let bench = "pgbench -h 127.0.0.1 -p \(primary.port) -U postgres"
+        try TestPrimary.shell("\(bench) -i -s 1 -q postgres")
+        try TestPrimary.shell("\(bench) -T 5 -c 2 postgres")
+        try primary.psql("CHECKPOINT")
+        try waitForPrimary(ps, primary, timeline)
+        let compact = "\(pagectl) compact --workdir \(ps.workdir) --tenant \(tenant) --timeline \(timeline) --gc-horizon 1MiB 2>&1"
+        let refused = try TestPrimary.shell(compact, check: false)
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stdout.contains("running"), refused.stdout)
+        XCTAssertEqual(ps.stop(), 0)
+        let before = try FileManager.default.contentsOfDirectory(atPath: ps.workdir + "/tenants/\(tenant)/timelines/\(timeline)").count
+        let ran = try TestPrimary.shell(compact, check: false)
+        XCTAssertEqual(ran.status, 0, ran.stdout)
+        XCTAssertTrue(ran.stdout.contains("image layers"), ran.stdout)
+        let after = try FileManager.default.contentsOfDirectory(atPath: ps.workdir + "/tenants/\(tenant)/timelines/\(timeline)").count
+        XCTAssertLessThan(after, before, ran.stdout)
+        try ps.start()
+        try verify(ps, timeline, primary, "after offline compaction")
+    }
+}
