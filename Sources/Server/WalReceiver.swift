@@ -109,6 +109,7 @@ final class WalReceiver: @unchecked Sendable {
         status.withLock { $0 = .streaming }
         serverLog.info("timeline \(timeline.timelineId): streaming WAL from \(info.redacted) at \(start)")
         var lastStatusTime = Date.distantPast
+        var lastReplyRequest = Date.distantPast
         while !stopping.load(ordering: .acquiring) {
             let message = try conn.receive(timeoutSeconds: 0.5)
             switch message {
@@ -131,8 +132,19 @@ final class WalReceiver: @unchecked Sendable {
                     timeline.verification?.submit(record)
                     count(record, uninterpreted: (ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0) > uninterpretedBefore)
                 }
-            case .keepalive(_, _, let replyRequested)?:
-                if replyRequested { lastStatusTime = .distantPast }
+            case .keepalive(let walEnd, _, let replyRequested)?:
+                if replyRequested {
+                    lastStatusTime = .distantPast
+                    // A primary that asks again and again while we have all its WAL is waiting for us
+                    // to confirm everything (a shutting-down walsender does, and blocks the shutdown
+                    // until then): flush, so that flush = disk_consistent_lsn can say so.
+                    let now = Date()
+                    if decoder.position.rawValue >= walEnd && now.timeIntervalSince(lastReplyRequest) < 2
+                        && store.diskConsistentLSN < store.lastRecordLSN {
+                        try store.checkpoint()
+                    }
+                    lastReplyRequest = now
+                }
             case .endOfStream?:
                 return
             case nil:

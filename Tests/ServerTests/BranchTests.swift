@@ -137,6 +137,14 @@ final class BranchTests: XCTestCase {
         try TestPrimary.shell("\(bench) -t 100 -c 2 postgres")
         try verify(ps, main, against: primary.connectionString(), "main")
 
+        // GC of the parent with its cutoff above the branch point keeps what B reads there.
+        XCTAssertEqual(try ps.request("PUT", "/v1/tenant/\(tenant)/timeline/\(main)/compact").status, 200)
+        let mainLast = try ps.timeline(tenant, main)["disk_consistent_lsn"] as! String
+        let gc = try ps.request("PUT", "/v1/tenant/\(tenant)/timeline/\(main)/do_gc?cutoff=\(mainLast)")
+        XCTAssertEqual(gc.status, 200, "\(String(describing: gc.json))")
+        XCTAssertEqual((gc.json as? [String: Any])?["retained_lsns"] as? [String], [b.object["ancestor_lsn"] as! String], "\(String(describing: gc.json))")
+        try verify(ps, b.id, against: sourceB, "branch B after GC of its parent")
+
         // C: a branch of B, made writable the same way.
         let c = try branch(ps, from: b.id)
         let primaryC = try BootedBackup(port: ps.pgPort, command: "fullbackup \(tenant) \(c.id)")

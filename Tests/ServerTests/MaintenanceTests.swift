@@ -63,8 +63,10 @@ final class MaintenanceTests: XCTestCase {
     }
 
     func testSustainedWritesKeepReadAmplificationAndDiskBounded() throws {
-        let primary = try TestPrimary.start(for: self)
-        let ps = try TestPageServer.start(for: self, config: Self.smallThresholds)
+        // The primary logs consistency images, so the built-in checker compares our redo (now built on
+        // compaction's image layers too) with the primary's pages as they are written.
+        let primary = try TestPrimary.start(for: self, settings: ["wal_consistency_checking = 'heap,heap2,btree'"])
+        let ps = try TestPageServer.start(for: self, config: Self.smallThresholds + "\nverify_redo = true\n")
         let timeline = try attach(ps, primary)
         let bench = "pgbench -h 127.0.0.1 -p \(primary.port) -U postgres"
         try TestPrimary.shell("\(bench) -i -s 2 -q postgres")
@@ -93,6 +95,12 @@ final class MaintenanceTests: XCTestCase {
         XCTAssertLessThanOrEqual(p99, 6, "layers visited per GetPage, p99")
 
         try verify(ps, timeline, primary, "after compaction and GC")
+        let report = try ps.request("GET", "/v1/tenant/\(tenant)/timeline/\(timeline)/redo_verification?wait=300", timeout: 330)
+        let o = report.json as? [String: Any] ?? [:]
+        print("verify_redo: checked \(o["checked"] ?? "?"), mismatched \(o["mismatched"] ?? "?"), failed \(o["failed"] ?? "?"), unverifiable \(o["unverifiable"] ?? "?")")
+        XCTAssertEqual(o["mismatched"] as? Int, 0, "\(o["mismatches"] ?? "")")
+        XCTAssertEqual(o["failed"] as? Int, 0, "\(o["mismatches"] ?? "")")
+        XCTAssertGreaterThan(o["checked"] as? Int ?? 0, 1000)
 
         // Below the GC cutoff: reads and branches are refused with both LSNs named.
         let detail = try ps.timeline(tenant, timeline)
