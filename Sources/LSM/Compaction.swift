@@ -123,6 +123,24 @@ extension LayerMap.ChunkLayers {
         deltas.filter { d in d.descriptor.lsnStart <= lsn && (x.map { d.descriptor.lsnEnd.rawValue - 1 > $0.rawValue } ?? true) }
     }
 
+    /// The layers reads at every LSN >= `cutoff` need: the newest image at or below it, every image
+    /// above it, every delta above that image (every delta when no image is at or below `cutoff`).
+    func needed(atOrAbove cutoff: LSN) -> Set<ObjectIdentifier> {
+        var keep = Set<ObjectIdentifier>()
+        let base = newestImage(atOrBelow: cutoff)?.descriptor.lsnStart
+        for f in images where base.map({ f.descriptor.lsnStart >= $0 }) ?? true { keep.insert(ObjectIdentifier(f)) }
+        for d in deltas where base.map({ d.descriptor.lsnEnd.rawValue - 1 > $0.rawValue }) ?? true { keep.insert(ObjectIdentifier(d)) }
+        return keep
+    }
+
+    /// The layers a read at `lsn` needs: its image and the deltas above it.
+    func needed(at lsn: LSN) -> Set<ObjectIdentifier> {
+        let image = newestImage(atOrBelow: lsn)
+        var keep = Set(deltas(readAt: lsn, above: image?.descriptor.lsnStart).map(ObjectIdentifier.init))
+        if let image { keep.insert(ObjectIdentifier(image)) }
+        return keep
+    }
+
     /// Delta layers above the newest image layer.
     var depth: Int {
         let x = images.last?.descriptor.lsnStart
@@ -171,9 +189,14 @@ extension TimelineStore {
         }
     }
 
-    /// Merges runs of consecutive delta layers of every chunk that has more than `maxDeltasPerChunk`,
-    /// newest runs first, until the chunk has at most that many (or no run is left to merge). A run
-    /// never spans an image layer and holds at most `targetLayerBytes` of input.
+    /// Merges runs of consecutive delta layers of a chunk. Two kinds, each run at most
+    /// `targetLayerBytes` of input and never spanning an image layer:
+    /// - deltas above the newest image layer (the ones every read of recent LSNs visits), newest runs
+    ///   first, while more than `maxDeltasPerChunk` of them are left;
+    /// - deltas that only retained LSNs need (below the GC cutoff's image; GC never removes them while
+    ///   the branch exists), when the chunk has more than `maxDeltasPerChunk` deltas in all.
+    /// Deltas below the newest image but still needed at the cutoff are left alone: GC removes them
+    /// once the cutoff passes that image, so merging them would write bytes only to delete them.
     @discardableResult
     public func mergeDeltas(maxDeltasPerChunk: Int, targetLayerBytes: UInt64 = 256 << 20) throws -> CompactionReport {
         precondition(maxDeltasPerChunk >= 1, "maxDeltasPerChunk must be at least 1")
@@ -187,9 +210,26 @@ extension TimelineStore {
         do {
             for chunk in snapshot.chunks.keys.sorted() {
                 let cl = snapshot.chunks[chunk]!
-                var count = cl.deltas.count
-                guard count > maxDeltasPerChunk else { continue }
-                for inputs in Self.mergeRuns(cl, targetLayerBytes: targetLayerBytes).reversed() {
+                guard cl.deltas.count > maxDeltasPerChunk else { continue }
+                let top = cl.images.last.map { x in Set(cl.deltas.filter { $0.descriptor.lsnEnd.rawValue - 1 > x.descriptor.lsnStart.rawValue }.map(ObjectIdentifier.init)) }
+                    ?? Set(cl.deltas.map(ObjectIdentifier.init))
+                let atCutoff = cl.needed(atOrAbove: snapshot.gc.cutoff)
+                var pinned = Set<ObjectIdentifier>()
+                for r in snapshot.gc.retained { pinned.formUnion(cl.needed(at: r)) }
+                pinned.subtract(atCutoff)
+                let runs = Self.mergeRuns(cl, targetLayerBytes: targetLayerBytes) { d -> Int? in
+                    let id = ObjectIdentifier(d)
+                    return top.contains(id) ? 0 : pinned.contains(id) ? 1 : nil
+                }
+                var depth = top.count, count = cl.deltas.count
+                for inputs in runs.reversed() where top.contains(ObjectIdentifier(inputs[0])) {
+                    if depth <= maxDeltasPerChunk { break }
+                    created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
+                    removed += inputs.map(\.descriptor)
+                    depth -= inputs.count - 1
+                    count -= inputs.count - 1
+                }
+                for inputs in runs where pinned.contains(ObjectIdentifier(inputs[0])) {
                     if count <= maxDeltasPerChunk { break }
                     created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
                     removed += inputs.map(\.descriptor)
@@ -223,17 +263,8 @@ extension TimelineStore {
         var doomed: [LayerDescriptor] = []
         for chunk in snapshot.chunks.keys.sorted() {
             let cl = snapshot.chunks[chunk]!
-            var keep = Set<ObjectIdentifier>()
-            // Reads at or above the cutoff: the newest image at or below it, everything newer.
-            let base = cl.newestImage(atOrBelow: cutoff)?.descriptor.lsnStart
-            for f in cl.images where base.map({ f.descriptor.lsnStart >= $0 }) ?? true { keep.insert(ObjectIdentifier(f)) }
-            for d in cl.deltas where base.map({ d.descriptor.lsnEnd.rawValue - 1 > $0.rawValue }) ?? true { keep.insert(ObjectIdentifier(d)) }
-            // Reads at a retained LSN: its image and the deltas above it.
-            for r in retained {
-                let image = cl.newestImage(atOrBelow: r)
-                if let image { keep.insert(ObjectIdentifier(image)) }
-                for d in cl.deltas(readAt: r, above: image?.descriptor.lsnStart) { keep.insert(ObjectIdentifier(d)) }
-            }
+            var keep = cl.needed(atOrAbove: cutoff)
+            for r in retained { keep.formUnion(cl.needed(at: r)) }
             for f in cl.deltas + cl.images where !keep.contains(ObjectIdentifier(f)) { doomed.append(f.descriptor) }
         }
         var report = GCReport()
@@ -326,10 +357,10 @@ extension TimelineStore {
         return try finishLayer(w, run: run)
     }
 
-    /// Runs of consecutive delta layers worth merging (two or more each), oldest first: split at image
-    /// layers (an image at X separates the deltas ending at or below X + 1 from those above) and at
-    /// `targetLayerBytes` of input.
-    static func mergeRuns(_ cl: LayerMap.ChunkLayers, targetLayerBytes: UInt64) -> [[LayerFile]] {
+    /// Runs of consecutive delta layers worth merging (two or more each), oldest first: deltas of one
+    /// `kind` (nil: not to be merged), split at image layers (an image at X separates the deltas ending
+    /// at or below X + 1 from those above) and at `targetLayerBytes` of input.
+    static func mergeRuns(_ cl: LayerMap.ChunkLayers, targetLayerBytes: UInt64, kind: (LayerFile) -> Int?) -> [[LayerFile]] {
         var runs: [[LayerFile]] = []
         var run: [LayerFile] = []
         var bytes: UInt64 = 0
@@ -339,10 +370,14 @@ extension TimelineStore {
             bytes = 0
         }
         for d in cl.deltas {
+            guard let k = kind(d) else {
+                close()
+                continue
+            }
             if let prev = run.last {
                 let lo = prev.descriptor.lsnEnd.rawValue - 1, hi = d.descriptor.lsnEnd.rawValue - 1
                 let split = cl.images.contains { $0.descriptor.lsnStart.rawValue >= lo && $0.descriptor.lsnStart.rawValue < hi }
-                if split || bytes + d.fileSize > targetLayerBytes { close() }
+                if split || kind(prev) != k || bytes + d.fileSize > targetLayerBytes { close() }
             }
             run.append(d)
             bytes += d.fileSize
