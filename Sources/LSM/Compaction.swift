@@ -357,9 +357,13 @@ extension TimelineStore {
         return try finishLayer(w, run: run)
     }
 
+    /// The most delta layers one merge reads at once (each holds an index block and a data block in
+    /// memory during the merge).
+    static let maxMergeInputs = 64
+
     /// Runs of consecutive delta layers worth merging (two or more each), oldest first: deltas of one
     /// `kind` (nil: not to be merged), split at image layers (an image at X separates the deltas ending
-    /// at or below X + 1 from those above) and at `targetLayerBytes` of input.
+    /// at or below X + 1 from those above), at `targetLayerBytes` of input and at `maxMergeInputs`.
     static func mergeRuns(_ cl: LayerMap.ChunkLayers, targetLayerBytes: UInt64, kind: (LayerFile) -> Int?) -> [[LayerFile]] {
         var runs: [[LayerFile]] = []
         var run: [LayerFile] = []
@@ -377,7 +381,7 @@ extension TimelineStore {
             if let prev = run.last {
                 let lo = prev.descriptor.lsnEnd.rawValue - 1, hi = d.descriptor.lsnEnd.rawValue - 1
                 let split = cl.images.contains { $0.descriptor.lsnStart.rawValue >= lo && $0.descriptor.lsnStart.rawValue < hi }
-                if split || kind(prev) != k || bytes + d.fileSize > targetLayerBytes { close() }
+                if split || kind(prev) != k || bytes + d.fileSize > targetLayerBytes || run.count == maxMergeInputs { close() }
             }
             run.append(d)
             bytes += d.fileSize

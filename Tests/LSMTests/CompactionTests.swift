@@ -309,6 +309,43 @@ final class CompactionTests: XCTestCase {
         store.close()
     }
 
+    /// A layer file unlinked by GC stays readable through a layer map snapshot taken before: its
+    /// descriptor stays open while the snapshot references it.
+    func testSnapshotReadsDeletedLayers() throws {
+        let dir = makeTempDir("compact-snapshot")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let context = StorageContext(io: makeBlockIO(.ioUring), directIO: true)
+        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+        var rng = SeededRandom(seed: 11)
+        var model = Model()
+        var lsn: UInt64 = 0x100
+        for _ in 0..<4 { try Self.ingest(store, &model, &lsn, &rng, records: 40) }
+        try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
+        let old = store.map.withLock { $0 }
+        let gc = try store.gc(cutoff: store.diskConsistentLSN, retain: [])
+        XCTAssertEqual(gc.layersDeleted, old.allFiles.count - 6)
+        let gone = old.allFiles.filter { f in gc.deleted.contains(f.descriptor) }
+        XCTAssertEqual(gone.count, gc.layersDeleted)
+        for f in gone {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: f.path), f.path)
+            var entries = LayerEntryIterator(f, fetcher: context.fetcher)
+            var values = LayerValueReader(f, fetcher: context.fetcher)
+            var n: UInt64 = 0
+            while let e = try entries.next() {
+                let v = try values.value(e)
+                XCTAssertTrue(model.values[e.key]!.contains { $0.0 == e.lsn && $0.1.bytes[...] == v }, "\(f.path): \(e.key)@\(e.lsn)")
+                n += 1
+            }
+            XCTAssertEqual(n, f.header.entryCount)
+        }
+        // The old snapshot's read path still answers below the new cutoff.
+        var states = Self.keys.map { LookupState(key: $0, lsn: LSN(0x180)) }
+        try old.plan(&states, fetcher: context.fetcher)
+        XCTAssertTrue(states.allSatisfy { $0.refused == nil })
+        XCTAssertGreaterThan(states.reduce(0) { $0 + $1.planned.count }, 0)
+        store.close()
+    }
+
     // MARK: - Crashes
 
     /// The failpoint sees the steps of the protocol in order: per new file written, synced, renamed;
