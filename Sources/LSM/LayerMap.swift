@@ -1,7 +1,7 @@
 /// The layer map: which layers hold a timeline's values, and the read path over them.
 ///
 /// A `LayerMap` is an immutable snapshot; the owner swaps in a new one under a mutex whenever a
-/// layer is frozen or flushed, and readers work on the snapshot they took, so a read never blocks
+/// layer is frozen or flushed, or compaction or GC replaces layer files, and readers work on the snapshot they took, so a read never blocks
 /// ingest or flush and never sees a half-applied change.
 ///
 /// Read path for (key, lsn), newest first:

@@ -597,6 +597,15 @@ final class CompactionTests: XCTestCase {
         for _ in 0..<30 { lsns.append(LSN(UInt64.random(in: store.gcCutoffLSN.rawValue...lsn, using: &rng))) }
         Self.verify(store, model, lsns: lsns, retained: Set(retained.map { [$0] } ?? []), "seed \(seed): final")
         store.close()
+        // The manifest lost no flush's or compaction's change: a reopened store answers the same.
+        var reopenConfig = config
+        reopenConfig.backgroundFlush = false
+        let reopened = try TimelineStore.open(directory: dir, config: reopenConfig, context: StorageContext(io: PreadEngine()))
+        reopened.setRetainedLSNs(retained.map { [$0] } ?? [])
+        XCTAssertEqual(reopened.diskConsistentLSN, LSN(lsn), "seed \(seed)")
+        Self.verify(reopened, model, lsns: lsns, retained: Set(retained.map { [$0] } ?? []), "seed \(seed): final, reopened")
+        try Self.directoryMatchesManifest(reopened, "seed \(seed): final, reopened")
+        reopened.close()
     }
 }
 
