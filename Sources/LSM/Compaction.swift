@@ -13,6 +13,8 @@ import Glibc
 // - `mergeDeltas`: consecutive delta layers of a chunk become one delta layer whose LSN range is the
 //   union of theirs, the entries merged in (key, lsn) order by a k-way merge of index iterators.
 //   Deltas on both sides of an image layer are never merged (GC could then not drop the older part).
+//   Merged are the deltas above the newest image (what reads of recent LSNs visit) and the deltas only
+//   retained LSNs need (GC never removes those); the others are GC's to delete, not worth rewriting.
 // - `gc`: raises the manifest's gc_cutoff_lsn (never lowers it) and deletes every layer no read at an
 //   LSN >= the cutoff, nor at a retained LSN (a child timeline's branch point), can need.
 //
@@ -30,8 +32,10 @@ import Glibc
 // A crash before the rename of step 2 leaves new files the manifest does not name; after it, old
 // files the manifest does not name. `open` deletes both kinds. A failure after the rename but before
 // the in-memory swap (only an fsync of the directory can fail there) leaves memory at the old state,
-// which is still consistent: the old files are not deleted, the next manifest written names them
-// again and the new files become unreferenced.
+// which is still consistent: the old files are not deleted, the next manifest a flush writes names
+// them again (with the old cutoff: the cutoff may move back then, harmlessly, since nothing was
+// deleted) and the new files become unreferenced. Compaction is refused from then on until a reopen
+// (`compactionBroken`), so that no later compaction rewrites a file the renamed manifest names.
 //
 // Concurrency: compactions and GCs of one store run one at a time (`compactionLock`). They read
 // from a snapshot and take no lock that `get`, `put` or `advance` wait on; only the commit of step 2
@@ -63,6 +67,9 @@ final class CompactionRun: @unchecked Sendable {
     var committed = false
 
     init(_ hook: (@Sendable (CompactionStep) throws -> Void)?) { self.hook = hook }
+
+    /// Whether the run failed between its manifest rename and the swap of the layer map.
+    var diverged = false
 
     func step(_ s: CompactionStep) throws {
         if s == .manifestRenamed { committed = true }
@@ -158,6 +165,7 @@ extension TimelineStore {
     public func createImageLayers(redo: any Redo, thresholdDeltas: Int, at lsn: LSN? = nil) throws -> CompactionReport {
         compactionLock.wait()
         defer { compactionLock.signal() }
+        try checkCompactionAllowed()
         let (dcl, cutoff) = manifest.withLock { ($0.diskConsistentLSN, $0.gcCutoffLSN) }
         let at = lsn ?? dcl
         guard at <= dcl else {
@@ -202,6 +210,7 @@ extension TimelineStore {
         precondition(maxDeltasPerChunk >= 1, "maxDeltasPerChunk must be at least 1")
         compactionLock.wait()
         defer { compactionLock.signal() }
+        try checkCompactionAllowed()
         let snapshot = map.withLock { $0 }
         let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
         let run = CompactionRun(config.compactionFailpoint)
@@ -252,6 +261,7 @@ extension TimelineStore {
     public func gc(cutoff requested: LSN, retain: [LSN]) throws -> GCReport {
         compactionLock.wait()
         defer { compactionLock.signal() }
+        try checkCompactionAllowed()
         let (dcl, previous) = manifest.withLock { ($0.diskConsistentLSN, $0.gcCutoffLSN) }
         let cutoff = max(previous, min(requested, dcl))
         let retained = Set(retain.filter { $0 < cutoff })
@@ -415,6 +425,13 @@ extension TimelineStore {
 
     // MARK: - Commit
 
+    private func checkCompactionAllowed() throws {
+        if let e = compactionBroken.withLock({ $0 }) {
+            throw StorageError(.io, "compaction is disabled until the store is reopened: an earlier one failed after its manifest was replaced (\(e.message))",
+                               file: e.file)
+        }
+    }
+
     /// Steps 2 and 3 of the protocol: one manifest naming `adding` instead of `removing` (and the new
     /// GC floor, if any), the layer map swapped to match, then the replaced files unlinked.
     /// REQUIRES: `compactionLock` held; `adding` written and renamed (step 1).
@@ -439,12 +456,22 @@ extension TimelineStore {
             precondition(report.deleted.count == gone.count, "a replaced layer is not in the manifest")
             next.layers.removeAll { gone.contains($0.layer) }
             next.layers += adding.map { Manifest.Entry(layer: $0.0.descriptor, fileSize: $0.1) }
-            try writeManifest(next) { step in
-                switch step {
-                case .manifestWritten: try run.step(.manifestWritten)
-                case .manifestRenamed: try run.step(.manifestRenamed)
-                default: break
+            do {
+                try writeManifest(next) { step in
+                    switch step {
+                    case .manifestWritten: try run.step(.manifestWritten)
+                    case .manifestRenamed:
+                        run.diverged = true
+                        try run.step(.manifestRenamed)
+                    default: break
+                    }
                 }
+            } catch {
+                if run.diverged && !run.crashed {
+                    let e = error as? StorageError ?? StorageError(.io, "\(error)")
+                    compactionBroken.withLock { $0 = e }
+                }
+                throw error
             }
             manifest.withLock { $0 = next }
             map.withLock { m in
