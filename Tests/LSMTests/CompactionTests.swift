@@ -297,6 +297,12 @@ final class CompactionTests: XCTestCase {
         var checkpoints: [LSN] = []
         for _ in 0..<4 { checkpoints.append(try Self.ingest(store, &model, &lsn, &rng, records: 40)) }
         let last = Self.keys.filter { model.values[$0] != nil }.max()!
+        // Its newest value is a record, so building its image needs redo.
+        lsn += 1
+        try store.put(last, LSN(lsn), .walRecord([9]))
+        model.put(last, LSN(lsn), .walRecord([9]))
+        store.advance(to: LSN(lsn))
+        checkpoints.append(try store.checkpoint())
         let redo = FailingRedo(key: last)
         let layersBefore = store.layers().map(\.descriptor)
         XCTAssertThrowsError(try store.createImageLayers(redo: redo, thresholdDeltas: 1)) { e in
