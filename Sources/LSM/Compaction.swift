@@ -13,6 +13,8 @@ import Glibc
 // - `mergeDeltas`: consecutive delta layers of a chunk become one delta layer whose LSN range is the
 //   union of theirs, the entries merged in (key, lsn) order by a k-way merge of index iterators.
 //   Deltas on both sides of an image layer are never merged (GC could then not drop the older part).
+//   Merged are the deltas above the newest image (what reads of recent LSNs visit) and the deltas only
+//   retained LSNs need (GC never removes those); the others are GC's to delete, not worth rewriting.
 // - `gc`: raises the manifest's gc_cutoff_lsn (never lowers it) and deletes every layer no read at an
 //   LSN >= the cutoff, nor at a retained LSN (a child timeline's branch point), can need.
 //
@@ -30,8 +32,10 @@ import Glibc
 // A crash before the rename of step 2 leaves new files the manifest does not name; after it, old
 // files the manifest does not name. `open` deletes both kinds. A failure after the rename but before
 // the in-memory swap (only an fsync of the directory can fail there) leaves memory at the old state,
-// which is still consistent: the old files are not deleted, the next manifest written names them
-// again and the new files become unreferenced.
+// which is still consistent: the old files are not deleted, the next manifest a flush writes names
+// them again (with the old cutoff: the cutoff may move back then, harmlessly, since nothing was
+// deleted) and the new files become unreferenced. Compaction is refused from then on until a reopen
+// (`compactionBroken`), so that no later compaction rewrites a file the renamed manifest names.
 //
 // Concurrency: compactions and GCs of one store run one at a time (`compactionLock`). They read
 // from a snapshot and take no lock that `get`, `put` or `advance` wait on; only the commit of step 2
@@ -63,6 +67,9 @@ final class CompactionRun: @unchecked Sendable {
     var committed = false
 
     init(_ hook: (@Sendable (CompactionStep) throws -> Void)?) { self.hook = hook }
+
+    /// Whether the run failed between its manifest rename and the swap of the layer map.
+    var diverged = false
 
     func step(_ s: CompactionStep) throws {
         if s == .manifestRenamed { committed = true }
@@ -123,6 +130,24 @@ extension LayerMap.ChunkLayers {
         deltas.filter { d in d.descriptor.lsnStart <= lsn && (x.map { d.descriptor.lsnEnd.rawValue - 1 > $0.rawValue } ?? true) }
     }
 
+    /// The layers reads at every LSN >= `cutoff` need: the newest image at or below it, every image
+    /// above it, every delta above that image (every delta when no image is at or below `cutoff`).
+    func needed(atOrAbove cutoff: LSN) -> Set<ObjectIdentifier> {
+        var keep = Set<ObjectIdentifier>()
+        let base = newestImage(atOrBelow: cutoff)?.descriptor.lsnStart
+        for f in images where base.map({ f.descriptor.lsnStart >= $0 }) ?? true { keep.insert(ObjectIdentifier(f)) }
+        for d in deltas where base.map({ d.descriptor.lsnEnd.rawValue - 1 > $0.rawValue }) ?? true { keep.insert(ObjectIdentifier(d)) }
+        return keep
+    }
+
+    /// The layers a read at `lsn` needs: its image and the deltas above it.
+    func needed(at lsn: LSN) -> Set<ObjectIdentifier> {
+        let image = newestImage(atOrBelow: lsn)
+        var keep = Set(deltas(readAt: lsn, above: image?.descriptor.lsnStart).map(ObjectIdentifier.init))
+        if let image { keep.insert(ObjectIdentifier(image)) }
+        return keep
+    }
+
     /// Delta layers above the newest image layer.
     var depth: Int {
         let x = images.last?.descriptor.lsnStart
@@ -140,6 +165,7 @@ extension TimelineStore {
     public func createImageLayers(redo: any Redo, thresholdDeltas: Int, at lsn: LSN? = nil) throws -> CompactionReport {
         compactionLock.wait()
         defer { compactionLock.signal() }
+        try checkCompactionAllowed()
         let (dcl, cutoff) = manifest.withLock { ($0.diskConsistentLSN, $0.gcCutoffLSN) }
         let at = lsn ?? dcl
         guard at <= dcl else {
@@ -171,14 +197,20 @@ extension TimelineStore {
         }
     }
 
-    /// Merges runs of consecutive delta layers of every chunk that has more than `maxDeltasPerChunk`,
-    /// newest runs first, until the chunk has at most that many (or no run is left to merge). A run
-    /// never spans an image layer and holds at most `targetLayerBytes` of input.
+    /// Merges runs of consecutive delta layers of a chunk. Two kinds, each run at most
+    /// `targetLayerBytes` of input and never spanning an image layer:
+    /// - deltas above the newest image layer (the ones every read of recent LSNs visits), newest runs
+    ///   first, while more than `maxDeltasPerChunk` of them are left;
+    /// - deltas that only retained LSNs need (below the GC cutoff's image; GC never removes them while
+    ///   the branch exists), when the chunk has more than `maxDeltasPerChunk` deltas in all.
+    /// Deltas below the newest image but still needed at the cutoff are left alone: GC removes them
+    /// once the cutoff passes that image, so merging them would write bytes only to delete them.
     @discardableResult
     public func mergeDeltas(maxDeltasPerChunk: Int, targetLayerBytes: UInt64 = 256 << 20) throws -> CompactionReport {
         precondition(maxDeltasPerChunk >= 1, "maxDeltasPerChunk must be at least 1")
         compactionLock.wait()
         defer { compactionLock.signal() }
+        try checkCompactionAllowed()
         let snapshot = map.withLock { $0 }
         let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
         let run = CompactionRun(config.compactionFailpoint)
@@ -187,9 +219,26 @@ extension TimelineStore {
         do {
             for chunk in snapshot.chunks.keys.sorted() {
                 let cl = snapshot.chunks[chunk]!
-                var count = cl.deltas.count
-                guard count > maxDeltasPerChunk else { continue }
-                for inputs in Self.mergeRuns(cl, targetLayerBytes: targetLayerBytes).reversed() {
+                guard cl.deltas.count > maxDeltasPerChunk else { continue }
+                let top = cl.images.last.map { x in Set(cl.deltas.filter { $0.descriptor.lsnEnd.rawValue - 1 > x.descriptor.lsnStart.rawValue }.map(ObjectIdentifier.init)) }
+                    ?? Set(cl.deltas.map(ObjectIdentifier.init))
+                let atCutoff = cl.needed(atOrAbove: snapshot.gc.cutoff)
+                var pinned = Set<ObjectIdentifier>()
+                for r in snapshot.gc.retained { pinned.formUnion(cl.needed(at: r)) }
+                pinned.subtract(atCutoff)
+                let runs = Self.mergeRuns(cl, targetLayerBytes: targetLayerBytes) { d -> Int? in
+                    let id = ObjectIdentifier(d)
+                    return top.contains(id) ? 0 : pinned.contains(id) ? 1 : nil
+                }
+                var depth = top.count, count = cl.deltas.count
+                for inputs in runs.reversed() where top.contains(ObjectIdentifier(inputs[0])) {
+                    if depth <= maxDeltasPerChunk { break }
+                    created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
+                    removed += inputs.map(\.descriptor)
+                    depth -= inputs.count - 1
+                    count -= inputs.count - 1
+                }
+                for inputs in runs where pinned.contains(ObjectIdentifier(inputs[0])) {
                     if count <= maxDeltasPerChunk { break }
                     created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
                     removed += inputs.map(\.descriptor)
@@ -212,6 +261,7 @@ extension TimelineStore {
     public func gc(cutoff requested: LSN, retain: [LSN]) throws -> GCReport {
         compactionLock.wait()
         defer { compactionLock.signal() }
+        try checkCompactionAllowed()
         let (dcl, previous) = manifest.withLock { ($0.diskConsistentLSN, $0.gcCutoffLSN) }
         let cutoff = max(previous, min(requested, dcl))
         let retained = Set(retain.filter { $0 < cutoff })
@@ -223,17 +273,8 @@ extension TimelineStore {
         var doomed: [LayerDescriptor] = []
         for chunk in snapshot.chunks.keys.sorted() {
             let cl = snapshot.chunks[chunk]!
-            var keep = Set<ObjectIdentifier>()
-            // Reads at or above the cutoff: the newest image at or below it, everything newer.
-            let base = cl.newestImage(atOrBelow: cutoff)?.descriptor.lsnStart
-            for f in cl.images where base.map({ f.descriptor.lsnStart >= $0 }) ?? true { keep.insert(ObjectIdentifier(f)) }
-            for d in cl.deltas where base.map({ d.descriptor.lsnEnd.rawValue - 1 > $0.rawValue }) ?? true { keep.insert(ObjectIdentifier(d)) }
-            // Reads at a retained LSN: its image and the deltas above it.
-            for r in retained {
-                let image = cl.newestImage(atOrBelow: r)
-                if let image { keep.insert(ObjectIdentifier(image)) }
-                for d in cl.deltas(readAt: r, above: image?.descriptor.lsnStart) { keep.insert(ObjectIdentifier(d)) }
-            }
+            var keep = cl.needed(atOrAbove: cutoff)
+            for r in retained { keep.formUnion(cl.needed(at: r)) }
             for f in cl.deltas + cl.images where !keep.contains(ObjectIdentifier(f)) { doomed.append(f.descriptor) }
         }
         var report = GCReport()
@@ -326,10 +367,14 @@ extension TimelineStore {
         return try finishLayer(w, run: run)
     }
 
-    /// Runs of consecutive delta layers worth merging (two or more each), oldest first: split at image
-    /// layers (an image at X separates the deltas ending at or below X + 1 from those above) and at
-    /// `targetLayerBytes` of input.
-    static func mergeRuns(_ cl: LayerMap.ChunkLayers, targetLayerBytes: UInt64) -> [[LayerFile]] {
+    /// The most delta layers one merge reads at once (each holds an index block and a data block in
+    /// memory during the merge).
+    static let maxMergeInputs = 64
+
+    /// Runs of consecutive delta layers worth merging (two or more each), oldest first: deltas of one
+    /// `kind` (nil: not to be merged), split at image layers (an image at X separates the deltas ending
+    /// at or below X + 1 from those above), at `targetLayerBytes` of input and at `maxMergeInputs`.
+    static func mergeRuns(_ cl: LayerMap.ChunkLayers, targetLayerBytes: UInt64, kind: (LayerFile) -> Int?) -> [[LayerFile]] {
         var runs: [[LayerFile]] = []
         var run: [LayerFile] = []
         var bytes: UInt64 = 0
@@ -339,10 +384,14 @@ extension TimelineStore {
             bytes = 0
         }
         for d in cl.deltas {
+            guard let k = kind(d) else {
+                close()
+                continue
+            }
             if let prev = run.last {
                 let lo = prev.descriptor.lsnEnd.rawValue - 1, hi = d.descriptor.lsnEnd.rawValue - 1
                 let split = cl.images.contains { $0.descriptor.lsnStart.rawValue >= lo && $0.descriptor.lsnStart.rawValue < hi }
-                if split || bytes + d.fileSize > targetLayerBytes { close() }
+                if split || kind(prev) != k || bytes + d.fileSize > targetLayerBytes || run.count == maxMergeInputs { close() }
             }
             run.append(d)
             bytes += d.fileSize
@@ -376,6 +425,13 @@ extension TimelineStore {
 
     // MARK: - Commit
 
+    private func checkCompactionAllowed() throws {
+        if let e = compactionBroken.withLock({ $0 }) {
+            throw StorageError(.io, "compaction is disabled until the store is reopened: an earlier one failed after its manifest was replaced (\(e.message))",
+                               file: e.file)
+        }
+    }
+
     /// Steps 2 and 3 of the protocol: one manifest naming `adding` instead of `removing` (and the new
     /// GC floor, if any), the layer map swapped to match, then the replaced files unlinked.
     /// REQUIRES: `compactionLock` held; `adding` written and renamed (step 1).
@@ -400,12 +456,22 @@ extension TimelineStore {
             precondition(report.deleted.count == gone.count, "a replaced layer is not in the manifest")
             next.layers.removeAll { gone.contains($0.layer) }
             next.layers += adding.map { Manifest.Entry(layer: $0.0.descriptor, fileSize: $0.1) }
-            try writeManifest(next) { step in
-                switch step {
-                case .manifestWritten: try run.step(.manifestWritten)
-                case .manifestRenamed: try run.step(.manifestRenamed)
-                default: break
+            do {
+                try writeManifest(next) { step in
+                    switch step {
+                    case .manifestWritten: try run.step(.manifestWritten)
+                    case .manifestRenamed:
+                        run.diverged = true
+                        try run.step(.manifestRenamed)
+                    default: break
+                    }
                 }
+            } catch {
+                if run.diverged && !run.crashed {
+                    let e = error as? StorageError ?? StorageError(.io, "\(error)")
+                    compactionBroken.withLock { $0 = e }
+                }
+                throw error
             }
             manifest.withLock { $0 = next }
             map.withLock { m in

@@ -1,8 +1,9 @@
 /// The layer map: which layers hold a timeline's values, and the read path over them.
 ///
 /// A `LayerMap` is an immutable snapshot; the owner swaps in a new one under a mutex whenever a
-/// layer is frozen or flushed, and readers work on the snapshot they took, so a read never blocks
-/// ingest or flush and never sees a half-applied change.
+/// layer is frozen or flushed, or compaction or GC replaces layer files, and readers work on the
+/// snapshot they took, so a read never blocks ingest, flush or compaction and never sees a
+/// half-applied change.
 ///
 /// Read path for (key, lsn), newest first:
 /// 1. the open in-memory layer, then frozen in-memory layers (newest first);
@@ -61,7 +62,8 @@ final class LayerMap: Sendable {
         }
     }
 
-    init(open: InMemoryLayer, frozen: [InMemoryLayer], chunks: [ChunkId: ChunkLayers], gc: GCFloor = GCFloor()) {
+    /// `gc` has no default: a new snapshot must carry the previous one's floor (invariant 4).
+    init(open: InMemoryLayer, frozen: [InMemoryLayer], chunks: [ChunkId: ChunkLayers], gc: GCFloor) {
         self.open = open
         self.frozen = frozen
         self.chunks = chunks

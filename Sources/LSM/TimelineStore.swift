@@ -124,6 +124,9 @@ public final class TimelineStore: Sendable {
     let manifestLock = DispatchSemaphoreLike(value: 1)
     /// One compaction or GC at a time (Compaction.swift).
     let compactionLock = DispatchSemaphoreLike(value: 1)
+    /// Set when a compaction failed after its manifest was renamed: memory and disk disagree about
+    /// the layers until a reopen, so no further compaction runs (Compaction.swift).
+    let compactionBroken = Mutex<StorageError?>(nil)
     private let writer: Mutex<WriterState>
     private let flushLock = DispatchSemaphoreLike(value: 1)
     private let flushWake = DispatchSemaphoreLike(value: 0)

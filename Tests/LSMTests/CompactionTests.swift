@@ -156,19 +156,17 @@ final class CompactionTests: XCTestCase {
         // No chunk has 3 deltas above its image at `middle` and at or below `middle` any more.
         XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 3, at: middle).layersCreated, 0)
 
-        let images2 = try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
-        XCTAssertEqual(images2.layersCreated, 6, "seed \(seed): one image per chunk at disk_consistent_lsn")
-        XCTAssertEqual(store.depth().maxDeltas, 0, "seed \(seed)")
-        Self.verify(store, model, lsns: lsns, retained: [], "seed \(seed): after images at disk_consistent_lsn")
-
-        // Merging the newest run (the deltas above the image at `middle`) brings every chunk to at
-        // most 9 deltas (14 flushes: 8 below `middle`, 6 above); the older ones stay for GC to judge.
-        let merged = try store.mergeDeltas(maxDeltasPerChunk: 9)
+        // Merging: the deltas above the image at `middle` (the newest run) become one per chunk; the
+        // older ones are left for GC to judge.
+        let merged = try store.mergeDeltas(maxDeltasPerChunk: 2)
         XCTAssertGreaterThan(merged.layersCreated, 0, "seed \(seed)")
         XCTAssertEqual(merged.layersCreated, merged.created.count)
         XCTAssertEqual(merged.deleted.count, merged.layersDeleted)
         XCTAssertGreaterThan(merged.layersDeleted, merged.layersCreated, "seed \(seed)")
-        XCTAssertTrue(merged.created.allSatisfy { $0.kind == .delta && $0.lsnEnd.rawValue - 1 == checkpoints[13].rawValue })
+        XCTAssertTrue(merged.created.allSatisfy { $0.kind == .delta && $0.lsnStart > middle && $0.lsnEnd.rawValue - 1 == checkpoints[13].rawValue },
+                      "seed \(seed): \(merged.created)")
+        XCTAssertTrue(merged.deleted.allSatisfy { $0.lsnStart > middle }, "seed \(seed): \(merged.deleted)")
+        XCTAssertLessThanOrEqual(store.depth().maxDeltas, 1, "seed \(seed)")
         Self.verify(store, model, lsns: lsns, retained: [], "seed \(seed): after merging deltas")
         try Self.directoryMatchesManifest(store, "seed \(seed): after merging deltas")
 
@@ -184,10 +182,17 @@ final class CompactionTests: XCTestCase {
         XCTAssertEqual(store.gcCutoffLSN, cutoff)
         Self.verify(store, model, lsns: lsns, retained: Set(retained), "seed \(seed): after GC")
         try Self.directoryMatchesManifest(store, "seed \(seed): after GC")
-        // The deltas kept for the branch points merge into one per chunk.
-        try store.mergeDeltas(maxDeltasPerChunk: 2)
+        // The deltas kept only for the branch points merge into one per chunk: two deltas per chunk.
+        let merged2 = try store.mergeDeltas(maxDeltasPerChunk: 2)
+        XCTAssertTrue(!merged2.deleted.isEmpty && merged2.deleted.allSatisfy { $0.lsnStart <= retained[1] },
+                      "seed \(seed): \(merged2.deleted)")
         XCTAssertLessThanOrEqual(store.layers().filter { $0.descriptor.kind == .delta }.count, 12, "seed \(seed)")
         Self.verify(store, model, lsns: lsns, retained: Set(retained), "seed \(seed): after the second merge")
+
+        let images2 = try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
+        XCTAssertEqual(images2.layersCreated, 6, "seed \(seed): one image per chunk at disk_consistent_lsn")
+        XCTAssertEqual(store.depth().maxDeltas, 0, "seed \(seed)")
+        Self.verify(store, model, lsns: lsns, retained: Set(retained), "seed \(seed): after images at disk_consistent_lsn")
         let after = Self.totals(store)
         print("CompactionTests.model: \(before.files) files, \(before.bytes) bytes before; \(after.files) files, \(after.bytes) bytes after")
         XCTAssertLessThan(after.files, before.files, "seed \(seed)")
@@ -225,7 +230,8 @@ final class CompactionTests: XCTestCase {
         // An image inside a delta layer's range: reads above it use only that delta's newer entries,
         // merges split around it, and GC keeps that delta.
         let inside = LSN(checkpoints[15].rawValue + (checkpoints[16].rawValue - checkpoints[15].rawValue) / 2)
-        XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: inside).layersCreated, 6)
+        // (A chunk with few keys may have missed two of the three flushes: not every chunk gets one.)
+        XCTAssertGreaterThan(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: inside).layersCreated, 3)
         lsns = Self.lsnsToCheck(checkpoints + [inside, inside.advanced(by: 1)], retained, cutoff: cutoff, maxLSN: lsn, &rng)
         Self.verify(store, model, lsns: lsns, retained: Set(retained), "seed \(seed): image inside a delta")
         try store.mergeDeltas(maxDeltasPerChunk: 1)
@@ -291,6 +297,12 @@ final class CompactionTests: XCTestCase {
         var checkpoints: [LSN] = []
         for _ in 0..<4 { checkpoints.append(try Self.ingest(store, &model, &lsn, &rng, records: 40)) }
         let last = Self.keys.filter { model.values[$0] != nil }.max()!
+        // Its newest value is a record, so building its image needs redo.
+        lsn += 1
+        try store.put(last, LSN(lsn), .walRecord([9]))
+        model.put(last, LSN(lsn), .walRecord([9]))
+        store.advance(to: LSN(lsn))
+        checkpoints.append(try store.checkpoint())
         let redo = FailingRedo(key: last)
         let layersBefore = store.layers().map(\.descriptor)
         XCTAssertThrowsError(try store.createImageLayers(redo: redo, thresholdDeltas: 1)) { e in
@@ -301,6 +313,43 @@ final class CompactionTests: XCTestCase {
         redo.failing.store(false, ordering: .relaxed)
         XCTAssertEqual(try store.createImageLayers(redo: redo, thresholdDeltas: 1).layersCreated, 6, "seed \(seed)")
         Self.verify(store, model, lsns: checkpoints + [.max], retained: [], "seed \(seed): after the retry")
+        store.close()
+    }
+
+    /// A layer file unlinked by GC stays readable through a layer map snapshot taken before: its
+    /// descriptor stays open while the snapshot references it.
+    func testSnapshotReadsDeletedLayers() throws {
+        let dir = makeTempDir("compact-snapshot")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let context = StorageContext(io: makeBlockIO(.ioUring), directIO: true)
+        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+        var rng = SeededRandom(seed: 11)
+        var model = Model()
+        var lsn: UInt64 = 0x100
+        for _ in 0..<4 { try Self.ingest(store, &model, &lsn, &rng, records: 40) }
+        try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
+        let old = store.map.withLock { $0 }
+        let gc = try store.gc(cutoff: store.diskConsistentLSN, retain: [])
+        XCTAssertEqual(gc.layersDeleted, old.allFiles.count - 6)
+        let gone = old.allFiles.filter { f in gc.deleted.contains(f.descriptor) }
+        XCTAssertEqual(gone.count, gc.layersDeleted)
+        for f in gone {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: f.path), f.path)
+            var entries = LayerEntryIterator(f, fetcher: context.fetcher)
+            var values = LayerValueReader(f, fetcher: context.fetcher)
+            var n: UInt64 = 0
+            while let e = try entries.next() {
+                let v = try values.value(e)
+                XCTAssertTrue(model.values[e.key]!.contains { $0.0 == e.lsn && $0.1.bytes[...] == v }, "\(f.path): \(e.key)@\(e.lsn)")
+                n += 1
+            }
+            XCTAssertEqual(n, f.header.entryCount)
+        }
+        // The old snapshot's read path still answers below the new cutoff.
+        var states = Self.keys.map { LookupState(key: $0, lsn: LSN(0x180)) }
+        try old.plan(&states, fetcher: context.fetcher)
+        XCTAssertTrue(states.allSatisfy { $0.refused == nil })
+        XCTAssertGreaterThan(states.reduce(0) { $0 + $1.planned.count }, 0)
         store.close()
     }
 
@@ -367,14 +416,16 @@ final class CompactionTests: XCTestCase {
         return (store, model, checkpoints, lsn)
     }
 
-    /// Images at a middle checkpoint and at disk_consistent_lsn, merges, GC: every kind of step.
+    /// Images at a middle checkpoint, merges of the newest deltas, GC, merges of the deltas kept for
+    /// the branch points, images at disk_consistent_lsn: every kind of step.
     private func pipeline(_ store: TimelineStore, _ checkpoints: [LSN], retained: [LSN]) throws {
         if store.gcCutoffLSN <= checkpoints[6] {
             try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: checkpoints[6])
         }
-        try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
         try store.mergeDeltas(maxDeltasPerChunk: 2)
         try store.gc(cutoff: checkpoints[9], retain: retained)
+        try store.mergeDeltas(maxDeltasPerChunk: 2)
+        try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
     }
 
     private func runCrashStep(_ step: CompactionStep) throws {
@@ -553,5 +604,73 @@ final class CompactionTests: XCTestCase {
         for _ in 0..<30 { lsns.append(LSN(UInt64.random(in: store.gcCutoffLSN.rawValue...lsn, using: &rng))) }
         Self.verify(store, model, lsns: lsns, retained: Set(retained.map { [$0] } ?? []), "seed \(seed): final")
         store.close()
+        // The manifest lost no flush's or compaction's change: a reopened store answers the same.
+        var reopenConfig = config
+        reopenConfig.backgroundFlush = false
+        let reopened = try TimelineStore.open(directory: dir, config: reopenConfig, context: StorageContext(io: PreadEngine()))
+        reopened.setRetainedLSNs(retained.map { [$0] } ?? [])
+        XCTAssertEqual(reopened.diskConsistentLSN, LSN(lsn), "seed \(seed)")
+        Self.verify(reopened, model, lsns: lsns, retained: Set(retained.map { [$0] } ?? []), "seed \(seed): final, reopened")
+        try Self.directoryMatchesManifest(reopened, "seed \(seed): final, reopened")
+        reopened.close()
+    }
+}
+
+/// A measurement, not a check: run with COMPACTION_BENCH=1. One relation segment of 8 KiB pages,
+/// then 20 flushes of small records; times merging, image creation and GC, and counts the layers a
+/// read visits before and after.
+final class CompactionBench: XCTestCase {
+    func testCompactionThroughput() throws {
+        guard ProcessInfo.processInfo.environment["COMPACTION_BENCH"] == "1" else { throw XCTSkip("set COMPACTION_BENCH=1") }
+        let pages = Int(ProcessInfo.processInfo.environment["COMPACTION_BENCH_PAGES"] ?? "") ?? 4096
+        var rng = SeededRandom(seed: 7)
+        let dir = makeTempDir("compact-bench")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        config.checkpointDistanceBytes = 1 << 30
+        let store = try TimelineStore.open(directory: dir, config: config,
+                                           context: StorageContext(io: makeBlockIO(.ioUring), materializedCacheBytes: 0))
+        var lsn: UInt64 = 0x100
+        for b in 0..<pages {
+            lsn += 8
+            try store.put(relKey(rel: 16384, block: UInt32(b)), LSN(lsn), .image(pageImage(&rng)))
+        }
+        store.advance(to: LSN(lsn))
+        try store.checkpoint()
+        for _ in 0..<20 {
+            for _ in 0..<pages / 2 {
+                lsn += 8
+                let bytes = (0..<64).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                try store.put(relKey(rel: 16384, block: UInt32.random(in: 0..<UInt32(pages), using: &rng)), LSN(lsn), .walRecord(bytes))
+            }
+            store.advance(to: LSN(lsn))
+            try store.checkpoint()
+        }
+        func readCost() -> String {
+            var stats = ReadStats()
+            let reqs = (0..<256).map { _ in (relKey(rel: 16384, block: UInt32.random(in: 0..<UInt32(pages), using: &rng)), LSN.max) }
+            _ = store.get(reqs, redo: AppendRedo(), stats: &stats)
+            return String(format: "%.1f layers, %.1f records", Double(stats.layersVisited) / Double(reqs.count), Double(stats.recordsApplied) / Double(reqs.count))
+        }
+        func seconds(_ body: () throws -> Void) rethrows -> Double {
+            let t = Date()
+            try body()
+            return Date().timeIntervalSince(t)
+        }
+        let before = CompactionTests.totals(store)
+        let costBefore = readCost()
+        var images = CompactionReport(), merged = CompactionReport(), gc = GCReport()
+        let tMerge = try seconds { merged = try store.mergeDeltas(maxDeltasPerChunk: 1) }
+        let costMerged = readCost()
+        let tImages = try seconds { images = try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1) }
+        let tGC = try seconds { gc = try store.gc(cutoff: store.diskConsistentLSN, retain: []) }
+        let after = CompactionTests.totals(store)
+        let mb = { (b: UInt64) in Double(b) / 1e6 }
+        print(String(format: "CompactionBench: %d pages, %d layers / %.1f MB before, %d / %.1f MB after", pages, before.files, mb(before.bytes), after.files, mb(after.bytes)))
+        print(String(format: "CompactionBench: images %.1f MB in %.2f s (%.1f MB/s); merge %.1f MB in %.2f s (%.1f MB/s); GC %d layers, %.1f MB in %.3f s",
+                     mb(images.bytesWritten), tImages, mb(images.bytesWritten) / tImages, mb(merged.bytesWritten), tMerge, mb(merged.bytesWritten) / tMerge,
+                     gc.layersDeleted, mb(gc.bytesDeleted), tGC))
+        print("CompactionBench: per read \(costBefore) before, \(costMerged) after the merge, \(readCost()) after the images")
     }
 }
