@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: a PostgreSQL 15 primary and the page server on loopback ports under .demo/, attach,
 # write with pgbench, show what the page server holds next to what the primary has, benchmark
-# GetPage@LSN, and boot vanilla PostgreSQL from a fullbackup at an earlier LSN to show that past next
-# to the primary's present. Cleans up.
+# GetPage@LSN, branch at an earlier moment (get_lsn_by_timestamp), boot vanilla PostgreSQL on the
+# branch's fullbackup to show that past next to the primary's present, then make the branch writable
+# (its new primary's WAL streams into it). Cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -61,7 +62,8 @@ pgbench -q -i -s 5 -h 127.0.0.1 -p "$pg_port" -U postgres postgres 2>&1 | tail -
 earlier_lsn=$(psql_ -c "SELECT pg_current_wal_lsn()")
 state_sql="SELECT (SELECT count(*) FROM notes) AS notes, (SELECT count(*) FROM pgbench_history) AS history, (SELECT sum(abalance) FROM pgbench_accounts) AS sum_abalance"
 earlier_state=$(psql_ -F ' | ' -c "$state_sql")
-echo "   LSN $earlier_lsn: notes | history | sum(abalance) = $earlier_state"
+earlier_time=$(psql_ -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+echo "   at $earlier_time (LSN $earlier_lsn): notes | history | sum(abalance) = $earlier_state"
 echo "   then: pgbench -c 2 -T 10, and DELETE half of the notes"
 pgbench -c 2 -j 2 -T 10 -h 127.0.0.1 -p "$pg_port" -U postgres postgres 2>/dev/null | grep -E '^(tps|number of transactions actually)'
 psql_ -c "DELETE FROM notes WHERE id % 2 = 0"
@@ -88,8 +90,15 @@ echo "== 6. GetPage@LSN over the pagestream protocol: pagectl bench getpage (2 c
 "$bin/pagectl" bench getpage --server "127.0.0.1:$ps_port" --http "127.0.0.1:$http_port" --tenant "$tenant" --timeline "$timeline" \
   --clients 2 --depth 8 --duration 5 2>&1 | sed 's/^/   /'
 
-echo "== 7. time travel: a fullbackup at the earlier LSN $earlier_lsn, booted by vanilla PostgreSQL 15"
-"$bin/pagectl" fullbackup --server "127.0.0.1:$ps_port" --tenant "$tenant" --timeline "$timeline" --lsn "$earlier_lsn" -o "$demo/past.tar" 2>&1 | sed 's/^/   /'
+echo "== 7. time travel: the LSN of the moment noted in step 4 (get_lsn_by_timestamp), a branch there"
+found=$(curl -sf "$api/v1/tenant/$tenant/timeline/$timeline/get_lsn_by_timestamp?timestamp=$earlier_time")
+branch_lsn=$(echo "$found" | python3 -c 'import json,sys; print(json.load(sys.stdin)["lsn"])')
+echo "   $earlier_time -> $found"
+branch=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+curl -sf -X POST "$api/v1/tenant/$tenant/timeline" \
+  -d "{\"new_timeline_id\": \"$branch\", \"ancestor_timeline_id\": \"$timeline\", \"ancestor_start_lsn\": \"$branch_lsn\"}" >/dev/null
+echo "   branch $branch created at $branch_lsn (no page copied); its fullbackup, booted by vanilla PostgreSQL 15:"
+"$bin/pagectl" fullbackup --server "127.0.0.1:$ps_port" --tenant "$tenant" --timeline "$branch" -o "$demo/past.tar" 2>&1 | sed 's/^/   /'
 mkdir -p "$demo/past"
 tar -xf "$demo/past.tar" -C "$demo/past"
 chmod 700 "$demo/past"
@@ -97,13 +106,31 @@ chmod 700 "$demo/past"
 past_port=$(free_port)
 as_pg "$pgbin/pg_ctl" -D "$demo/past" -l "$demo/past.log" -o "-p $past_port -k $demo" -w start >/dev/null
 past_started=1
+psql_past() { psql -X -q -At -h 127.0.0.1 -p "$past_port" -U postgres -d postgres "$@"; }
 printf '   %-34s %s\n' "" "notes | history | sum(abalance)"
 printf '   %-34s %s\n' "primary now ($target)" "$(psql_ -F ' | ' -c "$state_sql")"
-printf '   %-34s %s\n' "booted fullbackup ($earlier_lsn)" "$(psql -X -q -At -F ' | ' -h 127.0.0.1 -p "$past_port" -U postgres -d postgres -c "$state_sql")"
+printf '   %-34s %s\n' "booted branch ($branch_lsn)" "$(psql_past -F ' | ' -c "$state_sql")"
 printf '   %-34s %s\n' "recorded on the primary back then" "$earlier_state"
-as_pg "$pgbin/pg_ctl" -D "$demo/past" -m fast -w stop >/dev/null
 
-echo "== 8. checkpoint: flush the in-memory layer to layer files"
+echo "== 8. the branch is writable: write on its new primary, stream that WAL into the branch (PUT wal_source)"
+psql_past -c "INSERT INTO notes SELECT g, 'written on the branch' FROM generate_series(20001, 25000) g"
+curl -sf -X PUT "$api/v1/tenant/$tenant/timeline/$branch/wal_source" \
+  -d "{\"wal_source\": \"host=127.0.0.1 port=$past_port user=postgres\"}" >/dev/null
+branch_target=$(psql_past -c "SELECT pg_current_wal_lsn()")
+for _ in $(seq 600); do
+  blast=$(curl -sf "$api/v1/tenant/$tenant/timeline/$branch" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_record_lsn"])')
+  [ "$(lsn_num "$blast")" -ge "$(lsn_num "$branch_target")" ] && break
+  sleep 0.1
+done
+notes_node=$(psql_ -c "SELECT pg_relation_filenode('notes')")
+nblocks() { curl -sf "$api/v1/tenant/$tenant/timeline/$1/relations" | python3 -c "import json,sys; print(next(x['nblocks'] for x in json.load(sys.stdin)['relations'] if x['rel']==$notes_node and x['fork']==0))"; }
+printf '   %-12s %-20s %-20s %s\n' timeline ancestor_lsn last_record_lsn "notes blocks"
+printf '   %-12s %-20s %-20s %s\n' main "-" "$last" "$(nblocks "$timeline")"
+printf '   %-12s %-20s %-20s %s\n' branch "$branch_lsn" "$blast" "$(nblocks "$branch")"
+as_pg "$pgbin/pg_ctl" -D "$demo/past" -m fast -w stop >/dev/null
+past_started=""
+
+echo "== 9. checkpoint: flush the in-memory layer to layer files"
 curl -sf -X PUT "$api/v1/tenant/$tenant/timeline/$timeline/checkpoint"; echo
 curl -sf "$api/v1/tenant/$tenant/timeline/$timeline" | python3 -m json.tool
 curl -sf "$api/v1/tenant/$tenant/timeline/$timeline/layer" | python3 -c '
@@ -112,7 +139,7 @@ d=json.load(sys.stdin); print("   %d layer files, %.1f MB" % (d["count"], d["tot
 
 accounts=$(psql_ -c "SELECT pg_relation_filenode('pgbench_accounts')")
 layer=$(ls -S "$demo/pageserver/tenants/$tenant/timelines/$timeline" | grep "_${accounts}_0_0__" | head -n 1)
-echo "== 9. pagectl layer inspect (a layer of pgbench_accounts)"
+echo "== 10. pagectl layer inspect (a layer of pgbench_accounts)"
 "$bin/pagectl" layer inspect "$demo/pageserver/tenants/$tenant/timelines/$timeline/$layer"
 echo
 echo "== metrics (excerpt)"
