@@ -162,7 +162,9 @@ extension TimelineStore {
     /// `thresholdDeltas` delta layers above its newest image layer at or below `lsn`. REQUIRES:
     /// gc_cutoff_lsn <= lsn <= disk_consistent_lsn. May run concurrently with ingest, flush and reads.
     @discardableResult
-    public func createImageLayers(redo: any Redo, thresholdDeltas: Int, at lsn: LSN? = nil) throws -> CompactionReport {
+    /// A chunk whose delta layers above its image hold more than `thresholdBytes` (file sizes) gets
+    /// an image too, however few they are (nil: no byte budget).
+    public func createImageLayers(redo: any Redo, thresholdDeltas: Int, thresholdBytes: UInt64? = nil, at lsn: LSN? = nil) throws -> CompactionReport {
         compactionLock.wait()
         defer { compactionLock.signal() }
         try checkCompactionAllowed()
@@ -184,7 +186,9 @@ extension TimelineStore {
                 let image = cl.newestImage(atOrBelow: at)
                 if image?.descriptor.lsnStart == at { continue }
                 let deltas = cl.deltas(readAt: at, above: image?.descriptor.lsnStart)
-                guard !deltas.isEmpty, deltas.count >= thresholdDeltas else { continue }
+                guard !deltas.isEmpty else { continue }
+                let overBudget = thresholdBytes.map { budget in deltas.reduce(UInt64(0)) { $0 + $1.fileSize } > budget } ?? false
+                guard deltas.count >= thresholdDeltas || overBudget else { continue }
                 if let made = try writeImageLayer(chunk, at: at, sources: deltas + (image.map { [$0] } ?? []), fetcher: fetcher,
                                                   redo: redo, run: run) {
                     created.append(made)

@@ -40,6 +40,8 @@ struct ServerConfig: Sendable {
     /// above its newest image; more than `compactionThreshold` delta layers of a chunk are merged.
     var compactionPeriodSeconds: Double = 20
     var imageCreationThreshold = 3
+    /// ... or more than this many bytes of delta layers above its newest image.
+    var imageCreationBytes = 128 << 20
     var compactionThreshold = 10
     /// GC: how often it runs (0: never in the background), and what it keeps: every version needed
     /// to read at LSNs within `gcHorizonBytes` of WAL behind last_record_lsn and within
@@ -55,7 +57,7 @@ struct ServerConfig: Sendable {
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight",
-        "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold",
+        "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
         "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
     ]
 
@@ -126,6 +128,7 @@ struct ServerConfig: Sendable {
         }
         if let v = try seconds("compaction_period") { compactionPeriodSeconds = max(0, v) }
         if let v = try positive("image_creation_threshold") { imageCreationThreshold = v }
+        if let v = try size("image_creation_bytes") { imageCreationBytes = max(1, v) }
         if let v = try positive("compaction_threshold") { compactionThreshold = max(2, v) }
         if let v = try seconds("gc_period") { gcPeriodSeconds = max(0, v) }
         if let v = try size("gc_horizon") { gcHorizonBytes = v }
@@ -140,6 +143,7 @@ struct ServerConfig: Sendable {
     var maintenanceSettings: MaintenanceSettings {
         var m = MaintenanceSettings()
         m.imageCreationThreshold = imageCreationThreshold
+        m.imageCreationBytes = imageCreationBytes
         m.compactionThreshold = compactionThreshold
         m.gcHorizonBytes = gcHorizonBytes
         m.pitrIntervalSeconds = pitrIntervalSeconds

@@ -6,7 +6,8 @@ import PostgresWAL
 /// (TimelineMaintenance) and the offline `pagectl compact`.
 ///
 /// - A compaction pass writes an image layer at disk_consistent_lsn for every chunk with
-///   `imageCreationThreshold` or more delta layers above its newest image, then merges the delta
+///   `imageCreationThreshold` or more delta layers above its newest image (or more than
+///   `imageCreationBytes` in them), then merges the delta
 ///   layers of chunks that have more than `compactionThreshold` of them.
 /// - The GC cutoff is the lower of last_record_lsn - `gcHorizonBytes` and the end of the last commit
 ///   at or before now - `pitrIntervalSeconds` (from the commit-timestamp index). When no commit is
@@ -14,6 +15,8 @@ import PostgresWAL
 ///   horizon counts; `pitrIntervalSeconds` = 0 turns PITR off.
 public struct MaintenanceSettings: Sendable {
     public var imageCreationThreshold = 3
+    /// ... or when the chunk's delta layers above its newest image exceed this many bytes.
+    public var imageCreationBytes = 128 << 20
     public var compactionThreshold = 10
     public var gcHorizonBytes = 64 << 20
     public var pitrIntervalSeconds: Double = 7 * 86400
@@ -28,7 +31,8 @@ public enum MaintenancePolicy {
     }
 
     public static func compact(_ store: TimelineStore, redo: any Redo, settings: MaintenanceSettings) throws -> CompactionResult {
-        let images = try store.createImageLayers(redo: redo, thresholdDeltas: settings.imageCreationThreshold)
+        let images = try store.createImageLayers(redo: redo, thresholdDeltas: settings.imageCreationThreshold,
+                                                 thresholdBytes: UInt64(settings.imageCreationBytes))
         let merges = try store.mergeDeltas(maxDeltasPerChunk: settings.compactionThreshold)
         return CompactionResult(images: images, merges: merges, depthAfter: store.depth())
     }

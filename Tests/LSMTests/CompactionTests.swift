@@ -674,3 +674,32 @@ final class CompactionBench: XCTestCase {
         print("CompactionBench: per read \(costBefore) before, \(costMerged) after the merge, \(readCost()) after the images")
     }
 }
+
+/// Image creation by bytes of deltas (image_creation_bytes).
+final class ImageBudgetTests: XCTestCase {
+    /// The byte budget: deltas above the budget get an image although the count threshold is far
+    /// away; at the budget they do not.
+    func testImageCreationByteBudget() throws {
+        let dir = makeTempDir("budget")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: makeBlockIO(.pread)))
+        defer { store.close() }
+        try store.put(relKey(rel: 7, block: 0), LSN(0x100), .image([UInt8](repeating: 1, count: 8192)))
+        store.advance(to: LSN(0x100))
+        try store.checkpoint()
+        for i in 1...50 {
+            try store.put(relKey(rel: 7, block: 0), LSN(0x100 + UInt64(i)), .walRecord([UInt8](repeating: UInt8(i), count: 100)))
+            store.advance(to: LSN(0x100 + UInt64(i)))
+        }
+        try store.checkpoint()
+        // Both flushes made delta layers (an image value is stored in a delta layer too).
+        let size = store.layers().filter { $0.descriptor.kind == .delta }.reduce(UInt64(0)) { $0 + $1.fileSize }
+        XCTAssertGreaterThan(size, 0)
+        XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 99, thresholdBytes: size).layersCreated, 0)
+        XCTAssertEqual(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 99, thresholdBytes: size - 1).layersCreated, 1)
+        XCTAssertEqual(store.depth().maxDeltas, 0)
+        XCTAssertEqual(try store.get(relKey(rel: 7, block: 0), at: LSN(0x132), redo: AppendRedo())?.count, 8192 + 50 * 100)
+    }
+}
