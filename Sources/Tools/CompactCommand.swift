@@ -29,8 +29,8 @@ struct CompactCommand: ParsableCommand {
     func run() throws {
         guard TenantId(parsing: tenant) != nil else { fail("tenant '\(tenant)' is not 32 lower-case hex digits") }
         guard TimelineId(parsing: timeline) != nil else { fail("timeline '\(timeline)' is not 32 lower-case hex digits") }
-        guard let horizon = parseByteSize(gcHorizon) else { fail("--gc-horizon '\(gcHorizon)' is not a size such as 64MiB") }
-        guard let pitr = parseSeconds(pitrInterval) else { fail("--pitr-interval '\(pitrInterval)' is not a duration such as 7d or 3600") }
+        guard let horizon = parseSize(gcHorizon) else { fail("--gc-horizon '\(gcHorizon)' is not a size such as 64MiB") }
+        guard let pitr = parseDuration(pitrInterval) else { fail("--pitr-interval '\(pitrInterval)' is not a duration such as 7d or 3600") }
         let timelinesDir = workdir + "/tenants/\(tenant)/timelines"
         guard FileManager.default.fileExists(atPath: timelinesDir + "/\(timeline)/" + TimelineMetadata.fileName) else {
             fail("timeline \(timeline) of tenant \(tenant) not found in \(workdir) (no \(timelinesDir)/\(timeline)/timeline.json)")
@@ -107,26 +107,4 @@ struct CompactCommand: ParsableCommand {
         }
         print("done in \(String(format: "%.1f", Date().timeIntervalSince(started))) s: \(describe())")
     }
-}
-
-/// "64MiB", "1GB", "4096" -> bytes.
-func parseByteSize(_ text: String) -> Int? {
-    let s = text.trimmingCharacters(in: .whitespaces)
-    let digits = s.prefix { $0.isNumber }
-    guard let n = Int(digits) else { return nil }
-    let units: [String: Int] = ["": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
-                                "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30]
-    guard let mult = units[s.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()] else { return nil }
-    let (v, overflow) = n.multipliedReportingOverflow(by: mult)
-    return overflow ? nil : v
-}
-
-/// "7d", "1h", "30m", "10s", "3600" -> seconds.
-func parseSeconds(_ text: String) -> Double? {
-    let s = text.trimmingCharacters(in: .whitespaces)
-    let digits = s.prefix { $0.isNumber || $0 == "." }
-    guard let n = Double(digits) else { return nil }
-    let units: [String: Double] = ["": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400]
-    guard let mult = units[s.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()] else { return nil }
-    return n * mult
 }
