@@ -191,4 +191,34 @@ final class MaintenanceTests: XCTestCase {
         XCTAssertEqual(named.subtracting(present), [], "seed \(seed): files the manifest names that are missing")
         try verify(ps, timeline, primary, "seed \(seed) after the kills")
     }
+
+    /// Backpressure: with background compaction practically off (once an hour) and a low
+    /// max_delta_depth, ingest waits and wakes compaction instead of letting chunks grow deep.
+    func testIngestWaitsForCompactionWhenChunksGetDeep() throws {
+        let primary = try TestPrimary.start(for: self)
+        let config = """
+            checkpoint_distance = "256KiB"
+            compaction_period = "1h"
+            image_creation_threshold = 2
+            compaction_threshold = 3
+            gc_period = "0s"
+            max_delta_depth = 4
+            """
+        let ps = try TestPageServer.start(for: self, config: config)
+        let timeline = try attach(ps, primary)
+        let bench = "pgbench -h 127.0.0.1 -p \(primary.port) -U postgres"
+        try TestPrimary.shell("\(bench) -i -s 1 -q postgres")
+        try TestPrimary.shell("\(bench) -T 6 -c 2 postgres")
+        try waitForPrimary(ps, primary, timeline)
+        let metrics = String(data: try Data(contentsOf: URL(string: ps.baseURL + "/metrics")!), encoding: .utf8) ?? ""
+        func value(_ name: String) -> Double? {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + "{") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        let created = value("pageserver_compaction_layers_created_total") ?? 0
+        let depth = value("pageserver_max_delta_depth") ?? 99
+        print("backpressure: compaction created \(created) layers; deepest chunk \(depth)")
+        XCTAssertGreaterThan(created, 0, "ingest should have woken compaction")
+        XCTAssertLessThanOrEqual(depth, 8, "chunks grew deep although ingest was to wait for compaction")
+        try verify(ps, timeline, primary, "after backpressure")
+    }
 }
