@@ -23,7 +23,9 @@
 #      the bench's warm-up; its overlap with the measured window is reported), then once more after it.
 #   6. Compaction throughput over the timed PUT compact calls: MB out = image_bytes_written +
 #      merge_bytes_written, MB in ~ bytes_deleted (the layer files the pass replaced), per second of
-#      PUT compact time (each call is preceded by an untimed PUT checkpoint, so the flush it starts
+#      PUT compact time; and an estimate of what image creation read, which replaces no file: for each
+#      new image layer, its chunk's previous image and the delta layers above it (from the listings
+#      of the timeline directory around the call) (each call is preceded by an untimed PUT checkpoint, so the flush it starts
 #      with has nothing left to write).
 #   7. JSON lines in BENCH_DIR/compaction-results.json (copied to RESULTS), and a summary with the goals.
 #
@@ -167,12 +169,51 @@ def disk(path, exclude=()):
                 pass
     return total
 
+def listing(path):
+    """Layer files of a timeline directory: name -> bytes."""
+    out = {}
+    for f in os.listdir(path):
+        if f.endswith(".delta") or f.endswith(".image"):
+            try:
+                out[f] = os.stat(os.path.join(path, f)).st_size
+            except FileNotFoundError:
+                pass
+    return out
+
+def parse(name):
+    chunk, rest = name.rsplit("__", 1)
+    rng, kind = rest.rsplit(".", 1)
+    if kind == "image":
+        return chunk, kind, int(rng, 16), None
+    a, b = rng.split("-")
+    return chunk, kind, int(a, 16), int(b, 16)
+
+def image_inputs(before, after):
+    """Bytes an image pass read, estimated from the listings around it: for every new image layer,
+    its chunk's previous newest image and the delta layers above that image (all of them if none)."""
+    total = 0
+    layers = [parse(n) + (size,) for n, size in before.items()]
+    for n in set(after) - set(before):
+        chunk, kind, lsn, _ = parse(n)
+        if kind != "image":
+            continue
+        prev = [l for l in layers if l[0] == chunk and l[1] == "image" and l[2] < lsn]
+        base = max(prev, key=lambda l: l[2]) if prev else None
+        if base:
+            total += base[4]
+        total += sum(l[4] for l in layers if l[0] == chunk and l[1] == "delta" and (base is None or l[3] - 1 > base[2]) and l[2] <= lsn)
+    return total
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "snapshot":
         print(json.dumps(snapshot(sys.argv[2], sys.argv[3])))
     elif cmd == "delta":
         print(json.dumps(hist_delta(json.load(open(sys.argv[2])), json.load(open(sys.argv[3])))))
+    elif cmd == "listing":
+        print(json.dumps(listing(sys.argv[2])))
+    elif cmd == "image-inputs":
+        print(image_inputs(json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))))
     elif cmd == "disk":
         print(disk(sys.argv[2], tuple(sys.argv[3:])))
 PY
@@ -214,8 +255,8 @@ cat > "$dir/pageserver.toml" <<EOF
 # bench_compaction.sh: default compaction and GC settings, except GC every 30 s with the horizon alone
 gc_period = "30s"
 pitr_interval = "0s"
-${EXTRA_CONFIG:-}
 EOF
+if [ -n "${EXTRA_CONFIG:-}" ]; then echo "$EXTRA_CONFIG" >> "$dir/pageserver.toml"; fi
 # Phase 5: no background compaction or GC, small in-memory layers so delta layers pile up.
 cat > "$dir/pageserver-burst.toml" <<EOF
 # bench_compaction.sh, GetPage during compaction: no background passes, delta layers pile up
@@ -305,10 +346,13 @@ print("   %6.1f s %-8s layers p50 %s p99 %s (%d lookups) | getpage p99 %s us | d
 timed_compact() {
   local label=$1 t0 t1 answer
   curl -sf -X PUT "$tlapi/checkpoint" >/dev/null
+  helpers listing "$tldir" > "$dir/layers-before-$label.json"
   t0=$(now)
   answer=$(curl -sf -X PUT "$tlapi/compact")
   t1=$(now)
-  echo "$answer" | record "bench=\"compact\"" "label=\"$label\"" "seconds=$(elapsed "$t0" "$t1")" "t_start=$t0" "t_end=$t1"
+  helpers listing "$tldir" > "$dir/layers-after-$label.json"
+  echo "$answer" | record "bench=\"compact\"" "label=\"$label\"" "seconds=$(elapsed "$t0" "$t1")" "t_start=$t0" "t_end=$t1" \
+    "image_input_bytes_estimate=$(helpers image-inputs "$dir/layers-before-$label.json" "$dir/layers-after-$label.json")"
 }
 
 t_run=$(now)
@@ -398,6 +442,7 @@ end = run[-1]
 max_ratio = max(r["disk_ratio"] for r in run)
 out_b = sum(c.get("image_bytes_written", 0) + c.get("merge_bytes_written", 0) for c in compacts)
 in_b = sum(c.get("bytes_deleted", 0) for c in compacts)
+in_est = sum(c.get("bytes_deleted", 0) + c.get("image_input_bytes_estimate", 0) for c in compacts)
 secs = sum(c["seconds"] for c in compacts)
 nocomp = next((r for r in samples if r["phase"] == "no-compaction"), None)
 during = next((r for r in samples if r["phase"] == "during-compaction"), None)
@@ -410,6 +455,7 @@ summary = {"bench": "summary", "scale": int(sys.argv[2]), "duration_s": int(sys.
            "layers_p99_max": max_p99, "layers_p50_max": max((r["layers_p50"] for r in run if r["layers_p50"] is not None), default=None),
            "layers_dist_run": dist, "disk_ratio_end": end["disk_ratio"], "disk_ratio_max": max_ratio,
            "compaction_mb_out_per_s": out_b / 1e6 / secs if secs else None, "compaction_mb_in_per_s": in_b / 1e6 / secs if secs else None,
+           "compaction_mb_in_estimate_per_s": in_est / 1e6 / secs if secs else None, "compaction_mb_in_estimate": in_est / 1e6,
            "compaction_mb_out": out_b / 1e6, "compaction_mb_in": in_b / 1e6, "compaction_seconds": secs,
            "getpage_p99_no_compaction_us": nocomp and nocomp["getpage_p99_us"], "getpage_p99_during_compaction_us": during and during["getpage_p99_us"],
            "getpage_p99_ratio": gp_ratio}
@@ -424,6 +470,7 @@ print("%-58s %s (%s)" % ("disk / primary data dir w/o pg_wal, max over samples",
 print("%-58s %.0f MB vs %.0f MB" % ("  at the end: timeline dir vs primary", end["pageserver_timeline_bytes"] / 1e6, end["primary_bytes_without_pg_wal"] / 1e6))
 print("%-58s out %s MB/s, in %s MB/s (%.0f MB out, %.0f MB in, %.1f s)" % ("compaction throughput (timed PUT compact calls)",
       fmt(summary["compaction_mb_out_per_s"], 1), fmt(summary["compaction_mb_in_per_s"], 1), out_b / 1e6, in_b / 1e6, secs))
+print("%-58s %s MB/s (%.0f MB)" % ("  in, estimated (replaced + the layers under new images)", fmt(summary["compaction_mb_in_estimate_per_s"], 1), in_est / 1e6))
 print("%-58s %s us / %s us = %s" % ("GetPage p99 during compaction / without", fmt(summary["getpage_p99_during_compaction_us"], 0),
       fmt(summary["getpage_p99_no_compaction_us"], 0), fmt(gp_ratio)))
 print("results: %s" % sys.argv[1])
