@@ -66,3 +66,12 @@ BENCH_COMMAND="make bench" REPS=$reps BENCH_DIR="$dir-ingest" "$root/scripts/ben
 # The page service benchmark (issue 5): GetPage next to a loopback echo and fio, fullbackup next to
 # pg_basebackup; its table is printed and its results go to bench-data/getpage-results.json.
 SKIP_BUILD=1 "$root/scripts/bench_getpage.sh"
+
+# The compaction and GC benchmark (issue 7): read amplification, disk use, compaction throughput and
+# GetPage p99 during compaction over a pgbench run (about 7 minutes); its summary is printed and its
+# results go to bench-data/compaction-results.json. A failure here does not fail `make bench`.
+# SKIP_COMPACTION_BENCH=1 leaves it out.
+if [ "${SKIP_COMPACTION_BENCH:-0}" != 1 ] && [ -x "$root/scripts/bench_compaction.sh" ]; then
+  BIN_DIR="${BIN_DIR:-$root/.build/release}" "$root/scripts/bench_compaction.sh" \
+    || echo "bench.sh: scripts/bench_compaction.sh failed (exit $?); the other benchmarks' results stand" >&2
+fi
