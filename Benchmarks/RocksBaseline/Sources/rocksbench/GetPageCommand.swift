@@ -1,0 +1,122 @@
+// `rocksbench getpage`: GetPage@LSN straight against a store (no network), the same code for both.
+//
+// The blocks: every relation fork the store lists at the LSN (DbDir -> each database's RelDir -> each
+// fork's size key, the metadata our ingest writes and RocksDB stores as more keys), and requests
+// uniform over all their blocks, drawn from `--seed` (the same requests for both stores). Warm: a
+// warm-up of the same number of requests from another seed runs first, untimed. Depth D: D threads,
+// each taking the next request from a shared counter and reading it synchronously, so D requests are
+// in flight. Every value must be an 8 KiB page; one that is not fails the run.
+import LSM
+import PostgresWAL
+import Synchronization
+
+func getpageCommand(_ args: Arguments) throws {
+    let kind = storeKind(args)
+    let path = args.string("db")
+    let requests = args.int("requests", default: 20_000)
+    let depth = max(1, args.int("depth", default: 1))
+    let seed = UInt64(args.int("seed", default: 1))
+    let cacheBytes = args.int("cache-mb", default: 256) << 20
+    let lsnText = args.string("lsn", default: "latest")
+
+    let store: any ReadStore
+    switch kind {
+    case .ours: store = try OurStore(directory: path, cacheBytes: cacheBytes, backgroundFlush: false)
+    case .rocksdb: store = try RocksBench(path: path, cacheBytes: cacheBytes)
+    }
+    defer { store.close() }
+    let latest = try store.latestLSN()
+    let lsn: LSN
+    if lsnText == "latest" {
+        lsn = latest
+    } else {
+        guard let l = LSN(parsing: lsnText) else { fail("--lsn \(lsnText) is neither latest nor an LSN (HI/LO)") }
+        lsn = l
+    }
+
+    // The relations at the LSN and their sizes.
+    let meta = store.reader()
+    guard let dbDirBytes = try meta.get(KeySpace.dbDir, at: lsn) else { fail("\(path) has no database directory at \(lsn)") }
+    var forks: [(tag: RelTag, blocks: UInt32)] = []
+    for db in try DbDirectory(decoding: dbDirBytes).entries.sorted() {
+        guard let relDir = try meta.get(KeySpace.relDir(db), at: lsn) else { continue }
+        for e in try RelDirectory(decoding: relDir).entries.sorted() {
+            let tag = RelTag(spc: db.spc, db: db.db, rel: e.rel, fork: e.fork)
+            let n = try meta.get(KeySpace.relationSize(tag), at: lsn).map { try SizeValue.decode($0) } ?? 0
+            if n > 0 { forks.append((tag, n)) }
+        }
+    }
+    var firstBlock: [UInt64] = []
+    var total: UInt64 = 0
+    for f in forks {
+        firstBlock.append(total)
+        total += UInt64(f.blocks)
+    }
+    guard total > 0 else { fail("\(path) has no relation blocks at \(lsn)") }
+
+    func draw(_ count: Int, seed: UInt64) -> [Key] {
+        var rng = SeededRandom(seed: seed)
+        return (0..<count).map { _ in
+            let b = UInt64.random(in: 0..<total, using: &rng)
+            // The last fork that starts at or before b.
+            var lo = 0, hi = forks.count - 1
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                if firstBlock[mid] <= b { lo = mid } else { hi = mid - 1 }
+            }
+            return KeySpace.relationBlock(forks[lo].tag, UInt32(b - firstBlock[lo]))
+        }
+    }
+
+    _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth)
+    let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth)
+    let sorted = latencies.sorted()
+    func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
+    emitJSON([("bench", "\"getpage\""), ("store", "\"\(kind.rawValue)\""), ("lsn", "\"\(lsn)\""),
+              ("latest_lsn", "\"\(latest)\""), ("at_latest", "\(lsn == latest)"), ("depth", "\(depth)"),
+              ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
+              ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
+              ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")])
+}
+
+/// Reads `keys` at `lsn` with `depth` threads; returns the wall time and every request's latency.
+private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int) throws -> (Double, [Double]) {
+    let shared = RunState()
+    let t0 = nowSeconds()
+    runThreads(depth) { _ in
+        let reader = store.reader()
+        var mine: [Double] = []
+        mine.reserveCapacity(keys.count / depth + 1)
+        var failure: String?
+        while true {
+            let i = shared.next.add(1, ordering: .relaxed).oldValue
+            guard i < keys.count, failure == nil else { break }
+            let s = nowSeconds()
+            do {
+                let page = try reader.get(keys[i], at: lsn)
+                // No value: a block inside the relation's size that was never written (both stores
+                // answer alike; the server would send zeros).
+                if let page, page.count != 8192 { failure = "block \(keys[i]) at \(lsn): \(page.count) bytes" }
+            } catch {
+                failure = "block \(keys[i]) at \(lsn): \(error)"
+            }
+            mine.append(nowSeconds() - s)
+        }
+        shared.results.withLock {
+            $0.latencies.append(contentsOf: mine)
+            if $0.error == nil { $0.error = failure }
+        }
+    }
+    let seconds = nowSeconds() - t0
+    let r = shared.results.withLock { $0 }
+    if let e = r.error { throw StorageError(.corruption, "GetPage failed: \(e)") }
+    return (seconds, r.latencies)
+}
+
+/// What the threads of one run share.
+private final class RunState: Sendable {
+    /// The index of the next request to issue.
+    let next = Atomic<Int>(0)
+    /// Every latency (seconds) and the first failure.
+    let results = Mutex<(latencies: [Double], error: String?)>(([], nil))
+}
