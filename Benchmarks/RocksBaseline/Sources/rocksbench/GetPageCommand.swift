@@ -34,18 +34,7 @@ func getpageCommand(_ args: Arguments) throws {
         lsn = l
     }
 
-    // The relations at the LSN and their sizes.
-    let meta = store.reader()
-    guard let dbDirBytes = try meta.get(KeySpace.dbDir, at: lsn) else { fail("\(path) has no database directory at \(lsn)") }
-    var forks: [(tag: RelTag, blocks: UInt32)] = []
-    for db in try DbDirectory(decoding: dbDirBytes).entries.sorted() {
-        guard let relDir = try meta.get(KeySpace.relDir(db), at: lsn) else { continue }
-        for e in try RelDirectory(decoding: relDir).entries.sorted() {
-            let tag = RelTag(spc: db.spc, db: db.db, rel: e.rel, fork: e.fork)
-            let n = try meta.get(KeySpace.relationSize(tag), at: lsn).map { try SizeValue.decode($0) } ?? 0
-            if n > 0 { forks.append((tag, n)) }
-        }
-    }
+    let forks = try relationForks(store, at: lsn, path: path)
     var firstBlock: [UInt64] = []
     var total: UInt64 = 0
     for f in forks {
@@ -77,6 +66,23 @@ func getpageCommand(_ args: Arguments) throws {
               ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
               ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
               ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")])
+}
+
+/// Every relation fork with blocks at `lsn` and its size, from the store's metadata keys. The reader is
+/// gone when this returns (RocksStore.close requires that).
+private func relationForks(_ store: any ReadStore, at lsn: LSN, path: String) throws -> [(tag: RelTag, blocks: UInt32)] {
+    let meta = store.reader()
+    guard let dbDirBytes = try meta.get(KeySpace.dbDir, at: lsn) else { fail("\(path) has no database directory at \(lsn)") }
+    var forks: [(tag: RelTag, blocks: UInt32)] = []
+    for db in try DbDirectory(decoding: dbDirBytes).entries.sorted() {
+        guard let relDir = try meta.get(KeySpace.relDir(db), at: lsn) else { continue }
+        for e in try RelDirectory(decoding: relDir).entries.sorted() {
+            let tag = RelTag(spc: db.spc, db: db.db, rel: e.rel, fork: e.fork)
+            let n = try meta.get(KeySpace.relationSize(tag), at: lsn).map { try SizeValue.decode($0) } ?? 0
+            if n > 0 { forks.append((tag, n)) }
+        }
+    }
+    return forks
 }
 
 /// Reads `keys` at `lsn` with `depth` threads; returns the wall time and every request's latency.

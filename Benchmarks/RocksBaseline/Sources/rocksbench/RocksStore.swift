@@ -93,6 +93,8 @@ final class RocksStore: @unchecked Sendable {
     }
 
     /// Closes the database (RocksDB waits for its background work).
+    /// REQUIRES: no `RocksReader` of this store is alive (RocksDB asserts that no iterator outlives
+    /// the database, and Debian's build keeps assertions on).
     func close() {
         rocksdb_writebatch_destroy(batch)
         rocksdb_close(db)
@@ -222,12 +224,8 @@ final class RocksReader {
 /// Ingest into a `RocksStore` (the counterpart of `TimelineStoreTarget`).
 final class RocksTarget: IngestTarget {
     let store: RocksStore
-    private let reader: RocksReader
 
-    init(store: RocksStore) {
-        self.store = store
-        reader = store.reader()
-    }
+    init(store: RocksStore) { self.store = store }
 
     func put(_ key: Key, _ lsn: LSN, _ value: Value) throws { try store.put(key, lsn, value) }
 
