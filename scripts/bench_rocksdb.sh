@@ -29,6 +29,8 @@
 #   PG_BIN           PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #   RESULTS_JSON     every figure, one JSON object (default .build/bench_rocksdb.json)
 #   RESULTS_MD       the table (default .build/bench_rocksdb.md)
+#   KEEP             when 1: keep BENCH_DIR (the capture and the last repetition's two stores, in
+#                    db-ours and db-rocksdb) for profiling with `rocksbench getpage` by hand
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -51,7 +53,7 @@ command="scripts/bench_rocksdb.sh  (REPS=$reps PGBENCH_SCALE=$scale PGBENCH_SECO
 
 primary="$dir/primary"
 capture="$dir/capture"
-db="$dir/db"
+keep=${KEEP:-0}
 out="$dir/results.jsonl"
 primary_up=0
 
@@ -63,7 +65,7 @@ cleanup() {
     for f in "$dir"/pg/*.log; do [ -f "$f" ] && { echo "--- $f (last lines)"; tail -n 20 "$f"; } >&2; done
   fi
   if [ "$primary_up" = 1 ]; then as_pg "$pgbin/pg_ctl" -D "$primary" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
-  rm -rf "$dir"
+  if [ "$keep" = 1 ]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 
@@ -128,6 +130,7 @@ echo "{\"bench\": \"capture\", \"start_lsn\": \"$start_lsn\", \"end_lsn\": \"$en
 # ---- 2. Ours and RocksDB, alternately ----
 measure() { # store, rep, past LSN
   local store=$1 rep=$2 past=$3
+  local db="$dir/db-$store"
   rm -rf "$db"
   "$bin" ingest --store "$store" --base-backup "$capture/backup/base.tar" --wal-dir "$capture/wal" \
     --start "$start_lsn" --end "$end_lsn" --db "$db" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
@@ -138,7 +141,7 @@ measure() { # store, rep, past LSN
         --seed "$rep" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
     done
   done
-  rm -rf "$db"
+  if [ "$keep" != 1 ]; then rm -rf "$db"; fi
   sync
 }
 
@@ -168,10 +171,11 @@ def pick(store, rep, bench, **match):
             return r
     raise SystemExit("bench_rocksdb: missing %s %s rep %d %s" % (store, bench, rep, match))
 
-# (label, bench, match, field, unit, goal kind, goal): ratio is ours/rocksdb for "higher", rocksdb/ours
-# is not used; for "lower" the ratio is ours/rocksdb and the goal an upper bound.
+# (label, bench, match, field, unit, comparison, goal): the ratio is ours / RocksDB; ">=" goals are lower
+# bounds (throughput), "<=" upper bounds (bytes). Latency rows have no goal; their ratio is RocksDB /
+# ours, so that above 1 means ours is faster, as for throughput.
 measurements = [("Ingest, WAL MB/s (decode + store + durable flush)", "ingest", {}, "mb_per_s", "MB/s", ">=", 2.0),
-                ("Bytes on disk after ingest", "ingest", {}, "bytes_on_disk", "MB", "<=", 0.5)]
+                ("Bytes on disk after ingest, MB", "ingest", {}, "bytes_on_disk", "MB", "<=", 0.5)]
 for at in (True, False):
     for depth in (1, 32):
         where = "latest LSN" if at else "random past LSN"
