@@ -12,7 +12,9 @@
 #      timed; MB/s = (Y - X) / seconds; bytes on disk right after the flush;
 #    - `rocksbench getpage` at the latest LSN and at one random past LSN in (X, Y) (the same for both
 #      stores in a repetition), depth 1 and 32, warm (an untimed warm-up of as many requests first),
-#      REQUESTS random blocks over every relation fork, reconstructed with PostgresRedo.
+#      REQUESTS random blocks over every relation fork, reconstructed with PostgresRedo; depth D is D
+#      threads reading one request at a time; ours also runs depth 32 as one thread reading batches of
+#      32 through the store's batch read (the daemon's path for a pipelining client).
 #    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
 # 3. Medians of each figure and the median of the per-repetition ratios (ours / RocksDB, or RocksDB /
 #    ours for bytes), checked against issue 8's goals: GetPage throughput >= 3x, bytes <= 0.5x,
@@ -136,9 +138,13 @@ measure() { # store, rep, past LSN
     --start "$start_lsn" --end "$end_lsn" --db "$db" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
   sync
   for lsn in latest "$past"; do
-    for depth in 1 32; do
-      "$bin" getpage --store "$store" --db "$db" --lsn "$lsn" --requests "$requests" --depth "$depth" \
-        --seed "$rep" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
+    # depth:batch. Ours also runs depth 32 as one thread handing batches of 32 to the store's batch
+    # read (one io_uring submission per batch), the way the daemon serves a pipelining client.
+    local runs="1:1 32:1"
+    if [ "$store" = ours ]; then runs="$runs 32:32"; fi
+    for run in $runs; do
+      "$bin" getpage --store "$store" --db "$db" --lsn "$lsn" --requests "$requests" --depth "${run%:*}" \
+        --batch "${run#*:}" --seed "$rep" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
     done
   done
   if [ "$keep" != 1 ]; then rm -rf "$db"; fi
@@ -174,27 +180,31 @@ def pick(store, rep, bench, **match):
 # (label, bench, match, field, unit, comparison, goal): the ratio is ours / RocksDB; ">=" goals are lower
 # bounds (throughput), "<=" upper bounds (bytes). Latency rows have no goal; their ratio is RocksDB /
 # ours, so that above 1 means ours is faster, as for throughput.
-measurements = [("Ingest, WAL MB/s (decode + store + durable flush)", "ingest", {}, "mb_per_s", "MB/s", ">=", 2.0),
-                ("Bytes on disk after ingest, MB", "ingest", {}, "bytes_on_disk", "MB", "<=", 0.5)]
+# (label, bench, match for ours, match for RocksDB, field, unit, comparison, goal)
+measurements = [("Ingest, WAL MB/s (decode + store + durable flush)", "ingest", {}, {}, "mb_per_s", "MB/s", ">=", 2.0),
+                ("Bytes on disk after ingest, MB", "ingest", {}, {}, "bytes_on_disk", "MB", "<=", 0.5)]
 for at in (True, False):
-    for depth in (1, 32):
-        where = "latest LSN" if at else "random past LSN"
-        measurements.append(("GetPage %s, depth %d, pages/s" % (where, depth), "getpage", {"at_latest": at, "depth": depth}, "pages_per_s", "pages/s", ">=", 3.0))
-        measurements.append(("GetPage %s, depth %d, p50 / p99 us" % (where, depth), "getpage", {"at_latest": at, "depth": depth}, "latency", "us", None, None))
+    where = "latest LSN" if at else "random past LSN"
+    for depth, batch in ((1, 1), (32, 1), (32, 32)):
+        mo = {"at_latest": at, "depth": depth, "batch": batch}
+        mk = {"at_latest": at, "depth": depth, "batch": 1}
+        how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
+        measurements.append(("GetPage %s, %s, pages/s" % (where, how), "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
+        measurements.append(("GetPage %s, %s, p50 / p99 us" % (where, how), "getpage", mo, mk, "latency", "us", None, None))
 
 table, results = [], []
-for label, bench, match, field, unit, op, goal in measurements:
+for label, bench, mo, mk, field, unit, op, goal in measurements:
     if field == "latency":
-        def lat(store):
+        def lat(store, match):
             p50 = statistics.median(pick(store, r, bench, **match)["p50_us"] for r in reps)
             p99 = statistics.median(pick(store, r, bench, **match)["p99_us"] for r in reps)
             return p50, p99
-        o, k = lat("ours"), lat("rocksdb")
+        o, k = lat("ours", mo), lat("rocksdb", mk)
         table.append("| %s | %.0f / %.0f | %.0f / %.0f | %.2fx / %.2fx | (no goal) |" % (label, o[0], o[1], k[0], k[1], k[0] / o[0], k[1] / o[1]))
         results.append({"measurement": label, "ours_p50_us": o[0], "ours_p99_us": o[1], "rocksdb_p50_us": k[0], "rocksdb_p99_us": k[1]})
         continue
-    ours = [pick("ours", r, bench, **match)[field] for r in reps]
-    rocks = [pick("rocksdb", r, bench, **match)[field] for r in reps]
+    ours = [pick("ours", r, bench, **mo)[field] for r in reps]
+    rocks = [pick("rocksdb", r, bench, **mk)[field] for r in reps]
     ratio = statistics.median(o / k for o, k in zip(ours, rocks))
     met = ratio >= goal if op == ">=" else ratio <= goal
     scale = 1e6 if unit == "MB" else 1

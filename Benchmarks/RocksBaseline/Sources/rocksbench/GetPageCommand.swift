@@ -5,7 +5,10 @@
 // uniform over all their blocks, drawn from `--seed` (the same requests for both stores). Warm: a
 // warm-up of the same number of requests from another seed runs first, untimed. Depth D: D threads,
 // each taking the next request from a shared counter and reading it synchronously, so D requests are
-// in flight. Every value must be an 8 KiB page; one that is not fails the run.
+// in flight. With `--batch B`, D / B threads each hand B requests at a time to the store's batch read
+// (ours: `TimelineStore.get([(Key, LSN)])`, one io_uring submission for the batch, as the daemon serves
+// a pipelined client; RocksDB has no batch form of SeekForPrev, so its reader loops). Every value must
+// be an 8 KiB page; one that is not fails the run.
 import LSM
 import PostgresWAL
 import Synchronization
@@ -18,6 +21,8 @@ func getpageCommand(_ args: Arguments) throws {
     let seed = UInt64(args.int("seed", default: 1))
     let cacheBytes = args.int("cache-mb", default: 256) << 20
     let lsnText = args.string("lsn", default: "latest")
+    let batch = max(1, args.int("batch", default: 1))
+    guard depth % batch == 0 else { fail("--depth \(depth) is not a multiple of --batch \(batch)") }
 
     let store: any ReadStore
     switch kind {
@@ -57,12 +62,12 @@ func getpageCommand(_ args: Arguments) throws {
         }
     }
 
-    _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth)
-    let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth)
+    _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth, batch: batch)
+    let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
     let sorted = latencies.sorted()
     func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
     emitJSON([("bench", "\"getpage\""), ("store", "\"\(kind.rawValue)\""), ("lsn", "\"\(lsn)\""),
-              ("latest_lsn", "\"\(latest)\""), ("at_latest", "\(lsn == latest)"), ("depth", "\(depth)"),
+              ("latest_lsn", "\"\(latest)\""), ("at_latest", "\(lsn == latest)"), ("depth", "\(depth)"), ("batch", "\(batch)"),
               ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
               ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
               ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")])
@@ -85,28 +90,35 @@ private func relationForks(_ store: any ReadStore, at lsn: LSN, path: String) th
     return forks
 }
 
-/// Reads `keys` at `lsn` with `depth` threads; returns the wall time and every request's latency.
-private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int) throws -> (Double, [Double]) {
+/// Reads `keys` at `lsn` with `depth` requests in flight: depth / batch threads, each reading `batch`
+/// requests at a time. Returns the wall time and every request's latency (a request of a batch waits
+/// for the whole batch, as a pipelining client waits for the server's answer to its batch).
+private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, batch: Int) throws -> (Double, [Double]) {
     let shared = RunState()
+    let threads = depth / batch
     let t0 = nowSeconds()
-    runThreads(depth) { _ in
+    runThreads(threads) { _ in
         let reader = store.reader()
         var mine: [Double] = []
-        mine.reserveCapacity(keys.count / depth + 1)
+        mine.reserveCapacity(keys.count / threads + batch)
         var failure: String?
-        while true {
-            let i = shared.next.add(1, ordering: .relaxed).oldValue
-            guard i < keys.count, failure == nil else { break }
+        while failure == nil {
+            let first = shared.next.add(batch, ordering: .relaxed).oldValue
+            guard first < keys.count else { break }
+            let mineKeys = Array(keys[first..<min(first + batch, keys.count)])
             let s = nowSeconds()
-            do {
-                let page = try reader.get(keys[i], at: lsn)
+            for (key, result) in zip(mineKeys, reader.get(mineKeys, at: lsn)) {
+                switch result {
                 // No value: a block inside the relation's size that was never written (both stores
                 // answer alike; the server would send zeros).
-                if let page, page.count != 8192 { failure = "block \(keys[i]) at \(lsn): \(page.count) bytes" }
-            } catch {
-                failure = "block \(keys[i]) at \(lsn): \(error)"
+                case .success(let page):
+                    if let page, page.count != 8192 { failure = "block \(key) at \(lsn): \(page.count) bytes" }
+                case .failure(let error):
+                    failure = "block \(key) at \(lsn): \(error)"
+                }
             }
-            mine.append(nowSeconds() - s)
+            let latency = nowSeconds() - s
+            for _ in mineKeys { mine.append(latency) }
         }
         shared.results.withLock {
             $0.latencies.append(contentsOf: mine)

@@ -44,6 +44,18 @@ protocol ReadStore: Sendable {
 /// The reads of one thread.
 protocol PageReader {
     func get(_ key: Key, at lsn: LSN) throws -> [UInt8]?
+    /// Several keys at once; by default one after the other.
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>]
+}
+
+extension PageReader {
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>] {
+        keys.map { key in
+            do { return .success(try get(key, at: lsn)) } catch let e as StorageError { return .failure(e) } catch {
+                return .failure(StorageError(.io, "\(error)"))
+            }
+        }
+    }
 }
 
 // MARK: - Ours
@@ -90,6 +102,7 @@ struct OurReader: PageReader {
     let store: TimelineStore
     let redo = benchRedo
     func get(_ key: Key, at lsn: LSN) throws -> [UInt8]? { try store.get(key, at: lsn, redo: redo) }
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>] { store.get(keys.map { ($0, lsn) }, redo: redo) }
 }
 
 // MARK: - RocksDB

@@ -5,7 +5,7 @@ import LSM
 let usage = """
 usage:
   rocksbench ingest  --store ours|rocksdb --base-backup base.tar --wal-dir DIR --start X --end Y --db PATH [--cache-mb N]
-  rocksbench getpage --store ours|rocksdb --db PATH --lsn latest|X --requests N --depth D --seed S [--cache-mb N]
+  rocksbench getpage --store ours|rocksdb --db PATH --lsn latest|X --requests N --depth D [--batch B] --seed S [--cache-mb N]
 --store defaults to rocksdb; --cache-mb (default 256) is RocksDB's block cache or our data cache.
 """
 
@@ -16,7 +16,7 @@ do {
     case "ingest":
         try ingestCommand(Arguments(argv[2...], known: ["store", "base-backup", "wal-dir", "start", "end", "db", "cache-mb"]))
     case "getpage":
-        try getpageCommand(Arguments(argv[2...], known: ["store", "db", "lsn", "requests", "depth", "seed", "cache-mb"]))
+        try getpageCommand(Arguments(argv[2...], known: ["store", "db", "lsn", "requests", "depth", "batch", "seed", "cache-mb"]))
     default:
         fail(usage)
     }
