@@ -143,8 +143,17 @@ measure() { # store, rep, past LSN
     local runs="1:1 32:1"
     if [ "$store" = ours ]; then runs="$runs 32:32"; fi
     for run in $runs; do
-      "$bin" getpage --store "$store" --db "$db" --lsn "$lsn" --requests "$requests" --depth "${run%:*}" \
-        --batch "${run#*:}" --seed "$rep" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
+      local args=(getpage --store "$store" --db "$db" --lsn "$lsn" --requests "$requests" --depth "${run%:*}"
+                  --batch "${run#*:}" --seed "$rep" --cache-mb "$cache_mb")
+      # A failed read is a bug to chase, not noise: it is reported and counted in the table's notes;
+      # the run is retried once so that one failure does not lose the whole benchmark.
+      if ! "$bin" "${args[@]}" > "$dir/getpage.json" 2> "$dir/getpage.err"; then
+        echo "bench_rocksdb: FAILED: rocksbench ${args[*]}: $(cat "$dir/getpage.err")" >&2
+        printf '{"bench": "failure", "rep": %s, "store": "%s", "command": "rocksbench %s", "error": %s}\n' "$rep" "$store" \
+          "${args[*]}" "$(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' < "$dir/getpage.err")" >> "$out"
+        "$bin" "${args[@]}" > "$dir/getpage.json"
+      fi
+      sed "s/^{/{\"rep\": $rep, /" "$dir/getpage.json" | tee -a "$out"
     done
   done
   if [ "$keep" != 1 ]; then rm -rf "$db"; fi
@@ -173,7 +182,7 @@ reps = sorted({r["rep"] for r in rows if "rep" in r})
 
 def pick(store, rep, bench, **match):
     for r in rows:
-        if r.get("rep") == rep and r["store"] == store and r["bench"] == bench and all(r.get(k) == v for k, v in match.items()):
+        if r.get("rep") == rep and r.get("store") == store and r["bench"] == bench and all(r.get(k) == v for k, v in match.items()):
             return r
     raise SystemExit("bench_rocksdb: missing %s %s rep %d %s" % (store, bench, rep, match))
 
@@ -222,10 +231,12 @@ try:
 except StopIteration:
     pass
 date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+failures = [r for r in rows if r["bench"] == "failure"]
 md = ["Command: `%s`" % command, "Machine: %s. Date: %s. WAL: %s .. %s (%.0f MB), pgbench scale %d, %d s, %d clients; medians of %d repetitions, ratios = median of the per-repetition ratios ours / RocksDB." %
       (machine, date, capture["start_lsn"], capture["end_lsn"], pick("ours", reps[0], "ingest")["wal_bytes"] / 1e6,
        capture["scale"], capture["pgbench_seconds"], capture["clients"], len(reps)), "",
-      "| measurement | ours | RocksDB | ratio | goal |", "|---|---|---|---|---|"] + table
+      "| measurement | ours | RocksDB | ratio | goal |", "|---|---|---|---|---|"] + table + \
+     ([""] + ["FAILED (retried once): %s store, repetition %d: `%s`: %s" % (f["store"], f["rep"], f["command"], f["error"]) for f in failures] if failures else [])
 open(out_md, "w").write("\n".join(md) + "\n")
 json.dump({"command": command, "machine": machine, "date": date, "capture": capture, "results": results, "runs": rows},
           open(out_json, "w"), indent=1)
