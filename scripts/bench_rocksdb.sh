@@ -16,6 +16,8 @@
 #      threads reading one request at a time; ours also runs depth 32 as one thread reading batches of
 #      32 through the store's batch read (the daemon's path for a pipelining client).
 #    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
+#    Then `rocksbench verify` reads 2000 random blocks from both stores at both LSNs: the pages must
+#    be byte-identical.
 # 3. Medians of each figure and the median of the per-repetition ratios (ours / RocksDB, or RocksDB /
 #    ours for bytes), checked against issue 8's goals: GetPage throughput >= 3x, bytes <= 0.5x,
 #    ingest >= 2x. The table goes to stdout and to RESULTS_MD, every figure to RESULTS_JSON.
@@ -156,7 +158,6 @@ measure() { # store, rep, past LSN
       sed "s/^{/{\"rep\": $rep, /" "$dir/getpage.json" | tee -a "$out"
     done
   done
-  if [ "$keep" != 1 ]; then rm -rf "$db"; fi
   sync
 }
 
@@ -170,6 +171,13 @@ l = random.Random(r).randint(x + (y - x) // 10, y - (y - x) // 10)
 print('%X/%X' % (l >> 32, l & 0xFFFFFFFF))" "$x" "$y" "$r")
   measure ours "$r" "$past"
   measure rocksdb "$r" "$past"
+  # Both stores must give byte-identical pages (same values, same redo): the baseline is checked, not
+  # trusted.
+  for lsn in latest "$past"; do
+    "$bin" verify --ours "$dir/db-ours" --rocksdb "$dir/db-rocksdb" --lsn "$lsn" --requests 2000 --seed "$r" \
+      | sed "s/^{/{\"rep\": $r, /" | tee -a "$out"
+  done
+  if [ "$keep" != 1 ]; then rm -rf "$dir/db-ours" "$dir/db-rocksdb"; fi
 done
 
 # ---- 3. Medians, ratios, goals ----

@@ -138,3 +138,51 @@ private final class RunState: Sendable {
     /// Every latency (seconds) and the first failure.
     let results = Mutex<(latencies: [Double], error: String?)>(([], nil))
 }
+
+/// `rocksbench verify`: the same random blocks read from both stores at one LSN must be byte-identical
+/// (both hold the same values and run the same redo), which checks that the baseline stores and reads
+/// back exactly what our ingest produced.
+func verifyCommand(_ args: Arguments) throws {
+    let requests = args.int("requests", default: 2000)
+    let seed = UInt64(args.int("seed", default: 1))
+    let ours = try OurStore(directory: args.string("ours"), cacheBytes: 64 << 20, backgroundFlush: false)
+    defer { ours.close() }
+    let rocks = try RocksBench(path: args.string("rocksdb"), cacheBytes: 64 << 20)
+    defer { rocks.close() }
+    let lsnText = args.string("lsn", default: "latest")
+    let lsn: LSN
+    if lsnText == "latest" {
+        lsn = min(try ours.latestLSN(), try rocks.latestLSN())
+    } else {
+        guard let l = LSN(parsing: lsnText) else { fail("--lsn \(lsnText) is neither latest nor an LSN (HI/LO)") }
+        lsn = l
+    }
+    let forks = try relationForks(ours, at: lsn, path: args.string("ours"))
+    let rocksForks = try relationForks(rocks, at: lsn, path: args.string("rocksdb"))
+    guard forks.map(\.tag) == rocksForks.map(\.tag), forks.map(\.blocks) == rocksForks.map(\.blocks) else {
+        fail("the stores list different relations or sizes at \(lsn) (\(forks.count) against \(rocksForks.count) forks)")
+    }
+    let total = forks.reduce(0) { $0 + Int($1.blocks) }
+    var rng = SeededRandom(seed: seed)
+    var compared = 0, absent = 0
+    try verifyBlocks(ours, rocks, forks: forks, total: total, requests: requests, lsn: lsn, rng: &rng, compared: &compared, absent: &absent)
+    emitJSON([("bench", "\"verify\""), ("lsn", "\"\(lsn)\""), ("relation_forks", "\(forks.count)"), ("blocks", "\(total)"),
+              ("pages_compared", "\(compared)"), ("pages_absent_in_both", "\(absent)"), ("identical", "true")])
+}
+
+/// Compares `requests` random blocks; the readers are gone when this returns.
+private func verifyBlocks(_ ours: any ReadStore, _ rocks: any ReadStore, forks: [(tag: RelTag, blocks: UInt32)], total: Int,
+                          requests: Int, lsn: LSN, rng: inout SeededRandom, compared: inout Int, absent: inout Int) throws {
+    let a = ours.reader(), b = rocks.reader()
+    for _ in 0..<requests {
+        var n = Int.random(in: 0..<total, using: &rng)
+        var i = 0
+        while n >= Int(forks[i].blocks) { n -= Int(forks[i].blocks); i += 1 }
+        let key = KeySpace.relationBlock(forks[i].tag, UInt32(n))
+        let x = try a.get(key, at: lsn), y = try b.get(key, at: lsn)
+        guard x == y else {
+            fail("block \(key) at \(lsn) differs: ours \(x.map { "\($0.count) bytes" } ?? "absent"), RocksDB \(y.map { "\($0.count) bytes" } ?? "absent")")
+        }
+        if x == nil { absent += 1 } else { compared += 1 }
+    }
+}
