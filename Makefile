@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 APT_PACKAGES := liblz4-dev liburing-dev libzstd-dev postgresql-15 curl python3
 
-.PHONY: deps build release test demo bench clean
+.PHONY: deps build release test demo bench bench-deps bench-rocksdb clean
 
 # Installs the system libraries (and tools) the build needs, only when missing.
 deps:
@@ -27,9 +27,20 @@ test: deps
 demo: release
 	./scripts/demo.sh
 
-bench: release
+# fio and librocksdb-dev (the RocksDB baseline of issue 8) are needed by the benchmarks only.
+bench-deps:
 	@dpkg -s fio >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio; }
+	@dpkg -s librocksdb-dev >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librocksdb-dev; }
+
+bench: release bench-deps
 	./scripts/bench.sh
+	$(MAKE) bench-rocksdb
+
+# Our store against the seed's RocksDB design: a separate package (Benchmarks/RocksBaseline), so that
+# the server build and `make test` never need RocksDB.
+bench-rocksdb: deps bench-deps
+	$(SWIFT) build -c release --package-path Benchmarks/RocksBaseline
+	./scripts/bench_rocksdb.sh
 
 clean:
-	rm -rf .build .demo
+	rm -rf .build .demo Benchmarks/RocksBaseline/.build

@@ -13,6 +13,11 @@ let package = Package(
     products: [
         .executable(name: "pageserver", targets: ["Server"]),
         .executable(name: "pagectl", targets: ["Tools"]),
+        // Libraries for packages outside the server build (Benchmarks/RocksBaseline): the engine, WAL
+        // decoding and ingest, and redo. The server itself does not need them as products.
+        .library(name: "LSM", targets: ["LSM"]),
+        .library(name: "PostgresWAL", targets: ["PostgresWAL"]),
+        .library(name: "PostgresRedo", targets: ["PostgresRedo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

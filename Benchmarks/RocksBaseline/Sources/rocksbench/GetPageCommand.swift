@@ -1,0 +1,188 @@
+// `rocksbench getpage`: GetPage@LSN straight against a store (no network), the same code for both.
+//
+// The blocks: every relation fork the store lists at the LSN (DbDir -> each database's RelDir -> each
+// fork's size key, the metadata our ingest writes and RocksDB stores as more keys), and requests
+// uniform over all their blocks, drawn from `--seed` (the same requests for both stores). Warm: a
+// warm-up of the same number of requests from another seed runs first, untimed. Depth D: D threads,
+// each taking the next request from a shared counter and reading it synchronously, so D requests are
+// in flight. With `--batch B`, D / B threads each hand B requests at a time to the store's batch read
+// (ours: `TimelineStore.get([(Key, LSN)])`, one io_uring submission for the batch, as the daemon serves
+// a pipelined client; RocksDB has no batch form of SeekForPrev, so its reader loops). Every value must
+// be an 8 KiB page; one that is not fails the run.
+import LSM
+import PostgresWAL
+import Synchronization
+
+func getpageCommand(_ args: Arguments) throws {
+    let kind = storeKind(args)
+    let path = args.string("db")
+    let requests = args.int("requests", default: 20_000)
+    let depth = max(1, args.int("depth", default: 1))
+    let seed = UInt64(args.int("seed", default: 1))
+    let cacheBytes = args.int("cache-mb", default: 256) << 20
+    let lsnText = args.string("lsn", default: "latest")
+    let batch = max(1, args.int("batch", default: 1))
+    guard depth % batch == 0 else { fail("--depth \(depth) is not a multiple of --batch \(batch)") }
+
+    let store: any ReadStore
+    switch kind {
+    case .ours: store = try OurStore(directory: path, cacheBytes: cacheBytes, backgroundFlush: false)
+    case .rocksdb: store = try RocksBench(path: path, cacheBytes: cacheBytes)
+    }
+    defer { store.close() }
+    let latest = try store.latestLSN()
+    let lsn: LSN
+    if lsnText == "latest" {
+        lsn = latest
+    } else {
+        guard let l = LSN(parsing: lsnText) else { fail("--lsn \(lsnText) is neither latest nor an LSN (HI/LO)") }
+        lsn = l
+    }
+
+    let forks = try relationForks(store, at: lsn, path: path)
+    var firstBlock: [UInt64] = []
+    var total: UInt64 = 0
+    for f in forks {
+        firstBlock.append(total)
+        total += UInt64(f.blocks)
+    }
+    guard total > 0 else { fail("\(path) has no relation blocks at \(lsn)") }
+
+    func draw(_ count: Int, seed: UInt64) -> [Key] {
+        var rng = SeededRandom(seed: seed)
+        return (0..<count).map { _ in
+            let b = UInt64.random(in: 0..<total, using: &rng)
+            // The last fork that starts at or before b.
+            var lo = 0, hi = forks.count - 1
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                if firstBlock[mid] <= b { lo = mid } else { hi = mid - 1 }
+            }
+            return KeySpace.relationBlock(forks[lo].tag, UInt32(b - firstBlock[lo]))
+        }
+    }
+
+    _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth, batch: batch)
+    let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
+    let sorted = latencies.sorted()
+    func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
+    emitJSON([("bench", "\"getpage\""), ("store", "\"\(kind.rawValue)\""), ("lsn", "\"\(lsn)\""),
+              ("latest_lsn", "\"\(latest)\""), ("at_latest", "\(lsn == latest)"), ("depth", "\(depth)"), ("batch", "\(batch)"),
+              ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
+              ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
+              ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")])
+}
+
+/// Every relation fork with blocks at `lsn` and its size, from the store's metadata keys. The reader is
+/// gone when this returns (RocksStore.close requires that).
+private func relationForks(_ store: any ReadStore, at lsn: LSN, path: String) throws -> [(tag: RelTag, blocks: UInt32)] {
+    let meta = store.reader()
+    guard let dbDirBytes = try meta.get(KeySpace.dbDir, at: lsn) else { fail("\(path) has no database directory at \(lsn)") }
+    var forks: [(tag: RelTag, blocks: UInt32)] = []
+    for db in try DbDirectory(decoding: dbDirBytes).entries.sorted() {
+        guard let relDir = try meta.get(KeySpace.relDir(db), at: lsn) else { continue }
+        for e in try RelDirectory(decoding: relDir).entries.sorted() {
+            let tag = RelTag(spc: db.spc, db: db.db, rel: e.rel, fork: e.fork)
+            let n = try meta.get(KeySpace.relationSize(tag), at: lsn).map { try SizeValue.decode($0) } ?? 0
+            if n > 0 { forks.append((tag, n)) }
+        }
+    }
+    return forks
+}
+
+/// Reads `keys` at `lsn` with `depth` requests in flight: depth / batch threads, each reading `batch`
+/// requests at a time. Returns the wall time and every request's latency (a request of a batch waits
+/// for the whole batch, as a pipelining client waits for the server's answer to its batch).
+private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, batch: Int) throws -> (Double, [Double]) {
+    let shared = RunState()
+    let threads = depth / batch
+    let t0 = nowSeconds()
+    runThreads(threads) { _ in
+        let reader = store.reader()
+        var mine: [Double] = []
+        mine.reserveCapacity(keys.count / threads + batch)
+        var failure: String?
+        while failure == nil {
+            let first = shared.next.add(batch, ordering: .relaxed).oldValue
+            guard first < keys.count else { break }
+            let mineKeys = Array(keys[first..<min(first + batch, keys.count)])
+            let s = nowSeconds()
+            for (key, result) in zip(mineKeys, reader.get(mineKeys, at: lsn)) {
+                switch result {
+                // No value: a block inside the relation's size that was never written (both stores
+                // answer alike; the server would send zeros).
+                case .success(let page):
+                    if let page, page.count != 8192 { failure = "block \(key) at \(lsn): \(page.count) bytes" }
+                case .failure(let error):
+                    failure = "block \(key) at \(lsn): \(error)"
+                }
+            }
+            let latency = nowSeconds() - s
+            for _ in mineKeys { mine.append(latency) }
+        }
+        shared.results.withLock {
+            $0.latencies.append(contentsOf: mine)
+            if $0.error == nil { $0.error = failure }
+        }
+    }
+    let seconds = nowSeconds() - t0
+    let r = shared.results.withLock { $0 }
+    if let e = r.error { throw StorageError(.corruption, "GetPage failed: \(e)") }
+    return (seconds, r.latencies)
+}
+
+/// What the threads of one run share.
+private final class RunState: Sendable {
+    /// The index of the next request to issue.
+    let next = Atomic<Int>(0)
+    /// Every latency (seconds) and the first failure.
+    let results = Mutex<(latencies: [Double], error: String?)>(([], nil))
+}
+
+/// `rocksbench verify`: the same random blocks read from both stores at one LSN must be byte-identical
+/// (both hold the same values and run the same redo), which checks that the baseline stores and reads
+/// back exactly what our ingest produced.
+func verifyCommand(_ args: Arguments) throws {
+    let requests = args.int("requests", default: 2000)
+    let seed = UInt64(args.int("seed", default: 1))
+    let ours = try OurStore(directory: args.string("ours"), cacheBytes: 64 << 20, backgroundFlush: false)
+    defer { ours.close() }
+    let rocks = try RocksBench(path: args.string("rocksdb"), cacheBytes: 64 << 20)
+    defer { rocks.close() }
+    let lsnText = args.string("lsn", default: "latest")
+    let lsn: LSN
+    if lsnText == "latest" {
+        lsn = min(try ours.latestLSN(), try rocks.latestLSN())
+    } else {
+        guard let l = LSN(parsing: lsnText) else { fail("--lsn \(lsnText) is neither latest nor an LSN (HI/LO)") }
+        lsn = l
+    }
+    let forks = try relationForks(ours, at: lsn, path: args.string("ours"))
+    let rocksForks = try relationForks(rocks, at: lsn, path: args.string("rocksdb"))
+    guard forks.map(\.tag) == rocksForks.map(\.tag), forks.map(\.blocks) == rocksForks.map(\.blocks) else {
+        fail("the stores list different relations or sizes at \(lsn) (\(forks.count) against \(rocksForks.count) forks)")
+    }
+    let total = forks.reduce(0) { $0 + Int($1.blocks) }
+    var rng = SeededRandom(seed: seed)
+    var compared = 0, absent = 0
+    try verifyBlocks(ours, rocks, forks: forks, total: total, requests: requests, lsn: lsn, rng: &rng, compared: &compared, absent: &absent)
+    emitJSON([("bench", "\"verify\""), ("lsn", "\"\(lsn)\""), ("relation_forks", "\(forks.count)"), ("blocks", "\(total)"),
+              ("pages_compared", "\(compared)"), ("pages_absent_in_both", "\(absent)"), ("identical", "true")])
+}
+
+/// Compares `requests` random blocks; the readers are gone when this returns.
+private func verifyBlocks(_ ours: any ReadStore, _ rocks: any ReadStore, forks: [(tag: RelTag, blocks: UInt32)], total: Int,
+                          requests: Int, lsn: LSN, rng: inout SeededRandom, compared: inout Int, absent: inout Int) throws {
+    let a = ours.reader(), b = rocks.reader()
+    for _ in 0..<requests {
+        var n = Int.random(in: 0..<total, using: &rng)
+        var i = 0
+        while n >= Int(forks[i].blocks) { n -= Int(forks[i].blocks); i += 1 }
+        let key = KeySpace.relationBlock(forks[i].tag, UInt32(n))
+        let x = try a.get(key, at: lsn), y = try b.get(key, at: lsn)
+        guard x == y else {
+            fail("block \(key) at \(lsn) differs: ours \(x.map { "\($0.count) bytes" } ?? "absent"), RocksDB \(y.map { "\($0.count) bytes" } ?? "absent")")
+        }
+        if x == nil { absent += 1 } else { compared += 1 }
+    }
+}

@@ -1,0 +1,95 @@
+// `rocksbench ingest`: the WAL-ingest measurement of `pagectl engine bench ingest`, against either
+// store, with the same structure and the same clock so that the figures compare.
+//
+// Untimed: the base backup (pg_basebackup -Ft's base.tar) is imported at the start LSN through
+// `BaseBackupImport` and made durable. Timed: the WAL from the start LSN is read from the segment
+// files, decoded by `WALDecoder`, ingested record by record through `WalIngest` (every record that
+// starts before the end LSN) and made durable (our checkpoint; RocksDB's flush with wait).
+// MB/s = (end - start) / seconds.
+import LSM
+import PostgresWAL
+
+func ingestCommand(_ args: Arguments) throws {
+    let kind = storeKind(args)
+    let basebackup = args.string("base-backup"), wal = args.string("wal-dir"), path = args.string("db")
+    let start = args.lsn("start"), end = args.lsn("end")
+    let cacheBytes = args.int("cache-mb", default: 256) << 20
+    let chunkBytes = 1 << 20
+    guard end > start else { fail("--end \(end) is not after --start \(start)") }
+    let segments = walSegmentFiles(in: wal, from: start)
+
+    let store: any IngestStore
+    switch kind {
+    case .ours: store = try OurStore(directory: path, cacheBytes: cacheBytes, backgroundFlush: true)
+    case .rocksdb: store = try RocksBench(path: path, cacheBytes: cacheBytes)
+    }
+    defer { store.close() }
+
+    // Untimed: the base backup.
+    let t0 = nowSeconds()
+    let importer = BaseBackupImport(target: store.target, startLSN: start)
+    let parser = TarStreamParser(consumer: importer)
+    try readFile(basebackup, chunk: chunkBytes) { try parser.feed($0); return true }
+    try parser.finish()
+    try importer.finish()
+    try store.finishImport(at: start)
+    let importSeconds = nowSeconds() - t0
+
+    // Timed: decode + ingest + durable flush.
+    let ingest = WalIngest(target: store.target, pageSource: store.pageSource)
+    var decoder = try WALDecoder(startLSN: start, segmentSize: segments.segmentSize)
+    var decodeSeconds = 0.0, ingestSeconds = 0.0
+    var done = false
+    let w0 = nowSeconds()
+    var mark = w0
+    for (i, file) in segments.paths.enumerated() where !done {
+        // The decoder wants the stream to begin exactly at the start LSN.
+        let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
+        try readFile(file, chunk: chunkBytes, from: offset) { bytes in
+            decoder.feed(bytes)
+            while let record = try decoder.next() {
+                if record.startLSN >= end {
+                    done = true
+                    break
+                }
+                let now = nowSeconds()
+                decodeSeconds += now - mark
+                try ingest.ingest(record)
+                mark = nowSeconds()
+                ingestSeconds += mark - now
+                // The bytes past the end LSN may be anything: stop before decoding them.
+                if record.endLSN >= end {
+                    done = true
+                    break
+                }
+            }
+            return !done
+        }
+    }
+    let now = nowSeconds()
+    decodeSeconds += now - mark
+    guard let last = ingest.lastRecordEndLSN, done || last >= end else {
+        fail("the WAL in \(wal) ends at \(decoder.position), before --end \(end)")
+    }
+    let durable = try store.durableFlush(lastRecordEnd: last)
+    let flushSeconds = nowSeconds() - now
+    let seconds = nowSeconds() - w0
+    guard durable >= last else { fail("the flush reached \(durable), not the last record's end \(last)") }
+
+    let walBytes = Double(end.rawValue - start.rawValue)
+    let stats = ingest.stats
+    let disk = store.bytesOnDisk()
+    emitJSON([("bench", "\"ingest\""), ("store", "\"\(kind.rawValue)\""), ("start_lsn", "\"\(start)\""),
+              ("end_lsn", "\"\(end)\""), ("last_record_end_lsn", "\"\(last)\""), ("wal_bytes", "\(Int(walBytes))"),
+              ("records", "\(stats.records)"), ("values_put", "\(stats.valuesPut)"), ("seconds", "\(seconds)"),
+              ("mb_per_s", "\(walBytes / seconds / 1e6)"), ("decode_seconds", "\(decodeSeconds)"),
+              ("ingest_seconds", "\(ingestSeconds)"), ("flush_seconds", "\(flushSeconds)"),
+              ("import_seconds", "\(importSeconds)"), ("blocks_imported", "\(importer.blocksImported)"),
+              ("bytes_on_disk", "\(disk.total)"), ("data_bytes", "\(disk.data)"), ("data_files", "\(disk.dataFiles)")])
+}
+
+func storeKind(_ args: Arguments) -> StoreKind {
+    let s = args.string("store", default: "rocksdb")
+    guard let k = StoreKind(rawValue: s) else { fail("--store \(s) is neither ours nor rocksdb") }
+    return k
+}

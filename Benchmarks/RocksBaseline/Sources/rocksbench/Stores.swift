@@ -1,0 +1,149 @@
+// The two stores the driver measures, behind one interface so that ingest and GetPage run the very
+// same code against both: ours (`TimelineStore`, layer files) and the seed's design (`RocksStore`).
+import Foundation
+import LSM
+import PostgresRedo
+import PostgresWAL
+
+enum StoreKind: String {
+    case ours, rocksdb
+}
+
+/// The longest chain of records either store hands to redo. Neither store compacts during the benchmark
+/// (the seed's design has no image creation at all), so a hot page (pgbench_branches' one block) can
+/// have tens of thousands of records above its last image; both stores get the same, generous limit.
+let benchMaxChainLength = 1 << 20
+
+/// The redo both stores reconstruct with.
+let benchRedo = PostgresRedo(settings: RedoSettings(maxChainLength: benchMaxChainLength))
+
+/// The timeline id of the benchmark's one timeline (part of every RocksDB key, as in the seed).
+let benchTimeline = TimelineId(parsing: "0123456789abcdef0123456789abcdef")!
+
+/// A store being ingested into. REQUIRES: one thread.
+protocol IngestStore {
+    var target: any IngestTarget { get }
+    var pageSource: any PageSource { get }
+    /// After the base-backup import (untimed): everything up to `lsn` made durable.
+    func finishImport(at lsn: LSN) throws
+    /// The timed durable flush; returns the LSN everything up to which is durable.
+    func durableFlush(lastRecordEnd: LSN) throws -> LSN
+    /// Bytes of every file of the store, and of its data files (layer files, SST files).
+    func bytesOnDisk() -> (total: UInt64, data: UInt64, dataFiles: Int)
+    func close()
+}
+
+/// A store being read. Thread-safe: each thread asks for its own `PageReader`.
+protocol ReadStore: Sendable {
+    /// The newest LSN ingested.
+    func latestLSN() throws -> LSN
+    func reader() -> any PageReader
+    func close()
+}
+
+/// The reads of one thread.
+protocol PageReader {
+    func get(_ key: Key, at lsn: LSN) throws -> [UInt8]?
+    /// Several keys at once; by default one after the other.
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>]
+}
+
+extension PageReader {
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>] {
+        keys.map { key in
+            do { return .success(try get(key, at: lsn)) } catch let e as StorageError { return .failure(e) } catch {
+                return .failure(StorageError(.io, "\(error)"))
+            }
+        }
+    }
+}
+
+// MARK: - Ours
+
+/// Our store, opened as the daemon opens it (io_uring reads, background flush, default checkpoint
+/// distance) with a data cache of `cacheBytes`.
+final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
+    // @unchecked: TimelineStore is Sendable; `target` is used by the one ingest thread only.
+    let store: TimelineStore
+    let target: any IngestTarget
+    let pageSource: any PageSource
+
+    init(directory: String, cacheBytes: Int, backgroundFlush: Bool) throws {
+        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes)
+        var config = StoreConfig()
+        config.backgroundFlush = backgroundFlush
+        config.maxChainLength = benchMaxChainLength
+        store = try TimelineStore.open(directory: directory, config: config, context: context)
+        target = TimelineStoreTarget(store: store)
+        pageSource = TimelineStorePageSource(store: store, redo: ImageOnlyRedo())
+    }
+
+    func finishImport(at lsn: LSN) throws {
+        store.advance(to: lsn)
+        try store.checkpoint()
+    }
+
+    func durableFlush(lastRecordEnd: LSN) throws -> LSN { try store.checkpoint() }
+
+    func bytesOnDisk() -> (total: UInt64, data: UInt64, dataFiles: Int) {
+        let files = store.layers()
+        let usage = diskUsage(store.directory, dataSuffix: "\u{0}")
+        return (usage.total, files.reduce(0) { $0 + $1.fileSize }, files.count)
+    }
+
+    func latestLSN() throws -> LSN { store.lastRecordLSN }
+
+    func reader() -> any PageReader { OurReader(store: store) }
+
+    func close() { store.close() }
+}
+
+struct OurReader: PageReader {
+    let store: TimelineStore
+    let redo = benchRedo
+    func get(_ key: Key, at lsn: LSN) throws -> [UInt8]? { try store.get(key, at: lsn, redo: redo) }
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>] { store.get(keys.map { ($0, lsn) }, redo: redo) }
+}
+
+// MARK: - RocksDB
+
+final class RocksBench: IngestStore, ReadStore, @unchecked Sendable {
+    // @unchecked: see RocksStore.
+    let store: RocksStore
+    let target: any IngestTarget
+    let pageSource: any PageSource
+
+    init(path: String, cacheBytes: Int) throws {
+        store = try RocksStore(path: path, timeline: benchTimeline, cacheBytes: cacheBytes)
+        target = RocksTarget(store: store)
+        pageSource = RocksPageSource(store: store, redo: ImageOnlyRedo())
+    }
+
+    func finishImport(at lsn: LSN) throws { try store.flush(lastLSN: lsn) }
+
+    func durableFlush(lastRecordEnd: LSN) throws -> LSN {
+        try store.flush(lastLSN: lastRecordEnd)
+        return lastRecordEnd
+    }
+
+    func bytesOnDisk() -> (total: UInt64, data: UInt64, dataFiles: Int) {
+        let usage = diskUsage(store.path, dataSuffix: ".sst")
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: store.path))?.filter { $0.hasSuffix(".sst") }.count ?? 0
+        return (usage.total, usage.data, files)
+    }
+
+    func latestLSN() throws -> LSN {
+        guard let l = try store.lastLSN() else { throw StorageError(.notFound, "\(store.path) holds no ingested WAL (no last LSN)") }
+        return l
+    }
+
+    func reader() -> any PageReader { RocksPageReader(reader: store.reader()) }
+
+    func close() { store.close() }
+}
+
+struct RocksPageReader: PageReader {
+    let reader: RocksReader
+    let redo = benchRedo
+    func get(_ key: Key, at lsn: LSN) throws -> [UInt8]? { try reader.get(key, at: lsn, redo: redo) }
+}

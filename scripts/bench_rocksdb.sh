@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Our layer files against the seed's RocksDB design (issue 8): WAL ingest, bytes on disk and
+# GetPage@LSN, both stores measured by the same driver (Benchmarks/RocksBaseline's `rocksbench`) on
+# the same captured WAL, in one run on this machine.
+#
+# 1. Capture, once, as scripts/bench_ingest.sh does: a throwaway PostgreSQL 15 primary (wal_level
+#    replica, full_page_writes on, wal_compression off) with a physical slot, a tar base backup (start
+#    LSN X), `pgbench -i -s SCALE`, `pgbench -c CLIENTS -T SECONDS`, CHECKPOINT, end LSN Y; the WAL
+#    segments X..Y are copied and the primary is stopped.
+# 2. REPS times, ours then RocksDB:
+#    - `rocksbench ingest`: base.tar imported (untimed), then WAL read + decode + store + durable flush
+#      timed; MB/s = (Y - X) / seconds; bytes on disk right after the flush;
+#    - `rocksbench getpage` at the latest LSN and at one random past LSN in (X, Y) (the same for both
+#      stores in a repetition), depth 1 and 32, warm (an untimed warm-up of as many requests first),
+#      REQUESTS random blocks over every relation fork, reconstructed with PostgresRedo; depth D is D
+#      threads reading one request at a time; ours also runs depth 32 as one thread reading batches of
+#      32 through the store's batch read (the daemon's path for a pipelining client).
+#    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
+#    Then `rocksbench verify` reads 2000 random blocks from both stores at both LSNs: the pages must
+#    be byte-identical.
+# 3. Medians of each figure and the median of the per-repetition ratios (ours / RocksDB, or RocksDB /
+#    ours for bytes), checked against issue 8's goals: GetPage throughput >= 3x, bytes <= 0.5x,
+#    ingest >= 2x. The table goes to stdout and to RESULTS_MD, every figure to RESULTS_JSON.
+#
+#   BENCH_DIR        work directory (default /tmp/pageserver-bench-rocksdb; removed at the end)
+#   REPS             repetitions (default 3)
+#   PGBENCH_SCALE    pgbench -i scale (default 20)
+#   PGBENCH_SECONDS  duration of the pgbench run (default 20)
+#   PGBENCH_CLIENTS  pgbench clients (default 4, over 2 threads)
+#   REQUESTS         GetPage requests per measurement (default 20000)
+#   CACHE_MB         RocksDB's block cache and our data cache (default 256)
+#   BIN              the driver (default Benchmarks/RocksBaseline/.build/release/rocksbench)
+#   PG_BIN           PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
+#   RESULTS_JSON     every figure, one JSON object (default .build/bench_rocksdb.json)
+#   RESULTS_MD       the table (default .build/bench_rocksdb.md)
+#   KEEP             when 1: keep BENCH_DIR (the capture and the last repetition's two stores, in
+#                    db-ours and db-rocksdb) for profiling with `rocksbench getpage` by hand
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+bin=${BIN:-$root/Benchmarks/RocksBaseline/.build/release/rocksbench}
+dir=${BENCH_DIR:-/tmp/pageserver-bench-rocksdb}
+reps=${REPS:-3}
+scale=${PGBENCH_SCALE:-20}
+seconds=${PGBENCH_SECONDS:-20}
+clients=${PGBENCH_CLIENTS:-4}
+requests=${REQUESTS:-20000}
+cache_mb=${CACHE_MB:-256}
+pgbin=${PG_BIN:-/usr/lib/postgresql/15/bin}
+results_json=${RESULTS_JSON:-$root/.build/bench_rocksdb.json}
+results_md=${RESULTS_MD:-$root/.build/bench_rocksdb.md}
+command="scripts/bench_rocksdb.sh  (REPS=$reps PGBENCH_SCALE=$scale PGBENCH_SECONDS=$seconds PGBENCH_CLIENTS=$clients REQUESTS=$requests CACHE_MB=$cache_mb)"
+
+[ -x "$bin" ] || { echo "bench_rocksdb: $bin not found (build with: make bench-rocksdb, or swift build -c release --package-path Benchmarks/RocksBaseline)" >&2; exit 1; }
+[ -x "$pgbin/postgres" ] || { echo "bench_rocksdb: PostgreSQL 15 not found in $pgbin" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "bench_rocksdb: run as root (the primary runs as user postgres through runuser)" >&2; exit 1; }
+
+primary="$dir/primary"
+capture="$dir/capture"
+keep=${KEEP:-0}
+out="$dir/results.jsonl"
+primary_up=0
+
+as_pg() { runuser -u postgres -- "$@"; }
+
+cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ]; then
+    for f in "$dir"/pg/*.log; do [ -f "$f" ] && { echo "--- $f (last lines)"; tail -n 20 "$f"; } >&2; done
+  fi
+  if [ "$primary_up" = 1 ]; then as_pg "$pgbin/pg_ctl" -D "$primary" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
+  if [ "$keep" = 1 ]; then echo "kept $dir" >&2; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+lsn_int() { python3 -c "import sys; hi, lo = sys.argv[1].split('/'); print(int(hi, 16) << 32 | int(lo, 16))" "$1"; }
+
+rm -rf "$dir"
+mkdir -p "$dir/pg" "$capture/wal" "$(dirname "$results_json")" "$(dirname "$results_md")"
+chown postgres: "$dir/pg"
+chmod 755 "$dir"
+: > "$out"
+
+# ---- 1. Capture (the steps of scripts/bench_ingest.sh) ----
+pport=$(free_port)
+psql_p() { "$pgbin/psql" -X -At -h 127.0.0.1 -p "$pport" -U postgres -d postgres -v ON_ERROR_STOP=1 "$@"; }
+
+echo "== capture: PostgreSQL 15 primary on 127.0.0.1:$pport, base backup, pgbench -i -s $scale, pgbench -c $clients -T $seconds"
+install -d -o postgres -g postgres -m 700 "$primary"
+as_pg "$pgbin/initdb" -D "$primary" -A trust -U postgres -E UTF8 --locale=C >/dev/null
+cat >> "$primary/postgresql.conf" <<EOF
+# pageserver RocksDB-baseline benchmark
+listen_addresses = '127.0.0.1'
+port = $pport
+unix_socket_directories = '$dir/pg'
+wal_level = replica
+max_wal_senders = 10
+max_replication_slots = 10
+full_page_writes = on
+wal_compression = off
+EOF
+echo "host replication all 127.0.0.1/32 trust" >> "$primary/pg_hba.conf"
+as_pg "$pgbin/pg_ctl" -D "$primary" -l "$dir/pg/primary.log" -w -t 60 start >/dev/null
+primary_up=1
+
+# The slot keeps every WAL segment from the backup's start on.
+psql_p -c "SELECT pg_create_physical_replication_slot('bench_rocksdb', true)" >/dev/null
+"$pgbin/pg_basebackup" -h 127.0.0.1 -p "$pport" -U postgres -Ft -X none -c fast -D "$capture/backup" 2> "$dir/pg/basebackup.log"
+tar -xOf "$capture/backup/base.tar" backup_label > "$capture/backup_label"
+start_lsn=$(sed -n 's/^START WAL LOCATION: \([0-9A-Fa-f]*\/[0-9A-Fa-f]*\) .*/\1/p' "$capture/backup_label")
+[ -n "$start_lsn" ] || { echo "bench_rocksdb: no START WAL LOCATION in backup_label" >&2; exit 1; }
+
+"$pgbin/pgbench" -h 127.0.0.1 -p "$pport" -U postgres -i -s "$scale" -q postgres 2>&1 | tail -n 1
+"$pgbin/pgbench" -h 127.0.0.1 -p "$pport" -U postgres -c "$clients" -j 2 -T "$seconds" postgres 2>&1 \
+  | grep -E '^(number of transactions actually processed|tps)' || true
+psql_p -c "CHECKPOINT" >/dev/null
+end_lsn=$(psql_p -c "SELECT pg_current_wal_lsn()")
+psql_p -c "SELECT pg_switch_wal()" >/dev/null
+walsize=$(psql_p -c "SHOW wal_segment_size")
+[ "$walsize" = 16MB ] || { echo "bench_rocksdb: wal_segment_size is $walsize, this script assumes 16MB" >&2; exit 1; }
+timeline=$(psql_p -c "SELECT timeline_id FROM pg_control_checkpoint()")
+x=$(lsn_int "$start_lsn"); y=$(lsn_int "$end_lsn")
+seg=$((16 << 20))
+for s in $(seq $((x / seg)) $((y / seg))); do
+  cp "$primary/pg_wal/$(printf '%08X%08X%08X' "$timeline" $((s / 256)) $((s % 256)))" "$capture/wal/"
+done
+as_pg "$pgbin/pg_ctl" -D "$primary" -m fast -w -t 60 stop >/dev/null
+primary_up=0
+rm -rf "$primary"
+echo "WAL: $start_lsn .. $end_lsn ($(( (y - x) / 1000000 )) MB)"
+echo "{\"bench\": \"capture\", \"start_lsn\": \"$start_lsn\", \"end_lsn\": \"$end_lsn\", \"scale\": $scale, \"pgbench_seconds\": $seconds, \"clients\": $clients}" >> "$out"
+
+# ---- 2. Ours and RocksDB, alternately ----
+measure() { # store, rep, past LSN
+  local store=$1 rep=$2 past=$3
+  local db="$dir/db-$store"
+  rm -rf "$db"
+  "$bin" ingest --store "$store" --base-backup "$capture/backup/base.tar" --wal-dir "$capture/wal" \
+    --start "$start_lsn" --end "$end_lsn" --db "$db" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
+  sync
+  for lsn in latest "$past"; do
+    # depth:batch. Ours also runs depth 32 as one thread handing batches of 32 to the store's batch
+    # read (one io_uring submission per batch), the way the daemon serves a pipelining client.
+    local runs="1:1 32:1"
+    if [ "$store" = ours ]; then runs="$runs 32:32"; fi
+    for run in $runs; do
+      local args=(getpage --store "$store" --db "$db" --lsn "$lsn" --requests "$requests" --depth "${run%:*}"
+                  --batch "${run#*:}" --seed "$rep" --cache-mb "$cache_mb")
+      # A failed read is a bug to chase, not noise: it is reported and counted in the table's notes;
+      # the run is retried once so that one failure does not lose the whole benchmark.
+      if ! "$bin" "${args[@]}" > "$dir/getpage.json" 2> "$dir/getpage.err"; then
+        echo "bench_rocksdb: FAILED: rocksbench ${args[*]}: $(cat "$dir/getpage.err")" >&2
+        printf '{"bench": "failure", "rep": %s, "store": "%s", "command": "rocksbench %s", "error": %s}\n' "$rep" "$store" \
+          "${args[*]}" "$(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().strip()))' < "$dir/getpage.err")" >> "$out"
+        "$bin" "${args[@]}" > "$dir/getpage.json"
+      fi
+      sed "s/^{/{\"rep\": $rep, /" "$dir/getpage.json" | tee -a "$out"
+    done
+  done
+  sync
+}
+
+echo "== ours and RocksDB, $reps repetitions each"
+for r in $(seq "$reps"); do
+  # One random past LSN per repetition, the same for both stores, in the middle 80% of the WAL.
+  past=$(python3 -c "
+import random, sys
+x, y, r = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+l = random.Random(r).randint(x + (y - x) // 10, y - (y - x) // 10)
+print('%X/%X' % (l >> 32, l & 0xFFFFFFFF))" "$x" "$y" "$r")
+  measure ours "$r" "$past"
+  measure rocksdb "$r" "$past"
+  # Both stores must give byte-identical pages (same values, same redo): the baseline is checked, not
+  # trusted.
+  for lsn in latest "$past"; do
+    "$bin" verify --ours "$dir/db-ours" --rocksdb "$dir/db-rocksdb" --lsn "$lsn" --requests 2000 --seed "$r" \
+      | sed "s/^{/{\"rep\": $r, /" | tee -a "$out"
+  done
+  if [ "$keep" != 1 ]; then rm -rf "$dir/db-ours" "$dir/db-rocksdb"; fi
+done
+
+# ---- 3. Medians, ratios, goals ----
+python3 - "$out" "$results_json" "$results_md" "$command" <<'PY'
+import json, platform, statistics, subprocess, sys, time
+src, out_json, out_md, command = sys.argv[1:5]
+rows = [json.loads(l) for l in open(src) if l.strip()]
+capture = next(r for r in rows if r["bench"] == "capture")
+reps = sorted({r["rep"] for r in rows if "rep" in r})
+
+def pick(store, rep, bench, **match):
+    for r in rows:
+        if r.get("rep") == rep and r.get("store") == store and r["bench"] == bench and all(r.get(k) == v for k, v in match.items()):
+            return r
+    raise SystemExit("bench_rocksdb: missing %s %s rep %d %s" % (store, bench, rep, match))
+
+# (label, bench, match, field, unit, comparison, goal): the ratio is ours / RocksDB; ">=" goals are lower
+# bounds (throughput), "<=" upper bounds (bytes). Latency rows have no goal; their ratio is RocksDB /
+# ours, so that above 1 means ours is faster, as for throughput.
+# (label, bench, match for ours, match for RocksDB, field, unit, comparison, goal)
+measurements = [("Ingest, WAL MB/s (decode + store + durable flush)", "ingest", {}, {}, "mb_per_s", "MB/s", ">=", 2.0),
+                ("Bytes on disk after ingest, MB", "ingest", {}, {}, "bytes_on_disk", "MB", "<=", 0.5)]
+for at in (True, False):
+    where = "latest LSN" if at else "random past LSN"
+    for depth, batch in ((1, 1), (32, 1), (32, 32)):
+        mo = {"at_latest": at, "depth": depth, "batch": batch}
+        mk = {"at_latest": at, "depth": depth, "batch": 1}
+        how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
+        measurements.append(("GetPage %s, %s, pages/s" % (where, how), "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
+        measurements.append(("GetPage %s, %s, p50 / p99 us" % (where, how), "getpage", mo, mk, "latency", "us", None, None))
+
+table, results = [], []
+for label, bench, mo, mk, field, unit, op, goal in measurements:
+    if field == "latency":
+        def lat(store, match):
+            p50 = statistics.median(pick(store, r, bench, **match)["p50_us"] for r in reps)
+            p99 = statistics.median(pick(store, r, bench, **match)["p99_us"] for r in reps)
+            return p50, p99
+        o, k = lat("ours", mo), lat("rocksdb", mk)
+        table.append("| %s | %.0f / %.0f | %.0f / %.0f | %.2fx / %.2fx | (no goal) |" % (label, o[0], o[1], k[0], k[1], k[0] / o[0], k[1] / o[1]))
+        results.append({"measurement": label, "ours_p50_us": o[0], "ours_p99_us": o[1], "rocksdb_p50_us": k[0], "rocksdb_p99_us": k[1]})
+        continue
+    ours = [pick("ours", r, bench, **mo)[field] for r in reps]
+    rocks = [pick("rocksdb", r, bench, **mk)[field] for r in reps]
+    ratio = statistics.median(o / k for o, k in zip(ours, rocks))
+    met = ratio >= goal if op == ">=" else ratio <= goal
+    scale = 1e6 if unit == "MB" else 1
+    fmt = (lambda v: "%.1f" % (v / scale)) if unit in ("MB", "MB/s") else (lambda v: "%.0f" % v)
+    table.append("| %s | %s | %s | %.2fx | %s %.1fx: %s |" % (label, fmt(statistics.median(ours)), fmt(statistics.median(rocks)),
+                                                          ratio, op, goal, "met" if met else "MISSED"))
+    results.append({"measurement": label, "unit": unit, "ours": ours, "rocksdb": rocks, "ratio_median": ratio,
+                    "goal": "%s %.1fx" % (op, goal), "met": met})
+
+machine = "%s, %s cores, %s" % (platform.machine(), subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
+                                subprocess.run(["uname", "-sr"], capture_output=True, text=True).stdout.strip())
+try:
+    model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    machine = model + ", " + machine
+except StopIteration:
+    pass
+date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+failures = [r for r in rows if r["bench"] == "failure"]
+md = ["Command: `%s`" % command, "Machine: %s. Date: %s. WAL: %s .. %s (%.0f MB), pgbench scale %d, %d s, %d clients; medians of %d repetitions, ratios = median of the per-repetition ratios ours / RocksDB." %
+      (machine, date, capture["start_lsn"], capture["end_lsn"], pick("ours", reps[0], "ingest")["wal_bytes"] / 1e6,
+       capture["scale"], capture["pgbench_seconds"], capture["clients"], len(reps)), "",
+      "| measurement | ours | RocksDB | ratio | goal |", "|---|---|---|---|---|"] + table + \
+     ([""] + ["FAILED (retried once): %s store, repetition %d: `%s`: %s" % (f["store"], f["rep"], f["command"], f["error"]) for f in failures] if failures else [])
+open(out_md, "w").write("\n".join(md) + "\n")
+json.dump({"command": command, "machine": machine, "date": date, "capture": capture, "results": results, "runs": rows},
+          open(out_json, "w"), indent=1)
+print("\n".join(md))
+print("\nwritten: %s, %s" % (out_json, out_md))
+PY
