@@ -179,8 +179,16 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
             precondition(rc >= 0, "io_uring_submit failed: errno \(-rc)")
         }
         waitForCompletion(batch)
-        // Short reads (end of file, or a partial read) are completed synchronously.
-        for i in ops.indices where ops[i].result >= 0 && Int(ops[i].result) < ops[i].length {
+        // Short reads (end of file, or a partial read) are completed synchronously, and so are reads
+        // the ring failed for a reason of its own rather than the file's: a request that another
+        // thread's io_uring_enter submitted can be cancelled or fail with EFAULT when that thread
+        // exits while the request waits in io-wq (seen once at 32 threads). Our buffers are valid
+        // until we return, so pread decides: a real error comes back from it as well.
+        for i in ops.indices where (ops[i].result >= 0 && Int(ops[i].result) < ops[i].length) || Self.retryable(ops[i].result) {
+            if ops[i].result < 0 {
+                retriedReads.add(1, ordering: .relaxed)
+                ops[i].result = 0
+            }
             var done = Int(ops[i].result)
             while done < ops[i].length {
                 let n = pread(ops[i].fd, ops[i].buffer + done, ops[i].length - done, off_t(ops[i].offset) + off_t(done))
@@ -190,6 +198,13 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
             }
             ops[i].result = Int32(done)
         }
+    }
+
+    /// Reads io_uring failed for a reason of the ring's, redone with pread (for tests and logs).
+    public let retriedReads = Atomic<Int>(0)
+
+    static func retryable(_ result: Int32) -> Bool {
+        result == -EFAULT || result == -ECANCELED || result == -EINTR || result == -EAGAIN
     }
 
     private func waitForCompletion(_ batch: Batch) {
