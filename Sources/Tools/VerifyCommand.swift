@@ -133,7 +133,11 @@ struct VerifyCommand: ParsableCommand {
                         mismatch("\(tag) block \(blk): the page server has it, the primary's file has \(primaryBlocks) blocks")
                         continue
                     }
-                    compare(server: serverPage, primary: p, fork: fork, block: UInt32(blk), tag: tag, counts: &counts, mismatch: mismatch)
+                    // The difference comes back instead of going through `mismatch`, which changes
+                    // `counts` too (one access to it at a time).
+                    var found: String?
+                    compare(server: serverPage, primary: p, fork: fork, block: UInt32(blk), tag: tag, counts: &counts) { found = $0 }
+                    if let found { mismatch(found) }
                 }
                 block += batch
             }

@@ -75,6 +75,11 @@ final class TestPageServer {
 
     func destroy() {
         stop(signal: SIGKILL)
+        // KEEP_PAGESERVER=1 keeps the workdir and the log for a post-mortem.
+        if ProcessInfo.processInfo.environment["KEEP_PAGESERVER"] == "1" {
+            print("kept the page server's workdir \(workdir) and log \(logPath)")
+            return
+        }
         try? FileManager.default.removeItem(atPath: workdir)
         try? FileManager.default.removeItem(atPath: logPath)
     }
