@@ -425,7 +425,10 @@ public final class TimelineStore: Sendable {
     public func get(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats) -> [Result<[UInt8]?, StorageError>] {
         // Taken before the snapshot: every value at or below it is in the snapshot (invariant 1 of
         // MaterializedPageCache).
-        let complete = lastRecordLSN
+        // Only completed records count: `lastRecordLSN` also covers the puts of a record still in
+        // progress, and a value read while its record's other puts are pending must not be
+        // remembered at that record's LSN (the record's value for the key would then be skipped).
+        let complete = writer.withLock { $0.lastRecordLSN }
         let snapshot = map.withLock { $0 }
         var bases: [(lsn: LSN, bytes: [UInt8])?] = []
         var states = requests.map { LookupState(key: $0.0, lsn: $0.1) }
