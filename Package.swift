@@ -108,7 +108,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "LSMTests", dependencies: ["LSM", "PGTestSupport"]),
-        .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL", "PGTestSupport"]),
+        .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL", "PostgresRedo", "PGTestSupport"]),
         .testTarget(name: "PostgresRedoTests", dependencies: ["PostgresRedo", "PGTestSupport"]),
         .testTarget(name: "PostgresBackupTests", dependencies: ["PostgresBackup", "PostgresRedo", "PostgresWAL", "LSM", "PGTestSupport"]),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol", "PGTestSupport"]),

@@ -10,6 +10,16 @@ import PostgresWAL
 /// (as verifyBackupPageConsistency does). Beyond PostgreSQL, visibility-map pages are also compared
 /// bit for bit (PostgreSQL's masking hides the whole bitmap as unused space).
 ///
+/// One visibility-map difference is PostgreSQL's own ordering, not ours: a backend clears a map bit
+/// (`visibilitymap_clear`, holding only the heap page's lock) before it inserts the heap record that
+/// says so, so another backend's VISIBLE record for a neighbouring heap block can be logged in between
+/// with an image of the map page that already lacks the bit. At that record our replay still has the
+/// bit. Such a difference (ours has bits set that the image lacks, never the other way) is held as a
+/// pending clear: it is confirmed when a later record references each of those heap blocks (the
+/// record that logs the clear), and reported as a mismatch if `pendingClearRecords` checked records
+/// go by without it. Invariant: a map difference is never counted as matched unless every heap block
+/// whose bits differ was touched by a later record.
+///
 /// Outcomes per image: matched; mismatched (the first differing offset is reported); unverifiable
 /// (the store has no base for the page: its history starts before the WAL we saw); unsupported (a
 /// resource manager without our redo yet: the page fails with a clear error, which is the contract);
@@ -43,6 +53,9 @@ public final class RedoVerifier {
         /// The page's chain is longer than the store's max_chain_length: it cannot be built until
         /// compaction writes newer images (not a redo error).
         public var chainTooLong = 0
+        /// Visibility-map images that lacked bits a later record cleared (see the note above); also
+        /// counted in `matched` once confirmed.
+        public var vmClearsAhead = 0
         public var checked: Int { matched + mismatched + failed }
         public init() {}
     }
@@ -66,8 +79,77 @@ public final class RedoVerifier {
         counts.values.reduce(into: Counts()) {
             $0.matched += $1.matched; $0.mismatched += $1.mismatched; $0.unverifiable += $1.unverifiable
             $0.unsupported += $1.unsupported; $0.failed += $1.failed
-            $0.chainTooLong += $1.chainTooLong
+            $0.chainTooLong += $1.chainTooLong; $0.vmClearsAhead += $1.vmClearsAhead
         }
+    }
+
+    /// A map difference waiting for the heap records that log its clears.
+    struct PendingClear {
+        var relation: RelFileNode
+        var heapBlocks: Set<UInt32>
+        var typeName: String
+        var mismatch: Mismatch
+        var deadline: Int
+    }
+    var pendingClears: [PendingClear] = []
+    /// Map differences waiting for their heap record.
+    public var pendingClearCount: Int { pendingClears.count }
+    var checkedRecords = 0
+    /// How many checked records a pending clear may wait for its heap record.
+    public var pendingClearRecords = 5_000
+
+    /// Map differences not yet confirmed (call at the end of a run: they count as mismatches then).
+    public func flushPendingClears() {
+        for p in pendingClears { expire(p) }
+        pendingClears.removeAll()
+    }
+
+    private func expire(_ p: PendingClear) {
+        var c = counts[p.typeName] ?? Counts()
+        c.mismatched += 1
+        counts[p.typeName] = c
+        var m = p.mismatch
+        m.detail += " (no later record touched heap blocks \(p.heapBlocks.sorted()))"
+        if mismatches.count < keepMismatches { mismatches.append(m) }
+        onMismatch?(m)
+    }
+
+    /// Confirms pending clears whose heap blocks `record` references; expires the overdue ones.
+    private func settlePendingClears(_ record: DecodedRecord) {
+        guard !pendingClears.isEmpty else { return }
+        for b in record.blocks where b.fork == .main {
+            for i in pendingClears.indices where pendingClears[i].relation == b.relation {
+                pendingClears[i].heapBlocks.remove(b.block.rawValue)
+            }
+        }
+        var kept: [PendingClear] = []
+        for p in pendingClears {
+            if p.heapBlocks.isEmpty {
+                var c = counts[p.typeName] ?? Counts()
+                c.matched += 1
+                c.vmClearsAhead += 1
+                counts[p.typeName] = c
+            } else if checkedRecords >= p.deadline {
+                expire(p)
+            } else {
+                kept.append(p)
+            }
+        }
+        pendingClears = kept
+    }
+
+    /// The heap blocks whose map bits are set in `ours` and clear in `primary`, when that is the only
+    /// kind of difference between the two map pages (nil otherwise).
+    static func bitsClearedAhead(ours: [UInt8], primary: [UInt8], vmBlock: UInt32) -> Set<UInt32>? {
+        var blocks: Set<UInt32> = []
+        for i in Page.headerSize..<Page.size where ours[i] != primary[i] {
+            guard primary[i] & ~ours[i] == 0 else { return nil }
+            let extra = ours[i] & ~primary[i]
+            for pair in 0..<4 where extra & (0x3 << (pair * 2)) != 0 {
+                blocks.insert(vmBlock * (UInt32(Page.size - Page.headerSize) * 4) + UInt32(i - Page.headerSize) * 4 + UInt32(pair))
+            }
+        }
+        return blocks
     }
 
     /// Whether `record` carries anything to check.
@@ -78,6 +160,8 @@ public final class RedoVerifier {
     /// Checks every consistency image of `record`. Call after the record is ingested, in WAL order or
     /// later (the page is asked for as of the record's end).
     public func check(_ record: DecodedRecord) {
+        checkedRecords += 1
+        settlePendingClears(record)
         for b in record.blocks {
             guard let image = b.image, !image.apply else { continue }
             let rmgr = record.resourceManager
@@ -119,6 +203,16 @@ public final class RedoVerifier {
             if let difference = Self.compare(ours: ours, primary: image.page, resourceManager: rmgr,
                                              block: b.block.rawValue, isVisibilityMap: b.fork == .visibilityMap,
                                              recordEnd: record.endLSN) {
+                if b.fork == .visibilityMap,
+                   let blocks = Self.bitsClearedAhead(ours: ours, primary: image.page, vmBlock: b.block.rawValue),
+                   !blocks.isEmpty {
+                    let m = Mismatch(key: key, recordStart: record.startLSN, recordEnd: record.endLSN,
+                                     resourceManager: "\(rmgr)", recordType: RecordTypeNames.name(rmgr, info: record.info),
+                                     blockId: b.id, offset: difference.offset, detail: difference.detail)
+                    pendingClears.append(PendingClear(relation: b.relation, heapBlocks: blocks, typeName: typeName,
+                                                      mismatch: m, deadline: checkedRecords + pendingClearRecords))
+                    continue
+                }
                 c.mismatched += 1
                 report(difference.offset, difference.detail)
             } else {
@@ -162,6 +256,9 @@ public final class RedoVerifier {
         let t = totals
         lines.append(padRight("total", 36)
             + " \(pad(t.checked, 7))  \(pad(t.matched, 7))  \(pad(t.mismatched, 10))  \(pad(t.failed, 6))  \(pad(t.unverifiable, 12))  \(pad(t.unsupported, 11))  \(pad(t.chainTooLong, 14))")
+        if t.vmClearsAhead > 0 || !pendingClears.isEmpty {
+            lines.append("visibility-map images taken after a clear whose heap record came later: \(t.vmClearsAhead) confirmed, \(pendingClears.count) still waiting")
+        }
         return lines.joined(separator: "\n")
     }
 

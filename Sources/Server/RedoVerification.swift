@@ -25,6 +25,7 @@ final class RedoVerification: Sendable {
         var busy = false
         var recent: [RedoVerifier.Mismatch] = []
         var counts: [String: RedoVerifier.Counts] = [:]
+        var pendingVMClears = 0
     }
 
     private let state = Mutex(State())
@@ -117,7 +118,8 @@ final class RedoVerification: Sendable {
                     if delta > 0 { checkedCounter(name.split(separator: "/").first.map(String.init) ?? name, delta) }
                 }
                 let counts = verifier.counts
-                state.withLock { $0.counts = counts; $0.busy = false }
+                let pending = verifier.pendingClearCount
+                state.withLock { $0.counts = counts; $0.pendingVMClears = pending; $0.busy = false }
             case .none:
                 wake.lock()
                 if state.withLock({ $0.head >= $0.queue.count && !$0.stopping }) { _ = wake.wait(until: Date().addingTimeInterval(0.5)) }
@@ -132,7 +134,7 @@ final class RedoVerification: Sendable {
             let totals = s.counts.values.reduce(into: RedoVerifier.Counts()) {
                 $0.matched += $1.matched; $0.mismatched += $1.mismatched; $0.failed += $1.failed
                 $0.unverifiable += $1.unverifiable; $0.unsupported += $1.unsupported
-                $0.chainTooLong += $1.chainTooLong
+                $0.chainTooLong += $1.chainTooLong; $0.vmClearsAhead += $1.vmClearsAhead
             }
             var byType: [String: Any] = [:]
             for (name, c) in s.counts {
@@ -144,6 +146,7 @@ final class RedoVerification: Sendable {
                 "checked": totals.checked, "matched": totals.matched, "mismatched": totals.mismatched,
                 "failed": totals.failed, "unverifiable": totals.unverifiable, "unsupported": totals.unsupported,
                 "chain_too_long": totals.chainTooLong,
+                "vm_clears_ahead": totals.vmClearsAhead, "pending_vm_clears": s.pendingVMClears,
                 "skipped": s.skipped, "queued": s.queue.count - s.head,
                 "by_record_type": byType,
                 "mismatches": s.recent.map { m -> [String: Any] in

@@ -117,7 +117,7 @@ final class MaintenanceTests: XCTestCase {
         try verify(ps, timeline, primary, "after compaction and GC")
         let report = try ps.request("GET", "/v1/tenant/\(tenant)/timeline/\(timeline)/redo_verification?wait=300", timeout: 330)
         let o = report.json as? [String: Any] ?? [:]
-        print("verify_redo: checked \(o["checked"] ?? "?"), mismatched \(o["mismatched"] ?? "?"), failed \(o["failed"] ?? "?"), unverifiable \(o["unverifiable"] ?? "?")")
+        print("verify_redo: checked \(o["checked"] ?? "?"), mismatched \(o["mismatched"] ?? "?"), VM clears ahead \(o["vm_clears_ahead"] ?? "?"), failed \(o["failed"] ?? "?"), unverifiable \(o["unverifiable"] ?? "?")")
         XCTAssertEqual(o["mismatched"] as? Int, 0, "\(o["mismatches"] ?? "")")
         XCTAssertEqual(o["failed"] as? Int, 0, "\(o["mismatches"] ?? "")")
         XCTAssertGreaterThan(o["checked"] as? Int ?? 0, 1000)
