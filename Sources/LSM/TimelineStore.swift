@@ -537,6 +537,31 @@ public final class TimelineStore: Sendable {
         return results
     }
 
+    /// How a read of (key, lsn) would be answered, for diagnostics (a verifier's mismatch report):
+    /// the store's LSNs, the in-memory layers, the materialized base, and every value the read would
+    /// collect, newest first, with its kind and the layer it comes from. Reads no data blocks.
+    public func explain(_ key: Key, at lsn: LSN) -> String {
+        let complete = writer.withLock { $0.lastRecordLSN }
+        let snapshot = map.withLock { $0 }
+        var lines = ["read of \(key) at \(lsn): last completed record \(complete), disk_consistent_lsn \(diskConsistentLSN), GC cutoff \(snapshot.gc.cutoff)"]
+        lines.append("in-memory layers: " + ([snapshot.open] + snapshot.frozen.reversed()).map { "\($0.startLSN)..\($0.endLSN.map { "\($0)" } ?? "open")" }.joined(separator: ", "))
+        var state = LookupState(key: key, lsn: lsn)
+        if context.materialized.isEnabled, let base = context.materialized.lookup(storeId, key, at: lsn) {
+            state.floor = base.lsn
+            lines.append("materialized base at \(base.lsn)")
+        }
+        var states = [state]
+        do { try snapshot.plan(&states, fetcher: context.fetcher) } catch { return (lines + ["plan failed: \(error)"]).joined(separator: "\n") }
+        for (l, v) in states[0].memoryValues {
+            lines.append("  \(l) \(v.kind)\(v.willInit ? " will-init" : "") \(v.bytes.count) bytes, in memory")
+        }
+        for (layer, e) in states[0].planned {
+            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(layer.descriptor.fileName)")
+        }
+        if states[0].memoryValues.isEmpty && states[0].planned.isEmpty { lines.append("  (no values)") }
+        return lines.joined(separator: "\n")
+    }
+
     private func reconstruct(key: Key, lsn: LSN, newestFirst chain: [(LSN, Value)], materialized cached: (lsn: LSN, bytes: [UInt8])?,
                              complete: LSN, redo: any Redo, stats: inout ReadStats) throws -> [UInt8]? {
         guard let oldest = chain.last else { return cached?.bytes }

@@ -67,6 +67,8 @@ public final class RedoVerifier {
     public var keepMismatches = 100
     /// Called for every mismatch (for logs and metrics).
     public var onMismatch: ((Mismatch) -> Void)?
+    /// When set, a mismatch's detail ends with how the store answered the read (`TimelineStore.explain`).
+    public var explain: ((Key, LSN) -> String)?
 
     let page: (Key, LSN) throws -> [UInt8]?
 
@@ -172,7 +174,7 @@ public final class RedoVerifier {
             func report(_ offset: Int?, _ detail: String) {
                 let m = Mismatch(key: key, recordStart: record.startLSN, recordEnd: record.endLSN,
                                  resourceManager: "\(rmgr)", recordType: RecordTypeNames.name(rmgr, info: record.info),
-                                 blockId: b.id, offset: offset, detail: detail)
+                                 blockId: b.id, offset: offset, detail: detail + (explain.map { "\n" + $0(key, record.endLSN) } ?? ""))
                 if mismatches.count < keepMismatches { mismatches.append(m) }
                 onMismatch?(m)
             }
@@ -208,13 +210,21 @@ public final class RedoVerifier {
                    !blocks.isEmpty {
                     let m = Mismatch(key: key, recordStart: record.startLSN, recordEnd: record.endLSN,
                                      resourceManager: "\(rmgr)", recordType: RecordTypeNames.name(rmgr, info: record.info),
-                                     blockId: b.id, offset: difference.offset, detail: difference.detail)
+                                     blockId: b.id, offset: difference.offset,
+                                     detail: difference.detail + (explain.map { "\n" + $0(key, record.endLSN) } ?? ""))
                     pendingClears.append(PendingClear(relation: b.relation, heapBlocks: blocks, typeName: typeName,
                                                       mismatch: m, deadline: checkedRecords + pendingClearRecords))
                     continue
                 }
                 c.mismatched += 1
-                report(difference.offset, difference.detail)
+                // A second read tells a transient read-path race from a wrong stored history.
+                var again = "a second read failed"
+                if let second = try? page(key, record.endLSN) {
+                    again = Self.compare(ours: second, primary: image.page, resourceManager: rmgr, block: b.block.rawValue,
+                                         isVisibilityMap: b.fork == .visibilityMap, recordEnd: record.endLSN) == nil
+                        ? "a second read now matches" : (second == ours ? "a second read gives the same page" : "a second read differs from the first and from the primary")
+                }
+                report(difference.offset, difference.detail + " (\(again))")
             } else {
                 c.matched += 1
             }

@@ -36,12 +36,16 @@ final class RedoVerification: Sendable {
     private let checkedCounter: @Sendable (String, Int) -> Void
     private let mismatchCounter: @Sendable () -> Void
     private let page: @Sendable (Key, LSN) throws -> [UInt8]?
+    /// How the store answered a read (logged with each mismatch).
+    private let explain: @Sendable (Key, LSN) -> String
 
     init(tenantId: TenantId, timelineId: TimelineId, page: @escaping @Sendable (Key, LSN) throws -> [UInt8]?,
+         explain: @escaping @Sendable (Key, LSN) -> String,
          checked: @escaping @Sendable (String, Int) -> Void, mismatch: @escaping @Sendable () -> Void) {
         self.tenantId = tenantId
         self.timelineId = timelineId
         self.page = page
+        self.explain = explain
         self.checkedCounter = checked
         self.mismatchCounter = mismatch
     }
@@ -85,6 +89,7 @@ final class RedoVerification: Sendable {
 
     private func run() {
         let verifier = RedoVerifier(page: page)
+        verifier.explain = explain
         verifier.keepMismatches = 0
         verifier.onMismatch = { [self] m in
             serverLog.error("verify_redo mismatch: tenant \(tenantId) timeline \(timelineId) key \(m.key) LSN \(m.recordEnd) rmgr \(m.resourceManager) record \(m.recordType) block ref #\(m.blockId): \(m.offset.map { "first differing offset \($0)" } ?? "page not built"): \(m.detail)")

@@ -72,6 +72,7 @@ final class Timeline: Sendable {
             verification = RedoVerification(
                 tenantId: tenantId, timelineId: timelineId,
                 page: { key, lsn in try store.get(key, at: lsn, redo: redo) },
+                explain: { key, lsn in store.explain(key, at: lsn) },
                 checked: { rmgr, n in metrics.redoVerifyChecked(t, tl, rmgr: rmgr).increment(by: Int64(n)) },
                 mismatch: { mismatches.increment() })
         } else {

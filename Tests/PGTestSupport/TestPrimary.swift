@@ -159,6 +159,10 @@ public final class TestPrimary {
             }
             running = false
         }
+        if ProcessInfo.processInfo.environment["KEEP_PRIMARY"] == "1" {
+            print("kept the primary's directory \(directory)")
+            return
+        }
         try? FileManager.default.removeItem(atPath: directory)
     }
 
