@@ -101,14 +101,24 @@ public final class InMemoryLayer: Sendable {
         }
     }
 
+    /// Tests only: runs inside `collect` after it found the layer open and before it reads the live
+    /// index (where a concurrent freeze can land).
+    nonisolated(unsafe) static var betweenFrozenCheckAndLiveRead: ((InMemoryLayer) -> Void)?
+
     /// Appends to `out`, newest first, the values of `key` with LSN in (floor, ceiling], stopping
     /// after the first that starts a chain. Returns true when it found such a value.
     func collect(_ key: Key, floor: LSN?, ceiling: LSN, into out: inout [(LSN, Value)]) -> Bool {
         if let frozen = state.withLock({ $0.frozen }) {
             return InMemoryLayer.collect(frozen.index[key], frozen.pages, key, floor: floor, ceiling: ceiling, into: &out)
         }
+        InMemoryLayer.betweenFrozenCheckAndLiveRead?(self)
         return state.withLock { s in
-            InMemoryLayer.collect(s.index[key], s.pages, key, floor: floor, ceiling: ceiling, into: &out)
+            // Frozen since the check above: the values moved from `index` to `frozen` (reading the
+            // emptied index would silently skip them and hand out an older version of the page).
+            if let frozen = s.frozen {
+                return InMemoryLayer.collect(frozen.index[key], frozen.pages, key, floor: floor, ceiling: ceiling, into: &out)
+            }
+            return InMemoryLayer.collect(s.index[key], s.pages, key, floor: floor, ceiling: ceiling, into: &out)
         }
     }
 
