@@ -29,7 +29,8 @@ public final class BlockCache: Sendable {
         var usedBytes = 0
     }
 
-    private static let shardCount = 16
+    /// Up to 64 shards, fewer for small caches so that a shard still holds several large blocks.
+    private let shardCount: Int
     private final class ShardBox: Sendable {
         let lock = Mutex(Shard())
     }
@@ -42,13 +43,16 @@ public final class BlockCache: Sendable {
 
     public init(capacityBytes: Int) {
         self.capacityBytes = capacityBytes
-        self.shardCapacityBytes = capacityBytes / BlockCache.shardCount
-        self.shards = (0..<BlockCache.shardCount).map { _ in ShardBox() }
+        var shards = 64
+        while shards > 1 && capacityBytes / shards < 4 << 20 { shards /= 2 }
+        self.shardCount = shards
+        self.shardCapacityBytes = capacityBytes / shards
+        self.shards = (0..<shards).map { _ in ShardBox() }
     }
 
     @inline(__always)
     private func shard(_ key: CacheKey) -> Int {
-        Int(truncatingIfNeeded: (key.fileId &* 0x9E37_79B9_7F4A_7C15 ^ key.offset &* 0xC2B2_AE3D_27D4_EB4F) >> 59) % BlockCache.shardCount
+        Int(truncatingIfNeeded: (key.fileId &* 0x9E37_79B9_7F4A_7C15 ^ key.offset &* 0xC2B2_AE3D_27D4_EB4F) >> 58) % shardCount
     }
 
     public func get(_ key: CacheKey) -> [UInt8]? {

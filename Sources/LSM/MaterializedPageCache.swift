@@ -40,7 +40,8 @@ public final class MaterializedPageCache: Sendable {
         let state = Mutex(Shard())
     }
 
-    private static let shardCount = 16
+    /// Up to 64 shards, fewer for small caches (at least 128 entries a shard, as with 16 before).
+    private let shardCount: Int
     private let shards: [LockedShard]
     private let perShardCapacity: Int
     private let hitCount = Atomic<Int>(0)
@@ -48,8 +49,11 @@ public final class MaterializedPageCache: Sendable {
 
     /// A cache of at most `capacity` values (0 disables it).
     public init(capacity: Int) {
-        perShardCapacity = capacity <= 0 ? 0 : max(1, capacity / Self.shardCount)
-        shards = (0..<Self.shardCount).map { _ in LockedShard() }
+        var n = 64
+        while n > 16 && capacity / n < 128 { n /= 2 }
+        shardCount = n
+        perShardCapacity = capacity <= 0 ? 0 : max(1, capacity / n)
+        shards = (0..<n).map { _ in LockedShard() }
     }
 
     public var isEnabled: Bool { perShardCapacity > 0 }
@@ -57,7 +61,7 @@ public final class MaterializedPageCache: Sendable {
     public var inserts: Int { insertCount.load(ordering: .relaxed) }
 
     private func shard(_ key: CacheKey) -> LockedShard {
-        shards[Int(UInt(bitPattern: key.hashValue) % UInt(Self.shardCount))]
+        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shardCount))]
     }
 
     /// The newest cached value of `key` at or below `lsn`.

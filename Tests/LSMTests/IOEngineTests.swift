@@ -221,9 +221,10 @@ final class IOEngineTests: XCTestCase {
         }
     }
 
-    /// Four threads share one small ring (2, 8 and 32 entries); each submits its own batches (1 to 60 ops, so batches wait
-    /// for permits while other threads' ops are in flight) and checks them.
-    func testConcurrentReadersShareOneRing() throws {
+    /// Four threads read through one engine with small rings (2, 8 and 32 entries, one ring per
+    /// thread); each submits its own batches (1 to 60 ops, so some take several rounds of the ring)
+    /// and checks them.
+    func testConcurrentReadersOfOneEngine() throws {
         let seed = testSeed("IOEngineTests.concurrent")
         var rng = SeededRandom(seed: seed)
         let size = 200_003
