@@ -33,6 +33,8 @@
 #   PG_BIN           PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #   RESULTS_JSON     every figure, one JSON object (default .build/bench_rocksdb.json)
 #   RESULTS_MD       the table (default .build/bench_rocksdb.md)
+#   BENCHMARKS_MD    the file whose table (between <!-- rocksdb:begin --> and <!-- rocksdb:end -->)
+#                    this run replaces (default BENCHMARKS.md; empty: leave it alone)
 #   KEEP             when 1: keep BENCH_DIR (the capture and the last repetition's two stores, in
 #                    db-ours and db-rocksdb) for profiling with `rocksbench getpage` by hand
 set -euo pipefail
@@ -181,9 +183,9 @@ print('%X/%X' % (l >> 32, l & 0xFFFFFFFF))" "$x" "$y" "$r")
 done
 
 # ---- 3. Medians, ratios, goals ----
-python3 - "$out" "$results_json" "$results_md" "$command" <<'PY'
+python3 - "$out" "$results_json" "$results_md" "$command" "${BENCHMARKS_MD-$root/BENCHMARKS.md}" <<'PY'
 import json, platform, statistics, subprocess, sys, time
-src, out_json, out_md, command = sys.argv[1:5]
+src, out_json, out_md, command, benchmarks_md = sys.argv[1:6]
 rows = [json.loads(l) for l in open(src) if l.strip()]
 capture = next(r for r in rows if r["bench"] == "capture")
 reps = sorted({r["rep"] for r in rows if "rep" in r})
@@ -250,4 +252,15 @@ json.dump({"command": command, "machine": machine, "date": date, "capture": capt
           open(out_json, "w"), indent=1)
 print("\n".join(md))
 print("\nwritten: %s, %s" % (out_json, out_md))
+# The results table of BENCHMARKS.md (between its rocksdb markers) is replaced by this run's.
+if benchmarks_md:
+    text = open(benchmarks_md).read()
+    begin, end = "<!-- rocksdb:begin -->", "<!-- rocksdb:end -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        open(benchmarks_md, "w").write(head + begin + "\n" + "\n".join(md) + "\n" + end + tail)
+        print("rewrote the table in %s" % benchmarks_md)
+    else:
+        print("bench_rocksdb: %s has no %s ... %s markers; table not written there" % (benchmarks_md, begin, end))
 PY
