@@ -268,4 +268,42 @@ final class IOEngineTests: XCTestCase {
             XCTAssertEqual(all.count, 0, "seed \(seed): failures with a ring of \(entries)")
         }
     }
+
+    /// Each reading thread gets its own ring, and a thread's ring goes away with the thread (and the
+    /// rest with the engine): 40 short-lived reader threads leave no ring file descriptors behind.
+    func testThreadRingsAreReleasedWithTheirThreads() throws {
+        var rng = SeededRandom(seed: testSeed("IOEngineTests.threadRings"))
+        let (dir, path, bytes) = makeFile(&rng, size: 100_000)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        func openFds() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        let before = openFds()
+        do {
+            let engine = try IOUringEngine(entries: 4)
+            for round in 0..<4 {
+                let group = DispatchGroup()
+                for t in 0..<10 {
+                    group.enter()
+                    Thread {
+                        let specs = [OpSpec(fd: fd, offset: UInt64(t * 100), length: 5000, expected: 5000, label: "thread \(t)")]
+                        let failures = IOEngineTests.runOps(engine, specs, batchSizes: [1], file: bytes)
+                        XCTAssertEqual(failures, [], "round \(round)")
+                        group.leave()
+                    }.start()
+                }
+                XCTAssertEqual(group.wait(timeout: .now() + 30), .success)
+            }
+            // The threads have exited (or are about to: their destructors run at exit).
+            let deadline = Date().addingTimeInterval(5)
+            while openFds() > before + 2 && Date() < deadline { usleep(10_000) }
+            XCTAssertLessThanOrEqual(openFds(), before + 2, "rings of exited threads are still open")
+            // This thread's own ring, if any, goes with the engine.
+            let specs = [OpSpec(fd: fd, offset: 0, length: 100, expected: 100, label: "main thread")]
+            XCTAssertEqual(IOEngineTests.runOps(engine, specs, batchSizes: [1], file: bytes), [])
+        }
+        XCTAssertLessThanOrEqual(openFds(), before, "the engine's deinit left a ring open")
+    }
+
 }
