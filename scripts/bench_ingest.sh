@@ -28,6 +28,9 @@
 #   PERF_REPORT      when set: one more run of ours under `perf record -g`, events enabled for the
 #                    timed part only; the top of `perf report --no-children` goes to this file
 #   BENCH_COMMAND    how the run was started, for the table (default scripts/bench_ingest.sh)
+#   KEEP_CAPTURE     when set: a directory the capture (base.tar, WAL segments, start and end LSN in
+#                    lsns.txt) is copied to at the end, for profiling `pagectl wal bench-redo` or
+#                    `pagectl engine bench ingest` on the same WAL afterwards
 #   REDO_ONLY        when 1: skip our ingest runs and write only the redo table (issue 4): our redo
 #                    (`pagectl wal bench-redo` on the same captured WAL: ns per record type, page
 #                    reconstruction from an image plus 1, 10, 100 records, applications per second)
@@ -66,6 +69,10 @@ cleanup() {
   fi
   if [ "$standby_up" = 1 ]; then as_pg "$pgbin/pg_ctl" -D "$standby" -m immediate -w -t 30 stop >/dev/null 2>&1 || true; fi
   if [ "$primary_up" = 1 ]; then as_pg "$pgbin/pg_ctl" -D "$primary" -m fast -w -t 60 stop >/dev/null 2>&1 || true; fi
+  if [ -n "${KEEP_CAPTURE:-}" ] && [ -d "$capture" ]; then
+    rm -rf "$KEEP_CAPTURE"; cp -r "$capture" "$KEEP_CAPTURE"
+    echo "${start_lsn:-} ${end_lsn:-}" > "$KEEP_CAPTURE/lsns.txt"
+  fi
   rm -rf "$dir"
 }
 trap cleanup EXIT
