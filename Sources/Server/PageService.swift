@@ -6,8 +6,9 @@
 //
 // Pagestream processing
 // =====================
-// Requests are decoded on the connection's event loop into a queue. One batch at a time (up to
-// `batchSize` queued requests) is answered: on the event loop itself when no request has to wait for
+// Requests are decoded on the connection's event loop into a queue. One batch at a time (half of the
+// queued requests, at most `batchSize`, so that a pipelining client takes and refills one half
+// while the server answers the other) is answered: on the event loop itself when no request has to wait for
 // WAL, else on a worker thread (see `kick`). Answering resolves each request's read LSN, reads every
 // GetPage of the batch with one batched store lookup (one io_uring submission for their index blocks,
 // one for their data blocks), and writes the responses in request order in one flush. When the queue holds `maxInflight` requests the connection stops
@@ -186,7 +187,12 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
     private func kick(_ connection: PGServerConnection) {
         var rounds = 0
         while !busy, !closed, queueHead < queue.count, let timeline {
-            let end = min(queue.count, queueHead + settings.batchSize)
+            // Half of what is queued (at most batchSize): while a worker answers one half, the
+            // client takes the answers already sent and refills the other, so that neither side
+            // waits for the other to finish a whole window of requests.
+            let queued = queue.count - queueHead
+            let take = queued <= settings.inlineBatchLimit ? queued : min(settings.batchSize, (queued + 1) / 2)
+            let end = queueHead + take
             let batch = Array(queue[queueHead..<end])
             queueHead = end
             if queueHead == queue.count {
@@ -230,8 +236,11 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
     private func answer(_ batch: [QueuedRequest], _ timeline: Timeline, _ connection: PGServerConnection) {
         let responses = PagestreamWorker(timeline: timeline, metrics: metrics, settings: settings).answer(batch.map(\.request))
         var out = connection.allocator().buffer(capacity: batch.count * 8300)
+        var payload: [UInt8] = []
+        payload.reserveCapacity(8300)
         for (i, q) in batch.enumerated() {
-            let payload = responses[i].encode(answering: q.request, version)
+            payload.removeAll(keepingCapacity: true)
+            responses[i].encode(answering: q.request, version, into: &payload)
             out.writeInteger(UInt8(ascii: "d"))
             out.writeInteger(Int32(payload.count + 4))
             out.writeBytes(payload)

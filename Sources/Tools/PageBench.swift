@@ -268,7 +268,7 @@ private func runGetPageClient(host: String, port: Int, tenant: String, timeline:
         client.send(PagestreamRequest(header: pagestreamHeader(at, requestId: requestId), body: .getPage(rel, block: block)))
         sentAt[(head + inFlight) % depth] = monotonicNanos()
         inFlight += 1
-        try client.flush()
+        // No flush: `receive` writes the queued requests in one go before it would wait for data.
     }
     do {
         while inFlight < depth { try sendOne() }

@@ -160,6 +160,13 @@ final class MessageChannel {
         return try consume(&reader)
     }
 
+    /// A whole message is already buffered: the next `withNextMessage` will not read the transport.
+    var hasBufferedMessage: Bool {
+        guard end - start >= 5 else { return false }
+        let length = Int(UInt32(bigEndian: UnsafeRawBufferPointer(storage).loadUnaligned(fromByteOffset: start + 1, as: UInt32.self)))
+        return end - start >= 1 + length
+    }
+
     /// Makes at least `count` unread bytes contiguous in the buffer; false when the deadline passes.
     private func fill(atLeast count: Int, deadline: Deadline) throws -> Bool {
         if start == end { start = 0; end = 0 }

@@ -370,6 +370,9 @@ public final class PGConnection {
         return result
     }
 
+    /// A whole message is buffered, so the next read of one will not block.
+    var hasBufferedMessage: Bool { channel.hasBufferedMessage }
+
     /// As `nextMessage`, but nil when the deadline passes first (the connection stays usable).
     func nextMessageIfAny<R>(deadline: Deadline, _ consume: (inout MessageReader) throws -> R) throws -> R? {
         do {

@@ -74,8 +74,12 @@ public final class PageServiceClient {
     }
 
     /// The answer to the oldest request in flight.
+    ///
+    /// Requests sent since the last flush go out first unless the answer is already buffered, so a
+    /// pipelining caller that sends a request for every answer it takes sends them in bursts, one
+    /// write per burst, and never waits for an answer to a request still in its buffer.
     public func receive() throws -> PagestreamResponse {
-        try flush()
+        if !connection.hasBufferedMessage { try flush() }
         guard inFlightHead < inFlight.count else {
             throw PGError(.invalidState, "receive called with no pagestream request in flight")
         }
