@@ -133,7 +133,9 @@ public final class LayerWriter {
     /// Completes the file and publishes it under its final name. Returns the file size.
     /// `failpoint` is called after each step; if it throws, the file stays as that step left it.
     @discardableResult
-    public func finish(failpoint: ((Step) throws -> Void)? = nil) throws -> UInt64 {
+    /// `syncDirectory: false` leaves the directory fsync to the caller (one for many files, before
+    /// anything refers to them).
+    public func finish(syncDirectory: Bool = true, failpoint: ((Step) throws -> Void)? = nil) throws -> UInt64 {
         try closeDataBlock()
         closeIndexBlock()
         let indexOffset = fileOffset + UInt64(outBuffer.count)
@@ -173,7 +175,7 @@ public final class LayerWriter {
         finished = true
         try FileOps.rename(tmpPath, finalPath)
         try failpoint?(.renamed)
-        try FileOps.fsyncDirectory(directory)
+        if syncDirectory { try FileOps.fsyncDirectory(directory) }
         return fileSize
     }
 }

@@ -1,3 +1,4 @@
+import Dispatch
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -17,6 +18,8 @@ public struct StoreConfig: Sendable {
     public var maxFrozenLayers = 2
     /// Flush frozen layers in a background thread (false: only `checkpoint` flushes).
     public var backgroundFlush = true
+    /// Threads that write one flush's layer files (one file per chunk) at once.
+    public var flushWriters = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     /// Test seam: called at each step of a flush; throwing simulates a crash at that step.
     public var failpoint: (@Sendable (FlushStep) throws -> Void)?
     /// Test seam: called at each step of a compaction or GC (Compaction.swift).
@@ -352,26 +355,63 @@ public final class TimelineStore: Sendable {
     private func flush(_ layer: InMemoryLayer) throws {
         guard let end = layer.endLSN else { preconditionFailure("flush of an open layer") }
         let failpoint = config.failpoint
-        var newEntries: [Manifest.Entry] = []
-        var newFiles: [LayerFile] = []
-        try layer.forEachByChunk { chunk, items in
-            let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: layer.startLSN, lsnEnd: end)
+        // One delta layer per chunk, written by up to `flushWriters` threads at once (largest chunks
+        // first, so that one big chunk does not end up last on a thread); the directory is fsynced
+        // once, after every file is renamed and before the manifest names them.
+        var work: [(chunk: ChunkId, items: [(Key, [(LSN, Value.Kind, Bool, ArraySlice<UInt8>)])], bytes: Int)] = []
+        layer.forEachByChunk { chunk, items in
+            let bytes = items.reduce(0) { n, item in item.1.reduce(n) { $0 + $1.3.count + 48 } }
+            work.append((chunk, items, bytes))
+        }
+        let jobs = work
+        let order = jobs.indices.sorted { jobs[$0].bytes > jobs[$1].bytes }
+        let directory = self.directory, config = self.config, startLSN = layer.startLSN, direct = context.directIO
+        let results = Mutex<[Int: Result<(Manifest.Entry, LayerFile), any Error>]>([:])
+        let nextJob = Atomic<Int>(0)
+        let failed = Atomic<Bool>(false)
+        let writeOne: @Sendable (Int) throws -> (Manifest.Entry, LayerFile) = { i in
+            let (chunk, items, _) = jobs[i]
+            let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: startLSN, lsnEnd: end)
             let w = try LayerWriter(directory: directory, descriptor: d, dataBlockBytes: config.dataBlockBytes, compress: config.compress)
             for (key, values) in items {
                 for (lsn, kind, willInit, bytes) in values {
                     try bytes.withUnsafeBytes { try w.add(key, lsn, kind: kind, willInit: willInit, bytes: $0) }
                 }
             }
-            let size = try w.finish { step in
+            let size = try w.finish(syncDirectory: false) { step in
                 switch step {
                 case .written: try failpoint?(.layerWritten)
                 case .synced: try failpoint?(.layerSynced)
                 case .renamed: try failpoint?(.layerRenamed)
                 }
             }
-            newEntries.append(.init(layer: d, fileSize: size))
-            newFiles.append(try LayerFile(path: directory + "/" + d.fileName, expected: d, direct: context.directIO))
+            return (.init(layer: d, fileSize: size), try LayerFile(path: directory + "/" + d.fileName, expected: d, direct: direct))
         }
+        let writers = max(1, min(config.flushWriters, jobs.count))
+        DispatchQueue.concurrentPerform(iterations: writers) { _ in
+            while !failed.load(ordering: .relaxed) {
+                let n = nextJob.add(1, ordering: .relaxed).oldValue
+                guard n < order.count else { return }
+                let i = order[n]
+                let r = Result { try writeOne(i) }
+                if case .failure = r { failed.store(true, ordering: .relaxed) }
+                results.withLock { $0[i] = r }
+            }
+        }
+        var newEntries: [Manifest.Entry] = []
+        var newFiles: [LayerFile] = []
+        let done = results.withLock { $0 }
+        // The first failure in chunk order (a simulated crash included) is the flush's error.
+        for i in work.indices {
+            guard let r = done[i] else { continue }
+            if case .failure(let e) = r { throw e }
+        }
+        for i in work.indices {
+            let (entry, file) = try done[i]!.get()
+            newEntries.append(entry)
+            newFiles.append(file)
+        }
+        if !work.isEmpty { try FileOps.fsyncDirectory(directory) }
         manifestLock.wait()
         defer { manifestLock.signal() }
         var next = manifest.withLock { $0 }

@@ -66,8 +66,9 @@ final class CrashTests: XCTestCase {
         (0..<12).map { b in relKey(rel: 16384 + UInt32(c), block: UInt32(b * 3)) }
     }
 
-    private func config(_ crasher: Crasher?) -> StoreConfig {
+    private func config(_ crasher: Crasher?, writers: Int = 1) -> StoreConfig {
         var config = StoreConfig()
+        config.flushWriters = writers
         config.backgroundFlush = false
         config.checkpointDistanceBytes = 1 << 30
         config.dataBlockBytes = 512
@@ -163,14 +164,17 @@ final class CrashTests: XCTestCase {
     }
 
     /// One crash case. Returns normally; failures are recorded with the seed.
-    private func runCase(step: FlushStep, occurrence: Int, crashFlush: Int, replay: Bool, seed: UInt64) throws {
+    ///
+    /// With one flush writer the files a crash leaves are exactly those of the steps before it. With
+    /// several, the other writers finish the file they are on, so only recovery is checked.
+    private func runCase(step: FlushStep, occurrence: Int, crashFlush: Int, replay: Bool, seed: UInt64, writers: Int = 1) throws {
         var rng = SeededRandom(seed: seed &+ UInt64(crashFlush * 1000 + occurrence * 10) &+ UInt64(FlushStep.allCases.firstIndex(of: step)!))
-        let context0 = "seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush)\(replay ? " (replaying the lost records)" : "")"
+        let context0 = "seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush)\(replay ? " (replaying the lost records)" : ""), \(writers) flush writer(s)"
         let dir = makeTempDir("crash")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let io = PreadEngine()
         let crasher = Crasher(step: step, occurrence: occurrence, flush: crashFlush)
-        let store = try TimelineStore.open(directory: dir, config: config(crasher), context: StorageContext(io: io))
+        let store = try TimelineStore.open(directory: dir, config: config(crasher, writers: writers), context: StorageContext(io: io))
         var model = Model()
         var lsn: UInt64 = 0x100
         store.advance(to: LSN(lsn))
@@ -201,7 +205,7 @@ final class CrashTests: XCTestCase {
         let tmps = left.filter { $0.hasSuffix(".tmp") }
         let layerFiles = left.filter { LayerDescriptor(fileName: $0) != nil }
         let before = crashFlush * Self.chunkCount
-        switch step {
+        switch writers > 1 ? nil : step {
         case .layerWritten, .layerSynced:
             XCTAssertEqual(tmps.count, 1, "\(context0): leftovers \(left)")
             XCTAssertEqual(layerFiles.count, before + occurrence - 1, "\(context0): leftovers \(left)")
@@ -214,6 +218,8 @@ final class CrashTests: XCTestCase {
         case .manifestRenamed:
             XCTAssertEqual(tmps, [], "\(context0): leftovers \(left)")
             XCTAssertEqual(layerFiles.count, before + Self.chunkCount, "\(context0): leftovers \(left)")
+        case nil:
+            break
         }
         recovered = completed.last ?? .zero
         store.close()
@@ -221,7 +227,7 @@ final class CrashTests: XCTestCase {
         // Reopen without the failpoint: the model as of the last completed checkpoint.
         let full = model
         model = model.truncated(to: recovered)
-        var reopened = try TimelineStore.open(directory: dir, config: config(nil), context: StorageContext(io: io))
+        var reopened = try TimelineStore.open(directory: dir, config: config(nil, writers: writers), context: StorageContext(io: io))
         try verify(reopened, model, dcl: recovered, layerCount: completed.count * Self.chunkCount, lsns: completed,
                    maxLSN: lsn, &rng, context0 + ", after recovery")
 
@@ -250,7 +256,7 @@ final class CrashTests: XCTestCase {
         try round(reopened, &model, &lsn, &rng)  // left unflushed: lost at the reopen below
         reopened.close()
         model = model.truncated(to: completed.last!)
-        reopened = try TimelineStore.open(directory: dir, config: config(nil), context: StorageContext(io: io))
+        reopened = try TimelineStore.open(directory: dir, config: config(nil, writers: writers), context: StorageContext(io: io))
         try verify(reopened, model, dcl: completed.last!, layerCount: completed.count * Self.chunkCount, lsns: completed,
                    maxLSN: lsn, &rng, context0 + ", after recovery, two more checkpoints and a reopen")
         reopened.close()
@@ -266,10 +272,13 @@ final class CrashTests: XCTestCase {
                 // Replay the lost records in about half the cases, for both crash positions.
                 let replay = (n / 2 + n) % 2 == 0
                 n += 1
-                do {
-                    try runCase(step: step, occurrence: occurrence, crashFlush: crashFlush, replay: replay, seed: seed)
-                } catch {
-                    XCTFail("seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush): \(error)")
+                for writers in [1, 3] {
+                    do {
+                        try runCase(step: step, occurrence: occurrence, crashFlush: crashFlush, replay: replay, seed: seed,
+                                    writers: writers)
+                    } catch {
+                        XCTFail("seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush), \(writers) writer(s): \(error)")
+                    }
                 }
             }
         }
@@ -309,13 +318,15 @@ final class CrashTests: XCTestCase {
         }
     }
 
-    /// The failpoint sees every step of a flush, in order, once per chunk's layer for the layer steps.
+    /// The failpoint sees every step of a flush, once per chunk's layer for the layer steps: each
+    /// layer's steps in order (layers are written by several threads, so the layers interleave), and
+    /// the manifest's two steps last.
     func testFailpointStepOrder() throws {
         let dir = makeTempDir("crash-order")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         final class StepLog: Sendable { let steps = Mutex<[FlushStep]>([]) }
         let seen = StepLog()
-        var config = config(nil)
+        var config = config(nil, writers: 3)
         config.failpoint = { s in seen.steps.withLock { $0.append(s) } }
         let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
         var rng = SeededRandom(seed: 1)
@@ -325,7 +336,22 @@ final class CrashTests: XCTestCase {
         try store.checkpoint()
         store.close()
         let layerSteps: [FlushStep] = [.layerWritten, .layerSynced, .layerRenamed]
-        XCTAssertEqual(seen.steps.withLock { $0 },
-                       Array(repeating: layerSteps, count: Self.chunkCount).flatMap { $0 } + [.manifestWritten, .manifestRenamed])
+        let steps = seen.steps.withLock { $0 }
+        XCTAssertEqual(Array(steps.suffix(2)), [.manifestWritten, .manifestRenamed])
+        let layerPart = steps.dropLast(2)
+        for step in layerSteps {
+            XCTAssertEqual(layerPart.filter { $0 == step }.count, Self.chunkCount, "\(step) once per chunk: \(steps)")
+        }
+        // A layer is synced after it is written and renamed after it is synced.
+        var written = 0, synced = 0, renamed = 0
+        for step in layerPart {
+            switch step {
+            case .layerWritten: written += 1
+            case .layerSynced: synced += 1
+            case .layerRenamed: renamed += 1
+            default: XCTFail("manifest step \(step) before the layers are done: \(steps)")
+            }
+            XCTAssertTrue(synced <= written && renamed <= synced, "steps out of order: \(steps)")
+        }
     }
 }

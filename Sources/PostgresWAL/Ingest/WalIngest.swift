@@ -92,6 +92,9 @@ public final class WalIngest {
     private var directPuts = 0
     private var blockValueCount = 0
     private var engineRecordTags: [EngineRecord.Tag] = []
+    // Scratch of `ingestBlocks`, kept to reuse their storage (a record has a few block references).
+    private var blockValues: [(key: Key, value: Value)] = []
+    private var highestBlocks: [(tag: RelTag, block: UInt32)] = []
 
     struct SlruSegmentTag: Hashable {
         var kind: SlruKind
@@ -148,7 +151,7 @@ public final class WalIngest {
         case .heap, .heap2: interpreted = try ingestHeap(record, opcode)
         default: interpreted = false
         }
-        try advanceNextXid(past: [record.xid.rawValue])
+        try advanceNextXid(past: CollectionOfOne(record.xid.rawValue))
         let values = try flush(record.endLSN)
         target.advance(to: record.endLSN)
         stats.count(record, interpreted: interpreted, blockValues: blockValueCount,
@@ -177,7 +180,11 @@ public final class WalIngest {
         dirtySlruDirs.removeAll(keepingCapacity: true)
         dirtySlruSizes.removeAll(keepingCapacity: true)
         dirtyTwoPhaseDir = false
-        for key in pending.keys.sorted() { try target.put(key, lsn, pending[key]!) }
+        if pending.count == 1, let (key, value) = pending.first {
+            try target.put(key, lsn, value)
+        } else {
+            for key in pending.keys.sorted() { try target.put(key, lsn, pending[key]!) }
+        }
         return pending.count
     }
 
@@ -298,7 +305,7 @@ public final class WalIngest {
 
     /// Keeps the Checkpoint key's nextXid past every xid in `xids` (see the type's note): an xid at or
     /// past nextXid moves nextXid to the next multiple of 1024 after it.
-    private func advanceNextXid(past xids: [UInt32]) throws {
+    private func advanceNextXid(past xids: some Sequence<UInt32>) throws {
         guard var cp = try storedCheckpoint(), cp.count >= CheckPointLayout.size else { return }
         var next = CheckPointLayout.u64(cp, CheckPointLayout.nextXidOffset)
         for xid in xids {
@@ -337,33 +344,44 @@ public final class WalIngest {
 
     private func ingestBlocks(_ record: DecodedRecord) throws {
         guard !record.blocks.isEmpty else { return }
-        var values: [Key: Value] = [:]
-        var highest: [RelTag: UInt32] = [:]
+        blockValues.removeAll(keepingCapacity: true)
+        highestBlocks.removeAll(keepingCapacity: true)
         for b in record.blocks {
             let tag = RelTag(b.relation, b.fork)
             try ensureRelation(tag)
             let key = KeySpace.relationBlock(tag, b.block.rawValue)
+            let value: Value
             if let image = b.image, image.apply {
                 var page = image.page
                 PageLayout.stampPageLSN(&page, record.endLSN.rawValue)
-                values[key] = .image(page)
+                value = .image(page)
             } else {
-                values[key] = .walRecord(record.bytes, willInit: b.willInit)
+                value = .walRecord(record.bytes, willInit: b.willInit)
             }
-            highest[tag] = max(highest[tag] ?? 0, b.block.rawValue)
+            // Two references to one block: the later one's value stands (as a dictionary would).
+            if let j = blockValues.firstIndex(where: { $0.key == key }) {
+                blockValues[j].value = value
+            } else {
+                blockValues.append((key, value))
+            }
+            if let j = highestBlocks.firstIndex(where: { $0.tag == tag }) {
+                highestBlocks[j].block = max(highestBlocks[j].block, b.block.rawValue)
+            } else {
+                highestBlocks.append((tag, b.block.rawValue))
+            }
         }
-        for (tag, block) in highest {
+        for (tag, block) in highestBlocks {
             let size = try relSize(tag)
             guard block >= size else { continue }
             // PostgreSQL's redo extends the fork with zero pages up to the block it needs.
             for gap in size..<block {
                 let key = KeySpace.relationBlock(tag, gap)
-                if values[key] == nil { pending[key] = .image(PageLayout.zeroPage) }
+                if !blockValues.contains(where: { $0.key == key }) { pending[key] = .image(PageLayout.zeroPage) }
             }
             setRelSize(tag, block + 1)
         }
-        blockValueCount = values.count
-        pending.merge(values) { _, new in new }
+        blockValueCount = blockValues.count
+        for (key, value) in blockValues { pending[key] = value }
     }
 
     // MARK: - XLOG
