@@ -5,12 +5,14 @@ import PostgresWAL
 import Synchronization
 import WireProtocol
 
-/// Streams a timeline's WAL from its primary and ingests every record, on a thread of its own.
+/// Streams a timeline's WAL from its primary and ingests every record: the receiving thread reads
+/// and decodes (reassembly, CRC, images), an ingest thread per stream ingests, with a bounded
+/// `RecordPipe` of decoded records between them, so the two run on two cores.
 ///
 /// Loop: connect (replication=true), IDENTIFY_SYSTEM (the system id must be the timeline's),
 /// START_REPLICATION SLOT pageserver_<timeline> PHYSICAL at last_record_lsn (a fresh writable branch:
 /// at the shutdown checkpoint its new primary's WAL starts with, Timeline.walStreamStart), then decode and ingest
-/// record by record; every second (and whenever the primary asks) send a standby status with
+/// record by record (a stream's end waits until the ingest thread has taken every decoded record); every second (and whenever the primary asks) send a standby status with
 /// flush = disk_consistent_lsn, so the slot keeps every byte not yet in layer files. A lost
 /// connection is retried with exponential backoff; invalid WAL (a CRC mismatch, a malformed record)
 /// or a failed ingest stops the timeline's ingest for good (state Broken, with the reason).
@@ -108,9 +110,22 @@ final class WalReceiver: @unchecked Sendable {
         try conn.startReplication(slot: slotName, startLSN: start.rawValue, timeline: system.timeline)
         status.withLock { $0 = .streaming }
         serverLog.info("timeline \(timeline.timelineId): streaming WAL from \(info.redacted) at \(start)")
+        // Decoding stays on this thread; ingest runs on a thread of its own, fed through `pipe`.
+        // Whatever way this function ends, the ingest thread first takes every record already
+        // decoded, so the next stream (or the caller's failure handling) starts from a store that
+        // holds exactly the records before the decoder's position or before the failed record.
+        let pipe = RecordPipe(capacity: 8192)
+        let ingester = IngestThread(receiver: self, ingest: ingest, pipe: pipe)
+        ingester.start()
+        defer {
+            pipe.finish()
+            ingester.join()
+        }
+        var batch: [DecodedRecord] = []
         var lastStatusTime = Date.distantPast
         var lastReplyRequest = Date.distantPast
         while !stopping.load(ordering: .acquiring) {
+            if let failure = ingester.failure { throw IngestStopped(message: failure) }
             let message = try conn.receive(timeoutSeconds: 0.5)
             switch message {
             case .xlogData(let data)?:
@@ -121,17 +136,22 @@ final class WalReceiver: @unchecked Sendable {
                     throw IngestStopped(message: "the primary sent WAL from \(LSN(data.start)) but \(LSN(position)) was expected")
                 }
                 decoder.feed(data.bytes[Int(position - data.start)...])
-                while let record = try decoder.next() {
-                    if record.endLSN <= store.lastRecordLSN { continue }
-                    let uninterpretedBefore = ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0
-                    do {
-                        try ingest.ingest(record)
-                    } catch {
-                        throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
+                do {
+                    while let record = try decoder.next() {
+                        batch.append(record)
+                        if batch.count == 256 {
+                            guard pipe.push(batch) else { throw IngestStopped(message: ingester.failure ?? "ingest stopped") }
+                            batch.removeAll(keepingCapacity: true)
+                        }
                     }
-                    timeline.verification?.submit(record)
-                    count(record, uninterpreted: (ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0) > uninterpretedBefore)
+                } catch let e as WALError {
+                    // Invalid WAL: every record before the bad one is still ingested (the deferred
+                    // join waits for it), nothing after it.
+                    pipe.push(batch)
+                    throw e
                 }
+                guard pipe.push(batch) else { throw IngestStopped(message: ingester.failure ?? "ingest stopped") }
+                batch.removeAll(keepingCapacity: true)
             case .keepalive(let walEnd, _, let replyRequested)?:
                 if replyRequested {
                     lastStatusTime = .distantPast
@@ -159,6 +179,20 @@ final class WalReceiver: @unchecked Sendable {
                 lastStatusTime = Date()
             }
         }
+    }
+
+    /// Ingests one decoded record (the ingest thread).
+    fileprivate func ingestOne(_ record: DecodedRecord, _ ingest: WalIngest) throws {
+        let store = timeline.store
+        if record.endLSN <= store.lastRecordLSN { return }
+        let uninterpretedBefore = ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0
+        do {
+            try ingest.ingest(record)
+        } catch {
+            throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
+        }
+        timeline.verification?.submit(record)
+        count(record, uninterpreted: (ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0) > uninterpretedBefore)
     }
 
     private func count(_ record: DecodedRecord, uninterpreted: Bool) {
@@ -189,4 +223,45 @@ final class WalReceiver: @unchecked Sendable {
 
 func redactConnInfo(_ s: String) -> String {
     (try? ConnInfo(parsing: s).redacted) ?? "(unparsable connection string)"
+}
+
+/// The thread that ingests what a `WalReceiver` decodes: pops batches from the pipe and ingests
+/// them in order until the pipe ends. The first failure closes the pipe (so the receiver's next push
+/// fails) and is kept in `failure` for the receiver to report.
+private final class IngestThread: @unchecked Sendable {
+    private let receiver: WalReceiver
+    private let ingest: WalIngest
+    private let pipe: RecordPipe
+    private let exited = DispatchSemaphore(value: 0)
+    private let failureMessage = Mutex<String?>(nil)
+
+    init(receiver: WalReceiver, ingest: WalIngest, pipe: RecordPipe) {
+        self.receiver = receiver
+        self.ingest = ingest
+        self.pipe = pipe
+    }
+
+    var failure: String? { failureMessage.withLock { $0 } }
+
+    func start() {
+        let thread = Thread { [self] in
+            defer { exited.signal() }
+            do {
+                while let batch = try pipe.pop() {
+                    for record in batch { try receiver.ingestOne(record, ingest) }
+                }
+            } catch let e as WalReceiver.IngestStopped {
+                failureMessage.withLock { $0 = e.message }
+                pipe.close()
+            } catch {
+                failureMessage.withLock { $0 = "\(error)" }
+                pipe.close()
+            }
+        }
+        thread.stackSize = 8 << 20
+        thread.start()
+    }
+
+    /// Waits until the thread has ingested everything pushed before `pipe.finish()` (or failed).
+    func join() { exited.wait() }
 }

@@ -11,8 +11,9 @@ import Glibc
 ///
 /// Untimed: the base backup (`pg_basebackup -Ft`'s base.tar) is imported into a fresh store at its
 /// start LSN and checkpointed, as the daemon's attach does. Timed: the WAL from `--start-lsn` (the
-/// backup's START WAL LOCATION) is read from the segment files, decoded, ingested record by record
-/// (every record that starts before `--end-lsn`), and made durable with `store.checkpoint()`. The
+/// backup's START WAL LOCATION) is read from the segment files and decoded on one thread, ingested
+/// record by record on another (every record that starts before `--end-lsn`; the daemon's WAL
+/// receiver splits the work the same way), and made durable with `store.checkpoint()`. The
 /// store is opened as the daemon opens it: io_uring reads, background flush on, default
 /// checkpoint distance, so layers are flushed by the background thread while ingest runs.
 struct IngestBenchCommand: ParsableCommand {
@@ -56,42 +57,28 @@ struct IngestBenchCommand: ParsableCommand {
         // Timed: decode + ingest + durable flush.
         let target = TimelineStoreTarget(store: store)
         let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
-        var decoder = try WALDecoder(startLSN: start, segmentSize: segments.segmentSize)
         var decodeSeconds = 0.0, ingestSeconds = 0.0
-        var done = false
         perf?.send("enable")
         let w0 = nowSeconds()
+        // Decoding runs on a thread of its own, as in the daemon; `decodeSeconds` is the time this
+        // (the ingest) thread waited for decoded records.
+        let pipe = try decodeSegmentsInBackground(segments, from: start, to: end, chunkBytes: chunkBytes)
+        defer { pipe.close() }
         var mark = w0
-        for (i, path) in segments.paths.enumerated() where !done {
-            // The first segment is read from the start LSN's offset on: the decoder wants the stream
-            // to begin exactly there.
-            let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
-            try readFile(path, chunk: chunkBytes, from: offset) { bytes in
-                decoder.feed(bytes)
-                while let record = try decoder.next() {
-                    if record.startLSN >= end {
-                        done = true
-                        break
-                    }
-                    let now = nowSeconds()
-                    decodeSeconds += now - mark
-                    try ingest.ingest(record)
-                    mark = nowSeconds()
-                    ingestSeconds += mark - now
-                    // The next record starts at or after the end: stop before decoding it (the
-                    // bytes past the end LSN may be anything).
-                    if record.endLSN >= end {
-                        done = true
-                        break
-                    }
-                }
-                return !done
-            }
+        var nextRecord = start
+        while let batch = try pipe.pop() {
+            let now = nowSeconds()
+            decodeSeconds += now - mark
+            for record in batch { try ingest.ingest(record) }
+            if let r = batch.last { nextRecord = r.nextRecordLSN }
+            mark = nowSeconds()
+            ingestSeconds += mark - now
         }
         let now = nowSeconds()
         decodeSeconds += now - mark
-        guard let last = ingest.lastRecordEndLSN, done || last >= end else {
-            fail("the WAL in \(wal) ends at \(decoder.position) (last record ending at \(ingest.lastRecordEndLSN.map { "\($0)" } ?? "none")), before --end-lsn \(end)")
+        // Complete when the last record reaches the end LSN or the next one would start at or past it.
+        guard let last = ingest.lastRecordEndLSN, nextRecord >= end else {
+            fail("the WAL in \(wal) ends before --end-lsn \(end) (last record ending at \(ingest.lastRecordEndLSN.map { "\($0)" } ?? "none"))")
         }
         let durable = try store.checkpoint()
         let flushSeconds = nowSeconds() - now
@@ -116,7 +103,7 @@ struct IngestBenchCommand: ParsableCommand {
         } else {
             print("imported \(importer.filesImported) files, \(importer.blocksImported) blocks at \(start) in \(format2(importSeconds)) s (not timed)")
             print("ingested \(stats.records) records, \(format1(walBytes / 1e6)) MB of WAL (\(start) .. \(end)) in \(format2(seconds)) s: \(format1(walBytes / seconds / 1e6)) MB/s, \(Int(Double(stats.records) / seconds)) records/s")
-            print("  read + decode \(format2(decodeSeconds)) s, ingest \(format2(ingestSeconds)) s, final flush \(format2(flushSeconds)) s")
+            print("  waiting for the decoding thread \(format2(decodeSeconds)) s, ingest \(format2(ingestSeconds)) s, final flush \(format2(flushSeconds)) s")
             print("  \(stats.valuesPut) values put; \(files.count) layer files, \(onDisk) bytes on disk")
         }
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import LSM
+import PostgresWAL
 
 // WAL segment files on disk, for the commands that read a pg_wal directory.
 
@@ -66,5 +67,24 @@ func readFile(_ path: String, chunk: Int, from offset: Int = 0, _ body: (UnsafeR
         if n == 0 { return }
         position += off_t(n)
         guard try body(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { return }
+    }
+}
+
+/// Decodes the WAL of `segments` from `start` on a thread of its own and hands the records to the
+/// returned pipe (every record that starts before `end`). The caller ingests from the pipe on its own
+/// thread, as the daemon's WAL receiver does with the records it decodes.
+func decodeSegmentsInBackground(_ segments: (paths: [String], segmentSize: Int), from start: LSN, to end: LSN,
+                                chunkBytes: Int) throws -> RecordPipe {
+    try RecordPipe.decoding(from: start, to: end, segmentSize: segments.segmentSize) { feed in
+        for (i, path) in segments.paths.enumerated() {
+            // The decoder wants the stream to begin exactly at the start LSN.
+            let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
+            var more = true
+            try readFile(path, chunk: chunkBytes, from: offset) { bytes in
+                more = try feed(bytes)
+                return more
+            }
+            if !more { return }
+        }
     }
 }

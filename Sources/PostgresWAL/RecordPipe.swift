@@ -1,0 +1,157 @@
+import Foundation
+import LSM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A bounded queue of decoded records from one decoding thread to one ingesting thread, so that
+/// decoding (reassembly, CRC-32C, taking records apart, restoring images) runs on one core while
+/// ingest runs on another.
+///
+/// Protocol: the producer `push`es batches in WAL order and ends with `finish` (with the error that
+/// stopped it, if any); the consumer `pop`s until nil, and gets that error after the last batch. A
+/// consumer that gives up calls `close`, after which every `push` returns false at once, so the
+/// producer stops instead of blocking.
+///
+/// Invariants:
+/// 1. Batches come out in the order they went in, each once; nothing is pushed after `finish`.
+/// 2. At most `capacity` records wait in the pipe (a batch larger than that is still accepted when
+///    the pipe is empty), so a fast producer cannot run ahead of ingest without bound.
+public final class RecordPipe: @unchecked Sendable {
+    private let capacity: Int
+    // Allocated once, so that their addresses never change.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Guarded by `mutex`.
+    private var batches: [[DecodedRecord]] = []
+    private var head = 0
+    private var waiting = 0
+    private var finished = false
+    private var failure: (any Error)?
+    private var closed = false
+
+    public init(capacity: Int = 16_384) {
+        self.capacity = capacity
+        mutex.initialize(to: pthread_mutex_t())
+        changed.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(changed, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(changed)
+        pthread_mutex_destroy(mutex)
+        changed.deallocate()
+        mutex.deallocate()
+    }
+
+    private func locked<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
+    /// Producer: queues `batch`, waiting while the pipe is full. False when the consumer closed the
+    /// pipe (the batch is dropped).
+    @discardableResult
+    public func push(_ batch: [DecodedRecord]) -> Bool {
+        guard !batch.isEmpty else { return locked { !closed } }
+        return locked {
+            precondition(!finished, "push after finish")
+            while !closed && waiting > 0 && waiting + batch.count > capacity {
+                pthread_cond_wait(changed, mutex)
+            }
+            if closed { return false }
+            batches.append(batch)
+            waiting += batch.count
+            pthread_cond_broadcast(changed)
+            return true
+        }
+    }
+
+    /// Producer: no more batches. `error`, if any, reaches the consumer after the last batch.
+    public func finish(throwing error: (any Error)? = nil) {
+        locked {
+            finished = true
+            failure = error
+            pthread_cond_broadcast(changed)
+        }
+    }
+
+    /// Consumer: the next batch, waiting for one; nil once the producer finished and every batch was
+    /// taken. Throws the producer's error at that point instead, if it had one.
+    public func pop() throws -> [DecodedRecord]? {
+        try locked {
+            while head == batches.count && !finished && !closed {
+                pthread_cond_wait(changed, mutex)
+            }
+            if head < batches.count {
+                let batch = batches[head]
+                batches[head] = []
+                head += 1
+                if head == batches.count {
+                    batches.removeAll(keepingCapacity: true)
+                    head = 0
+                }
+                waiting -= batch.count
+                pthread_cond_broadcast(changed)
+                return batch
+            }
+            if let failure { throw failure }
+            return nil
+        }
+    }
+
+    /// Consumer: stops taking batches; the producer's pushes fail from now on and what waits is dropped.
+    public func close() {
+        locked {
+            closed = true
+            batches.removeAll()
+            head = 0
+            waiting = 0
+            pthread_cond_broadcast(changed)
+        }
+    }
+}
+
+extension RecordPipe {
+    /// Decodes WAL on a thread of its own and returns the pipe its records come out of, in batches:
+    /// every record that starts before `end` (the one that reaches `end` included, nothing after it).
+    /// `read` runs on that thread and hands consecutive WAL bytes, from `start` on, to the closure it
+    /// is given, which returns false once the decoder has what it needs.
+    public static func decoding(from start: LSN, to end: LSN, segmentSize: Int = PostgresWAL.defaultSegmentSize,
+                                read: @escaping @Sendable (_ feed: (UnsafeRawBufferPointer) throws -> Bool) throws -> Void) throws -> RecordPipe {
+        let pipe = RecordPipe()
+        let first = try WALDecoder(startLSN: start, segmentSize: segmentSize)
+        let thread = Thread {
+            var decoder = first
+            var batch: [DecodedRecord] = []
+            batch.reserveCapacity(256)
+            do {
+                var done = false
+                try read { bytes in
+                    decoder.feed(bytes)
+                    while let record = try decoder.next() {
+                        if record.startLSN >= end { done = true; break }
+                        batch.append(record)
+                        // The bytes past the end LSN may be anything: stop before decoding them.
+                        if record.endLSN >= end { done = true; break }
+                        if batch.count == 256 {
+                            guard pipe.push(batch) else { done = true; break }
+                            batch.removeAll(keepingCapacity: true)
+                        }
+                    }
+                    return !done
+                }
+                pipe.push(batch)
+                pipe.finish()
+            } catch {
+                pipe.push(batch)
+                pipe.finish(throwing: error)
+            }
+        }
+        thread.stackSize = 8 << 20
+        thread.start()
+        return pipe
+    }
+}
