@@ -45,7 +45,7 @@ def ingest_rows():
         lines.insert(1, "")
     o = med([r["mb_per_s"] for r in ours])
     b = med([r["mb_per_s"] for r in base])
-    split = (f"read + decode {med([r['decode_seconds'] for r in ours]):.2f} s, ingest {med([r['ingest_seconds'] for r in ours]):.2f} s, "
+    split = (f"ingest thread waiting for the decoding thread {med([r['decode_seconds'] for r in ours]):.2f} s, ingesting {med([r['ingest_seconds'] for r in ours]):.2f} s, "
              f"final flush {med([r['flush_seconds'] for r in ours]):.2f} s")
     lines.append(f"| WAL ingest, {mb:.0f} MB of pgbench WAL: decode + store + durable flush (MB/s of WAL) "
                  f"| {o:.1f} MB/s ({med([r['seconds'] for r in ours]):.2f} s, {med([r['records_per_s'] for r in ours]):,.0f} records/s; {split}) "
