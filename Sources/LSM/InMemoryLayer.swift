@@ -1,9 +1,12 @@
+import Dispatch
 import Synchronization
 
 /// The in-memory layer: every value put since the last freeze, readable at once.
 ///
 /// Design: values are appended to an arena of 1 MiB pages; a hash map from key to that key's
-/// entries (ascending LSN) locates them. The open layer takes `put`s from the single ingest
+/// entries (ascending LSN) locates them. New arena pages come already faulted in from
+/// `ArenaPageSupply`, whose thread touches them ahead of need, so the ingest thread does not take
+/// the first-touch page faults of fresh memory (about a tenth of its time otherwise). The open layer takes `put`s from the single ingest
 /// thread; `freeze` closes it, after which it is immutable until flushed to delta layers and
 /// dropped from the layer map.
 ///
@@ -75,9 +78,13 @@ public final class InMemoryLayer: Sendable {
                 throw StorageError(.invalidArgument, "value of \(n) bytes for key \(key) exceeds the largest storable value (\(LayerFormat.maxValueBytes) bytes)", lsn: lsn)
             }
             if s.pages.isEmpty || s.pages[s.pages.count - 1].count + n > InMemoryLayer.pageBytes {
-                var page = [UInt8]()
-                page.reserveCapacity(max(InMemoryLayer.pageBytes, n))
-                s.pages.append(page)
+                if n <= InMemoryLayer.pageBytes, let page = ArenaPageSupply.shared.take() {
+                    s.pages.append(page)
+                } else {
+                    var page = [UInt8]()
+                    page.reserveCapacity(max(InMemoryLayer.pageBytes, n))
+                    s.pages.append(page)
+                }
             }
             let p = s.pages.count - 1
             let entry = Entry(lsn: lsn, kind: value.kind, willInit: value.willInit, page: UInt32(p),
@@ -162,6 +169,64 @@ public final class InMemoryLayer: Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Empty 1 MiB arrays whose memory is already faulted in, made by a thread of their own.
+///
+/// A fresh allocation's pages fault (and are zeroed by the kernel) on first write; the supply thread
+/// pays that on another core, before the ingest thread needs the page. At most `target` pages wait
+/// (8 MiB); `take` never blocks: when none is ready the caller allocates as before.
+///
+/// Invariant: a supplied array is empty (count 0), uniquely referenced, with capacity
+/// `InMemoryLayer.pageBytes`, and every 4 KiB page of its storage has been written once.
+final class ArenaPageSupply: @unchecked Sendable {
+    static let shared = ArenaPageSupply()
+    static let target = 8
+
+    private let ready = Mutex<[[UInt8]]>([])
+    private let wanted = DispatchSemaphore(value: 0)
+    private let started = Atomic<Bool>(false)
+
+    /// A faulted-in empty page, or nil when none is ready (the caller allocates one itself).
+    func take() -> [UInt8]? {
+        if !started.load(ordering: .relaxed), !started.exchange(true, ordering: .acquiringAndReleasing) { startThread() }
+        let page = ready.withLock { $0.popLast() }
+        wanted.signal()
+        return page
+    }
+
+    private func startThread() {
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        var thread = pthread_t()
+        let me = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, &attributes, { arg in
+            let supply = Unmanaged<ArenaPageSupply>.fromOpaque(arg!).takeRetainedValue()
+            supply.run()
+            return nil
+        }, me)
+        pthread_detach(thread)
+        pthread_attr_destroy(&attributes)
+    }
+
+    private func run() {
+        while true {
+            while ready.withLock({ $0.count }) < ArenaPageSupply.target {
+                let page = [UInt8](unsafeUninitializedCapacity: InMemoryLayer.pageBytes) { buffer, count in
+                    // Touch every page of the storage; the array stays empty.
+                    let base = UnsafeMutableRawPointer(buffer.baseAddress!)
+                    var offset = 0
+                    while offset < InMemoryLayer.pageBytes {
+                        base.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self)
+                        offset += 4096
+                    }
+                    count = 0
+                }
+                ready.withLock { $0.append(page) }
+            }
+            wanted.wait()
+        }
+    }
+}
 
 func monotonicNanos() -> UInt64 {
     var ts = timespec()

@@ -19,3 +19,35 @@ final class InMemoryLayerRaceTests: XCTestCase {
         XCTAssertEqual(layer.endLSN, LSN(17))
     }
 }
+
+/// The arena page supply hands out empty, pre-faulted 1 MiB arrays, and the layer reads back what
+/// it wrote into them.
+final class ArenaPageSupplyTests: XCTestCase {
+    func testSuppliedPagesAreEmptyAndHoldValues() throws {
+        _ = ArenaPageSupply.shared.take()  // starts the supply thread
+        var page: [UInt8]?
+        for _ in 0..<500 where page == nil {
+            page = ArenaPageSupply.shared.take()
+            if page == nil { usleep(10_000) }
+        }
+        let supplied = try XCTUnwrap(page, "the supply thread made no page within 5 s")
+        XCTAssertEqual(supplied.count, 0)
+        XCTAssertGreaterThanOrEqual(supplied.capacity, InMemoryLayer.pageBytes)
+
+        let layer = InMemoryLayer(startLSN: LSN(1))
+        var lsn: UInt64 = 8
+        var expected: [Key: [UInt8]] = [:]
+        for block in 0..<300 {  // 2.4 MiB: three arena pages
+            let key = relKey(rel: 16384, block: UInt32(block))
+            let bytes = (0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ block) }
+            try layer.put(key, LSN(lsn), .image(bytes))
+            expected[key] = bytes
+            lsn += 8
+        }
+        for (key, bytes) in expected {
+            var out: [(LSN, Value)] = []
+            XCTAssertTrue(layer.collect(key, floor: nil, ceiling: .max, into: &out))
+            XCTAssertEqual(out.first?.1.bytes, bytes, "key \(key)")
+        }
+    }
+}
