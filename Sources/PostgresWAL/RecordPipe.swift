@@ -155,3 +155,62 @@ extension RecordPipe {
         return pipe
     }
 }
+
+extension RecordPipe {
+    /// `decoding(from:to:segmentSize:read:)` over WAL segment files: `paths` are consecutive segments,
+    /// the first one holding `start`, read `chunkBytes` at a time from `start`'s offset on.
+    public static func decoding(segmentPaths paths: [String], segmentSize: Int, from start: LSN, to end: LSN,
+                                chunkBytes: Int = 1 << 20) throws -> RecordPipe {
+        try decoding(from: start, to: end, segmentSize: segmentSize) { feed in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkBytes, alignment: 4096)
+            defer { buffer.deallocate() }
+            for (i, path) in paths.enumerated() {
+                let fd = open(path, O_RDONLY)
+                guard fd >= 0 else { throw WALError(.io, "cannot open \(path): \(String(cString: strerror(errno)))") }
+                defer { Glibc.close(fd) }
+                // The decoder wants the stream to begin exactly at the start LSN.
+                var position = off_t(i == 0 ? Int(start.rawValue % UInt64(segmentSize)) : 0)
+                while true {
+                    let n = pread(fd, buffer.baseAddress, chunkBytes, position)
+                    guard n >= 0 else { throw WALError(.io, "cannot read \(path): \(String(cString: strerror(errno)))") }
+                    if n == 0 { break }
+                    position += off_t(n)
+                    guard try feed(UnsafeRawBufferPointer(rebasing: buffer[0..<n])) else { return }
+                }
+            }
+        }
+    }
+}
+
+extension RecordPipe {
+    /// How a consumer's `consume` went.
+    public struct Consumed: Sendable {
+        /// Seconds spent waiting for the producer, and in the consumer's body.
+        public var waitingSeconds = 0.0
+        public var workingSeconds = 0.0
+        /// Where the record after the last one taken starts (nil: no record came).
+        public var nextRecordLSN: LSN?
+    }
+
+    /// Consumer: calls `body` for every record, in order, until the pipe ends (rethrowing the
+    /// producer's error, if it had one), timing the waits and the work.
+    public func consume(_ body: (DecodedRecord) throws -> Void) throws -> Consumed {
+        func now() -> Double {
+            var ts = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        }
+        var result = Consumed()
+        var mark = now()
+        while let batch = try pop() {
+            let t = now()
+            result.waitingSeconds += t - mark
+            for record in batch { try body(record) }
+            if let r = batch.last { result.nextRecordLSN = r.nextRecordLSN }
+            mark = now()
+            result.workingSeconds += mark - t
+        }
+        result.waitingSeconds += now() - mark
+        return result
+    }
+}

@@ -16,6 +16,8 @@ public struct WALError: Error, CustomStringConvertible, Sendable, Equatable {
         case invalidArgument
         /// Valid WAL that this decoder does not handle.
         case unsupported
+        /// A WAL segment file could not be opened or read.
+        case io
     }
 
     public var code: Code

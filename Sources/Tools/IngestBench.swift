@@ -57,27 +57,17 @@ struct IngestBenchCommand: ParsableCommand {
         // Timed: decode + ingest + durable flush.
         let target = TimelineStoreTarget(store: store)
         let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
-        var decodeSeconds = 0.0, ingestSeconds = 0.0
         perf?.send("enable")
         let w0 = nowSeconds()
         // Decoding runs on a thread of its own, as in the daemon; `decodeSeconds` is the time this
         // (the ingest) thread waited for decoded records.
         let pipe = try decodeSegmentsInBackground(segments, from: start, to: end, chunkBytes: chunkBytes)
         defer { pipe.close() }
-        var mark = w0
-        var nextRecord = start
-        while let batch = try pipe.pop() {
-            let now = nowSeconds()
-            decodeSeconds += now - mark
-            for record in batch { try ingest.ingest(record) }
-            if let r = batch.last { nextRecord = r.nextRecordLSN }
-            mark = nowSeconds()
-            ingestSeconds += mark - now
-        }
+        let consumed = try pipe.consume { try ingest.ingest($0) }
+        let decodeSeconds = consumed.waitingSeconds, ingestSeconds = consumed.workingSeconds
         let now = nowSeconds()
-        decodeSeconds += now - mark
         // Complete when the last record reaches the end LSN or the next one would start at or past it.
-        guard let last = ingest.lastRecordEndLSN, nextRecord >= end else {
+        guard let last = ingest.lastRecordEndLSN, let next = consumed.nextRecordLSN, next >= end else {
             fail("the WAL in \(wal) ends before --end-lsn \(end) (last record ending at \(ingest.lastRecordEndLSN.map { "\($0)" } ?? "none"))")
         }
         let durable = try store.checkpoint()

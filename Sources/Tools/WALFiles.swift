@@ -75,16 +75,6 @@ func readFile(_ path: String, chunk: Int, from offset: Int = 0, _ body: (UnsafeR
 /// thread, as the daemon's WAL receiver does with the records it decodes.
 func decodeSegmentsInBackground(_ segments: (paths: [String], segmentSize: Int), from start: LSN, to end: LSN,
                                 chunkBytes: Int) throws -> RecordPipe {
-    try RecordPipe.decoding(from: start, to: end, segmentSize: segments.segmentSize) { feed in
-        for (i, path) in segments.paths.enumerated() {
-            // The decoder wants the stream to begin exactly at the start LSN.
-            let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
-            var more = true
-            try readFile(path, chunk: chunkBytes, from: offset) { bytes in
-                more = try feed(bytes)
-                return more
-            }
-            if !more { return }
-        }
-    }
+    try RecordPipe.decoding(segmentPaths: segments.paths, segmentSize: segments.segmentSize, from: start, to: end,
+                            chunkBytes: chunkBytes)
 }

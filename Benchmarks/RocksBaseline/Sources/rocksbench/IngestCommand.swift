@@ -37,35 +37,16 @@ func ingestCommand(_ args: Arguments) throws {
 
     // Timed: decode + ingest + durable flush.
     let ingest = WalIngest(target: store.target, pageSource: store.pageSource)
-    var decodeSeconds = 0.0, ingestSeconds = 0.0
     let w0 = nowSeconds()
     // Decoding runs on a thread of its own, as in the daemon and `pagectl engine bench ingest`;
     // `decodeSeconds` is the time this (the ingest) thread waited for decoded records.
-    let pipe = try RecordPipe.decoding(from: start, to: end, segmentSize: segments.segmentSize) { feed in
-        for (i, file) in segments.paths.enumerated() {
-            let offset = i == 0 ? Int(start.rawValue % UInt64(segments.segmentSize)) : 0
-            var more = true
-            try readFile(file, chunk: chunkBytes, from: offset) { bytes in
-                more = try feed(bytes)
-                return more
-            }
-            if !more { return }
-        }
-    }
+    let pipe = try RecordPipe.decoding(segmentPaths: segments.paths, segmentSize: segments.segmentSize,
+                                       from: start, to: end, chunkBytes: chunkBytes)
     defer { pipe.close() }
-    var mark = w0
-    var nextRecord = start
-    while let batch = try pipe.pop() {
-        let now = nowSeconds()
-        decodeSeconds += now - mark
-        for record in batch { try ingest.ingest(record) }
-        if let r = batch.last { nextRecord = r.nextRecordLSN }
-        mark = nowSeconds()
-        ingestSeconds += mark - now
-    }
+    let consumed = try pipe.consume { try ingest.ingest($0) }
+    let decodeSeconds = consumed.waitingSeconds, ingestSeconds = consumed.workingSeconds
     let now = nowSeconds()
-    decodeSeconds += now - mark
-    guard let last = ingest.lastRecordEndLSN, nextRecord >= end else {
+    guard let last = ingest.lastRecordEndLSN, let next = consumed.nextRecordLSN, next >= end else {
         fail("the WAL in \(wal) ends before --end \(end)")
     }
     let durable = try store.durableFlush(lastRecordEnd: last)
