@@ -11,8 +11,9 @@ import WireProtocol
 ///
 /// Loop: connect (replication=true), IDENTIFY_SYSTEM (the system id must be the timeline's),
 /// START_REPLICATION SLOT pageserver_<timeline> PHYSICAL at last_record_lsn (a fresh writable branch:
-/// at the shutdown checkpoint its new primary's WAL starts with, Timeline.walStreamStart), then decode and ingest
-/// record by record (a stream's end waits until the ingest thread has taken every decoded record); every second (and whenever the primary asks) send a standby status with
+/// at the shutdown checkpoint its new primary's WAL starts with, Timeline.walStreamStart), then
+/// decode and ingest record by record (a stream's end waits until the ingest thread has taken every
+/// decoded record); every second (and whenever the primary asks) send a standby status with
 /// flush = disk_consistent_lsn, so the slot keeps every byte not yet in layer files. A lost
 /// connection is retried with exponential backoff; invalid WAL (a CRC mismatch, a malformed record)
 /// or a failed ingest stops the timeline's ingest for good (state Broken, with the reason).
