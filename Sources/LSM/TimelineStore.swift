@@ -358,11 +358,7 @@ public final class TimelineStore: Sendable {
         // One delta layer per chunk, written by up to `flushWriters` threads at once (largest chunks
         // first, so that one big chunk does not end up last on a thread); the directory is fsynced
         // once, after every file is renamed and before the manifest names them.
-        var work: [(chunk: ChunkId, items: [(Key, [(LSN, Value.Kind, Bool, ArraySlice<UInt8>)])], bytes: Int)] = []
-        layer.forEachByChunk { chunk, items in
-            let bytes = items.reduce(0) { n, item in item.1.reduce(n) { $0 + $1.3.count + 48 } }
-            work.append((chunk, items, bytes))
-        }
+        let work = layer.flushChunks()
         let jobs = work
         let order = jobs.indices.sorted { jobs[$0].bytes > jobs[$1].bytes }
         let directory = self.directory, config = self.config, startLSN = layer.startLSN, direct = context.directIO
@@ -370,13 +366,10 @@ public final class TimelineStore: Sendable {
         let nextJob = Atomic<Int>(0)
         let failed = Atomic<Bool>(false)
         let writeOne: @Sendable (Int) throws -> (Manifest.Entry, LayerFile) = { i in
-            let (chunk, items, _) = jobs[i]
-            let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: startLSN, lsnEnd: end)
+            let d = LayerDescriptor(kind: .delta, chunk: jobs[i].chunk, lsnStart: startLSN, lsnEnd: end)
             let w = try LayerWriter(directory: directory, descriptor: d, dataBlockBytes: config.dataBlockBytes, compress: config.compress)
-            for (key, values) in items {
-                for (lsn, kind, willInit, bytes) in values {
-                    try bytes.withUnsafeBytes { try w.add(key, lsn, kind: kind, willInit: willInit, bytes: $0) }
-                }
+            try layer.forEachValue(in: jobs[i]) { key, lsn, kind, willInit, bytes in
+                try w.add(key, lsn, kind: kind, willInit: willInit, bytes: bytes)
             }
             let size = try w.finish(syncDirectory: false) { step in
                 switch step {

@@ -38,18 +38,19 @@ public struct BlockReference: Equatable, Sendable {
     public var block: BlockNumber
     /// The full-page image, restored to 8192 bytes, when the reference has one.
     public var image: BlockImage?
-    /// The rmgr's per-block data (empty without HAS_DATA).
-    public var data: [UInt8]
+    /// Where the rmgr's per-block data lies in the record's bytes (empty without HAS_DATA); read it
+    /// with `DecodedRecord.data(of:)`.
+    public var dataRange: Range<Int>
 
     public init(id: UInt8, flags: Flags, relation: RelFileNode, fork: ForkNumber, block: BlockNumber,
-                image: BlockImage?, data: [UInt8]) {
+                image: BlockImage?, dataRange: Range<Int>) {
         self.id = id
         self.flags = flags
         self.relation = relation
         self.fork = fork
         self.block = block
         self.image = image
-        self.data = data
+        self.dataRange = dataRange
     }
 
     public var hasImage: Bool { flags.contains(.hasImage) }

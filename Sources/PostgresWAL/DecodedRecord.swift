@@ -37,11 +37,23 @@ public struct DecodedRecord: Sendable {
     /// Set for records of a subtransaction written before its top-level xid was logged.
     public var toplevelXid: TransactionId?
     public var origin: ReplicationOriginId?
-    /// The rmgr's main data.
-    public var mainData: [UInt8]
+    /// Where the rmgr's main data lies in `bytes` (read it with `withMainData`, or copy it out
+    /// with `mainData`).
+    public var mainDataRange: Range<Int>
     /// The whole reassembled record, header included: what PostgreSQL's redo reads. Decode it again
     /// with `init(parsing:at:)`.
     public var bytes: [UInt8]
+
+    /// The rmgr's main data, copied out of `bytes`.
+    public var mainData: [UInt8] { Array(bytes[mainDataRange]) }
+
+    /// Calls `body` with the main data, without copying it.
+    public func withMainData<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[mainDataRange])) }
+    }
+
+    /// The rmgr's per-block data of `block` (one of `blocks`), a slice of `bytes`.
+    public func data(of block: BlockReference) -> ArraySlice<UInt8> { bytes[block.dataRange] }
 
     public var xid: TransactionId { header.xid }
     public var prev: LSN { header.prev }
@@ -87,15 +99,25 @@ public struct DecodedRecord: Sendable {
         blocks = []
         toplevelXid = nil
         origin = nil
-        mainData = []
+        mainDataRange = 0..<0
         try bytes.withUnsafeBytes { try decodeFragments($0) }
     }
 
     private mutating func decodeFragments(_ record: UnsafeRawBufferPointer) throws {
+        // The block headers go to the stack (at most maximumId + 1 of them): a record is decoded
+        // with one allocation, its `blocks` array.
+        try withUnsafeTemporaryAllocation(of: BlockReference.Header.self, capacity: Int(BlockReference.maximumId) + 1) { headers in
+            try decodeFragments(record, headers: headers)
+        }
+    }
+
+    private mutating func decodeFragments(_ record: UnsafeRawBufferPointer,
+                                          headers: UnsafeMutableBufferPointer<BlockReference.Header>) throws {
         let lsn = startLSN
         var r = LittleEndianReader(UnsafeRawBufferPointer(rebasing: record[XLogRecordHeader.size...]),
                                    context: "record", recordLSN: lsn)
-        var headers: [BlockReference.Header] = []
+        var count = 0
+        defer { headers.baseAddress!.deinitialize(count: count) }
         var payloadBytes = 0
         var mainDataLength = 0
         var previousRelation: RelFileNode?
@@ -112,13 +134,15 @@ public struct DecodedRecord: Sendable {
             case Self.idTopLevelXid:
                 toplevelXid = TransactionId(try r.u32())
             case 0...BlockReference.maximumId:
-                if let last = headers.last, id <= last.id {
-                    throw WALError.corrupt("block reference #\(id) follows #\(last.id): ids must ascend", record: lsn)
+                if count > 0, id <= headers[count - 1].id {
+                    throw WALError.corrupt("block reference #\(id) follows #\(headers[count - 1].id): ids must ascend", record: lsn)
                 }
                 let h = try BlockReference.readHeader(id: id, &r, previousRelation: previousRelation, record: lsn)
                 previousRelation = h.relation
                 payloadBytes += h.dataLength + (h.image?.storedLength ?? 0)
-                headers.append(h)
+                // Ids ascend from at least 0 and end at maximumId, so `count` stays within capacity.
+                (headers.baseAddress! + count).initialize(to: h)
+                count += 1
             default:
                 throw WALError.corrupt("invalid fragment id \(id)", record: lsn)
             }
@@ -131,17 +155,20 @@ public struct DecodedRecord: Sendable {
         guard r.remaining == payloadBytes else {
             throw WALError.corrupt("record's fragment headers announce \(payloadBytes) payload bytes but \(r.remaining) follow", record: lsn)
         }
-        blocks.reserveCapacity(headers.count)
-        for h in headers {
+        blocks.reserveCapacity(count)
+        for h in headers[0..<count] {
             var image: BlockImage?
             if let ih = h.image {
                 image = try BlockImage.restore(ih, stored: try r.bytes(ih.storedLength), blockId: h.id, record: lsn)
             }
-            let data = [UInt8](try r.bytes(h.dataLength))
+            let dataStart = record.count - r.remaining
+            _ = try r.bytes(h.dataLength)
             blocks.append(BlockReference(id: h.id, flags: h.flags, relation: h.relation, fork: h.fork,
-                                         block: h.block, image: image, data: data))
+                                         block: h.block, image: image, dataRange: dataStart..<dataStart + h.dataLength))
         }
-        mainData = [UInt8](try r.bytes(mainDataLength))
+        let mainStart = record.count - r.remaining
+        _ = try r.bytes(mainDataLength)
+        mainDataRange = mainStart..<mainStart + mainDataLength
         precondition(r.remaining == 0, "payload lengths were checked against the bytes left")
     }
 }

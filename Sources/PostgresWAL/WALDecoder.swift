@@ -194,6 +194,11 @@ public struct WALDecoder: Sendable {
     /// Appends up to `run` bytes (all on the current page) to the record; returns it when complete.
     private mutating func assemble(_ run: Int) throws -> DecodedRecord? {
         let lsn = LSN(recordStart)
+        if recordLength == nil && record.isEmpty && run >= 4 {
+            // The length field is on this page: check it and size the record's array once.
+            let length = input.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: inputStart, as: UInt32.self) }.littleEndian
+            try acceptRecordLength(length, lsn)
+        }
         // Until the length is known take only the length field, so it is checked before anything else.
         let wanted = (recordLength ?? 4) - record.count
         let n = min(run, wanted)
@@ -201,15 +206,7 @@ public struct WALDecoder: Sendable {
         consume(n)
         if recordLength == nil {
             guard record.count == 4 else { return nil }
-            let length = record.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian
-            guard length >= UInt32(XLogRecordHeader.size) else {
-                throw WALError.corrupt("invalid record length \(length): a record holds at least its \(XLogRecordHeader.size)-byte header", record: lsn)
-            }
-            guard Int(length) <= maximumRecordBytes else {
-                throw WALError.corrupt("record length \(length) exceeds the limit of \(maximumRecordBytes) bytes", record: lsn)
-            }
-            recordLength = Int(length)
-            record.reserveCapacity(min(Int(length), 1 << 20))
+            try acceptRecordLength(record.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }.littleEndian, lsn)
             return nil
         }
         if !recordHeaderChecked && record.count >= XLogRecordHeader.size {
@@ -227,6 +224,18 @@ public struct WALDecoder: Sendable {
         lastRecordEndLSN = decoded.endLSN
         state = .skipping(to: end)
         return decoded
+    }
+
+    /// Checks a record's xl_tot_len and reserves the record's array for it.
+    private mutating func acceptRecordLength(_ length: UInt32, _ lsn: LSN) throws {
+        guard length >= UInt32(XLogRecordHeader.size) else {
+            throw WALError.corrupt("invalid record length \(length): a record holds at least its \(XLogRecordHeader.size)-byte header", record: lsn)
+        }
+        guard Int(length) <= maximumRecordBytes else {
+            throw WALError.corrupt("record length \(length) exceeds the limit of \(maximumRecordBytes) bytes", record: lsn)
+        }
+        recordLength = Int(length)
+        record.reserveCapacity(min(Int(length), 1 << 20))
     }
 
     /// Checks a page header against the stream position and the state (invariant 3), and moves the

@@ -59,11 +59,13 @@ struct IngestBenchCommand: ParsableCommand {
         let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
         perf?.send("enable")
         let w0 = nowSeconds()
+        let processCPU0 = processCPUSeconds(), threadCPU0 = threadCPUSeconds()
         // Decoding runs on a thread of its own, as in the daemon; `decodeSeconds` is the time this
         // (the ingest) thread waited for decoded records.
         let pipe = try decodeSegmentsInBackground(segments, from: start, to: end, chunkBytes: chunkBytes)
         defer { pipe.close() }
         let consumed = try pipe.consume { try ingest.ingest($0) }
+        let ingestCPUSeconds = threadCPUSeconds() - threadCPU0
         let decodeSeconds = consumed.waitingSeconds, ingestSeconds = consumed.workingSeconds
         let now = nowSeconds()
         // Complete when the last record reaches the end LSN or the next one would start at or past it.
@@ -73,6 +75,7 @@ struct IngestBenchCommand: ParsableCommand {
         let durable = try store.checkpoint()
         let flushSeconds = nowSeconds() - now
         let seconds = nowSeconds() - w0
+        let cpuSeconds = processCPUSeconds() - processCPU0
         perf?.send("disable")
         guard durable >= last else { fail("checkpoint reached \(durable), not the last record's end \(last)") }
 
@@ -88,12 +91,14 @@ struct IngestBenchCommand: ParsableCommand {
                       ("mb_per_s", "\(walBytes / seconds / 1e6)"), ("records_per_s", "\(Double(stats.records) / seconds)"),
                       ("decode_seconds", "\(decodeSeconds)"), ("ingest_seconds", "\(ingestSeconds)"),
                       ("flush_seconds", "\(flushSeconds)"), ("import_seconds", "\(importSeconds)"),
+                      ("cpu_seconds", "\(cpuSeconds)"), ("ingest_thread_cpu_seconds", "\(ingestCPUSeconds)"),
                       ("blocks_imported", "\(importer.blocksImported)"), ("layer_files", "\(files.count)"),
                       ("bytes_on_disk", "\(onDisk)")])
         } else {
             print("imported \(importer.filesImported) files, \(importer.blocksImported) blocks at \(start) in \(format2(importSeconds)) s (not timed)")
             print("ingested \(stats.records) records, \(format1(walBytes / 1e6)) MB of WAL (\(start) .. \(end)) in \(format2(seconds)) s: \(format1(walBytes / seconds / 1e6)) MB/s, \(Int(Double(stats.records) / seconds)) records/s")
             print("  waiting for the decoding thread \(format2(decodeSeconds)) s, ingest \(format2(ingestSeconds)) s, final flush \(format2(flushSeconds)) s")
+            print("  CPU of every thread \(format2(cpuSeconds)) s, of the ingest thread before the final flush \(format2(ingestCPUSeconds)) s")
             print("  \(stats.valuesPut) values put; \(files.count) layer files, \(onDisk) bytes on disk")
         }
     }
@@ -120,3 +125,16 @@ private struct PerfControl {
     }
 }
 
+/// CPU seconds (user + system) of every thread of this process so far.
+func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Double(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + Double(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6
+}
+
+/// CPU seconds of the calling thread so far.
+func threadCPUSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

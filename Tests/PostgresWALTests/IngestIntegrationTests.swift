@@ -357,7 +357,7 @@ extension DecodedRecord {
     static func summary(of r: DecodedRecord) -> DecodedRecord {
         var s = r
         s.bytes = []
-        s.mainData = []
+        s.mainDataRange = 0..<0
         s.blocks = []
         return s
     }

@@ -7,7 +7,7 @@ import LSM
 /// Runs `body` over the record's main data; a truncated structure becomes `IngestError.malformed`.
 func parseMainData<T>(_ record: DecodedRecord, _ what: String, _ body: (inout LittleEndianReader) throws -> T) throws -> T {
     do {
-        return try record.mainData.withUnsafeBytes { buffer in
+        return try record.withMainData { buffer in
             var r = LittleEndianReader(buffer, context: what, recordLSN: record.startLSN)
             return try body(&r)
         }
@@ -327,9 +327,9 @@ enum HeapFlags {
     /// xl_heap_delete / xl_heap_update / xl_heap_lock / xl_heap_lock_updated: xid u32, offnum u16,
     /// infobits u8, flags u8 -> 7.
     static func flags(_ record: DecodedRecord, at offset: Int) throws -> UInt8 {
-        guard record.mainData.count > offset else {
-            throw IngestError(.malformed, "\(record.resourceManager) record's main data (\(record.mainData.count) bytes) lacks its flags byte at \(offset)", recordLSN: record.startLSN)
+        guard record.mainDataRange.count > offset else {
+            throw IngestError(.malformed, "\(record.resourceManager) record's main data (\(record.mainDataRange.count) bytes) lacks its flags byte at \(offset)", recordLSN: record.startLSN)
         }
-        return record.mainData[offset]
+        return record.bytes[record.mainDataRange.lowerBound + offset]
     }
 }

@@ -81,7 +81,7 @@ public final class WalIngest {
     private var commitTimestampBucket: CommitTimestampIndex.Bucket?
 
     // What the record being ingested changes.
-    private var pending: [Key: Value] = [:]
+    private var pending = PendingValues()
     private var dirtySizes = Set<RelTag>()
     private var dirtyRelDirs = Set<DatabaseTag>()
     private var dirtyDbDir = false
@@ -180,11 +180,7 @@ public final class WalIngest {
         dirtySlruDirs.removeAll(keepingCapacity: true)
         dirtySlruSizes.removeAll(keepingCapacity: true)
         dirtyTwoPhaseDir = false
-        if pending.count == 1, let (key, value) = pending.first {
-            try target.put(key, lsn, value)
-        } else {
-            for key in pending.keys.sorted() { try target.put(key, lsn, pending[key]!) }
-        }
+        try pending.forEachInKeyOrder { key, value in try target.put(key, lsn, value) }
         return pending.count
     }
 
@@ -395,8 +391,8 @@ public final class WalIngest {
     private func ingestXLog(_ record: DecodedRecord, _ opcode: UInt8) throws -> Bool {
         switch opcode {
         case Self.checkpointShutdown, Self.checkpointOnline:
-            guard record.mainData.count >= CheckPointLayout.size else {
-                throw IngestError(.malformed, "checkpoint record has \(record.mainData.count) bytes of main data, a CheckPoint needs \(CheckPointLayout.size)", recordLSN: record.startLSN)
+            guard record.mainDataRange.count >= CheckPointLayout.size else {
+                throw IngestError(.malformed, "checkpoint record has \(record.mainDataRange.count) bytes of main data, a CheckPoint needs \(CheckPointLayout.size)", recordLSN: record.startLSN)
             }
             // The record's counters may be behind what ingest already saw (an online checkpoint takes
             // nextXid at its REDO point, and xids assigned since are in the WAL before it): keep the
@@ -829,5 +825,35 @@ enum CheckpointCounters {
         where precedes(CheckPointLayout.u32(cp, at), CheckPointLayout.u32(stored, at)) {
             CheckPointLayout.setU32(&cp, at, CheckPointLayout.u32(stored, at))
         }
+    }
+}
+
+/// The values one record puts, keyed like a dictionary (a later value for a key replaces the
+/// earlier one) but kept in a small array: a record puts a handful of values, where a linear search
+/// is cheaper than hashing, and the storage is reused from record to record.
+struct PendingValues {
+    private var items: [(key: Key, value: Value)] = []
+
+    var count: Int { items.count }
+
+    mutating func removeAll(keepingCapacity: Bool) { items.removeAll(keepingCapacity: keepingCapacity) }
+
+    subscript(key: Key) -> Value? {
+        get { items.first(where: { $0.key == key })?.value }
+        set {
+            let i = items.firstIndex(where: { $0.key == key })
+            switch (i, newValue) {
+            case (let i?, let v?): items[i].value = v
+            case (let i?, nil): items.remove(at: i)
+            case (nil, let v?): items.append((key, v))
+            case (nil, nil): break
+            }
+        }
+    }
+
+    /// Calls `body` for every value in ascending key order (the order puts of one LSN take).
+    mutating func forEachInKeyOrder(_ body: (Key, Value) throws -> Void) rethrows {
+        if items.count > 1 { items.sort { $0.key < $1.key } }
+        for item in items { try body(item.key, item.value) }
     }
 }
