@@ -117,11 +117,13 @@ public struct BlockImage: Equatable, Sendable {
         return Header(storedLength: storedLength, holeOffset: holeOffset, holeLength: holeLength, info: info)
     }
 
-    /// Restores the page from its stored bytes (invariants 1 and 3).
-    static func restore(_ header: Header, stored: UnsafeRawBufferPointer, blockId: UInt8, record: LSN) throws -> BlockImage {
+    /// Restores the page from its stored bytes (invariants 1 and 3), into `spare` when it is a
+    /// page-sized array (every byte of it is overwritten: front, hole and tail).
+    static func restore(_ header: Header, stored: UnsafeRawBufferPointer, blockId: UInt8, record: LSN,
+                        into spare: [UInt8]? = nil) throws -> BlockImage {
         let pageSize = PostgresWAL.relationPageSize
         let imageBytes = pageSize - header.holeLength
-        var page = [UInt8](repeating: 0, count: pageSize)
+        var page = spare.flatMap { $0.count == pageSize ? $0 : nil } ?? [UInt8](repeating: 0, count: pageSize)
         let info = header.info
         try page.withUnsafeMutableBytes { out in
             // The stored bytes land where they belong around the hole: decompress (or copy) into the

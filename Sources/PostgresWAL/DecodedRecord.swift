@@ -82,6 +82,12 @@ public struct DecodedRecord: Sendable {
     /// Checks and decodes one reassembled record that starts at `startLSN`.
     public init(parsing bytes: [UInt8], at startLSN: LSN,
                 segmentSize: Int = PostgresWAL.defaultSegmentSize) throws {
+        var noSpares: [[UInt8]] = []
+        try self.init(parsing: bytes, at: startLSN, segmentSize: segmentSize, spareImagePages: &noSpares)
+    }
+
+    /// The same, restoring images into arrays taken from `spareImagePages` while it has any.
+    init(parsing bytes: [UInt8], at startLSN: LSN, segmentSize: Int, spareImagePages: inout [[UInt8]]) throws {
         let header = try XLogRecordHeader(parsing: bytes)
         guard Int(header.totalLength) == bytes.count else {
             throw WALError.corrupt("record length \(header.totalLength) does not match the \(bytes.count) bytes given", record: startLSN)
@@ -100,19 +106,20 @@ public struct DecodedRecord: Sendable {
         toplevelXid = nil
         origin = nil
         mainDataRange = 0..<0
-        try bytes.withUnsafeBytes { try decodeFragments($0) }
+        try bytes.withUnsafeBytes { try decodeFragments($0, spareImagePages: &spareImagePages) }
     }
 
-    private mutating func decodeFragments(_ record: UnsafeRawBufferPointer) throws {
+    private mutating func decodeFragments(_ record: UnsafeRawBufferPointer, spareImagePages: inout [[UInt8]]) throws {
         // The block headers go to the stack (at most maximumId + 1 of them): a record is decoded
         // with one allocation, its `blocks` array.
         try withUnsafeTemporaryAllocation(of: BlockReference.Header.self, capacity: Int(BlockReference.maximumId) + 1) { headers in
-            try decodeFragments(record, headers: headers)
+            try decodeFragments(record, headers: headers, spareImagePages: &spareImagePages)
         }
     }
 
     private mutating func decodeFragments(_ record: UnsafeRawBufferPointer,
-                                          headers: UnsafeMutableBufferPointer<BlockReference.Header>) throws {
+                                          headers: UnsafeMutableBufferPointer<BlockReference.Header>,
+                                          spareImagePages: inout [[UInt8]]) throws {
         let lsn = startLSN
         var r = LittleEndianReader(UnsafeRawBufferPointer(rebasing: record[XLogRecordHeader.size...]),
                                    context: "record", recordLSN: lsn)
@@ -159,7 +166,8 @@ public struct DecodedRecord: Sendable {
         for h in headers[0..<count] {
             var image: BlockImage?
             if let ih = h.image {
-                image = try BlockImage.restore(ih, stored: try r.bytes(ih.storedLength), blockId: h.id, record: lsn)
+                image = try BlockImage.restore(ih, stored: try r.bytes(ih.storedLength), blockId: h.id, record: lsn,
+                                               into: spareImagePages.popLast())
             }
             let dataStart = record.count - r.remaining
             _ = try r.bytes(h.dataLength)

@@ -29,6 +29,9 @@ public final class RecordPipe: @unchecked Sendable {
     private var finished = false
     private var failure: (any Error)?
     private var closed = false
+    /// Batches the consumer is done with, for the producer to reuse their storage (`recycleReturned`).
+    private var returned: [[DecodedRecord]] = []
+    static let maximumReturnedBatches = 64
 
     public init(capacity: Int = 16_384) {
         self.capacity = capacity
@@ -55,18 +58,34 @@ public final class RecordPipe: @unchecked Sendable {
     /// pipe (the batch is dropped).
     @discardableResult
     public func push(_ batch: [DecodedRecord]) -> Bool {
+        var batch = batch
+        return push(&batch)
+    }
+
+    /// Producer: `push`, taking the batch's storage (`batch` is left empty, its capacity kept for
+    /// the next one). The pipe then holds the only reference, so the consumer gets records it owns
+    /// alone and `consume` can hand them on without copying.
+    @discardableResult
+    public func push(_ batch: inout [DecodedRecord]) -> Bool {
         guard !batch.isEmpty else { return locked { !closed } }
-        return locked {
+        let count = batch.count
+        let accepted = locked { () -> Bool in
             precondition(!finished, "push after finish")
-            while !closed && waiting > 0 && waiting + batch.count > capacity {
+            while !closed && waiting > 0 && waiting + count > capacity {
                 pthread_cond_wait(changed, mutex)
             }
             if closed { return false }
-            batches.append(batch)
-            waiting += batch.count
+            // Moved in under the lock: the consumer cannot see it while `batch` still refers to it.
+            var taken: [DecodedRecord] = []
+            swap(&taken, &batch)
+            batches.append(taken)
+            waiting += count
             pthread_cond_broadcast(changed)
             return true
         }
+        batch.removeAll()
+        batch.reserveCapacity(count)
+        return accepted
     }
 
     /// Producer: no more batches. `error`, if any, reaches the consumer after the last batch.
@@ -102,11 +121,33 @@ public final class RecordPipe: @unchecked Sendable {
         }
     }
 
+    /// Consumer: hands a batch it is done with back to the producer (`batch` is left empty), so that
+    /// the records' storage is reused, and freed, on the producer's thread. Dropped here when enough
+    /// wait already.
+    public func giveBack(_ batch: inout [DecodedRecord]) {
+        var taken: [DecodedRecord] = []
+        swap(&taken, &batch)
+        locked {
+            guard !closed, returned.count < Self.maximumReturnedBatches else { return }
+            returned.append(taken)
+            taken = []
+        }
+    }
+
+    /// Producer: gives every batch handed back so far to `decoder` for reuse (`WALDecoder.recycle`).
+    public func recycleReturned(into decoder: inout WALDecoder) {
+        var list: [[DecodedRecord]] = []
+        locked { swap(&list, &returned) }
+        // popLast moves each batch out, so the decoder gets storage it owns alone.
+        while var batch = list.popLast() { decoder.recycle(&batch) }
+    }
+
     /// Consumer: stops taking batches; the producer's pushes fail from now on and what waits is dropped.
     public func close() {
         locked {
             closed = true
             batches.removeAll()
+            returned.removeAll()
             head = 0
             waiting = 0
             pthread_cond_broadcast(changed)
@@ -137,16 +178,16 @@ extension RecordPipe {
                         // The bytes past the end LSN may be anything: stop before decoding them.
                         if record.endLSN >= end { done = true; break }
                         if batch.count == 256 {
-                            guard pipe.push(batch) else { done = true; break }
-                            batch.removeAll(keepingCapacity: true)
+                            guard pipe.push(&batch) else { done = true; break }
+                            pipe.recycleReturned(into: &decoder)
                         }
                     }
                     return !done
                 }
-                pipe.push(batch)
+                pipe.push(&batch)
                 pipe.finish()
             } catch {
-                pipe.push(batch)
+                pipe.push(&batch)
                 pipe.finish(throwing: error)
             }
         }
@@ -193,8 +234,10 @@ extension RecordPipe {
     }
 
     /// Consumer: calls `body` for every record, in order, until the pipe ends (rethrowing the
-    /// producer's error, if it had one), timing the waits and the work.
-    public func consume(_ body: (DecodedRecord) throws -> Void) throws -> Consumed {
+    /// producer's error, if it had one), timing the waits and the work. `body` gets each record as
+    /// the only owner of its storage (so it can change an image in place without a copy); every
+    /// batch is given back afterwards (`giveBack`).
+    public func consume(_ body: (inout DecodedRecord) throws -> Void) throws -> Consumed {
         func now() -> Double {
             var ts = timespec()
             clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -202,11 +245,19 @@ extension RecordPipe {
         }
         var result = Consumed()
         var mark = now()
-        while let batch = try pop() {
+        while var batch = try pop() {
             let t = now()
             result.waitingSeconds += t - mark
-            for record in batch { try body(record) }
+            try batch.withUnsafeMutableBufferPointer { records in
+                for i in records.indices {
+                    // Moved out of the batch for the call (so it is uniquely owned), then back.
+                    var record = (records.baseAddress! + i).move()
+                    defer { (records.baseAddress! + i).initialize(to: record) }
+                    try body(&record)
+                }
+            }
             if let r = batch.last { result.nextRecordLSN = r.nextRecordLSN }
+            giveBack(&batch)
             mark = now()
             result.workingSeconds += mark - t
         }

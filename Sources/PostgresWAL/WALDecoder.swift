@@ -62,6 +62,12 @@ public struct WALDecoder: Sendable {
     private var cursor: UInt64
 
     private var record: [UInt8] = []
+    /// Storage of records the consumer gave back (`recycle`), reused for the next records' bytes
+    /// and images instead of allocating.
+    private var spareRecordBuffers: [[UInt8]] = []
+    private var spareImagePages: [[UInt8]] = []
+    static let maximumSpareRecordBuffers = 1024
+    static let maximumSpareImagePages = 256
     private var recordStart: UInt64 = 0
     private var recordLength: Int?
     private var recordHeaderChecked = false
@@ -117,6 +123,26 @@ public struct WALDecoder: Sendable {
             inputStart = 0
         }
         input.append(contentsOf: bytes)
+    }
+
+    /// Takes back records the consumer is done with: their bytes and image pages become the storage
+    /// of later records (up to a bound; the rest are dropped here). Storage still shared with
+    /// someone else is never written: `removeAll(keepingCapacity:)` copies it first.
+    public mutating func recycle(_ records: inout [DecodedRecord]) {
+        for i in records.indices {
+            if spareRecordBuffers.count < Self.maximumSpareRecordBuffers {
+                var bytes: [UInt8] = []
+                swap(&bytes, &records[i].bytes)
+                spareRecordBuffers.append(bytes)
+            }
+            for j in records[i].blocks.indices where records[i].blocks[j].image != nil {
+                guard spareImagePages.count < Self.maximumSpareImagePages else { break }
+                var page: [UInt8] = []
+                swap(&page, &records[i].blocks[j].image!.page)
+                spareImagePages.append(page)
+            }
+        }
+        records.removeAll()
     }
 
     /// The next complete record, or nil when more bytes are needed. Throws `WALError` on invalid WAL;
@@ -181,7 +207,8 @@ public struct WALDecoder: Sendable {
             case .betweenRecords:
                 precondition(cursor % UInt64(PostgresWAL.maximumAlignment) == 0)
                 recordStart = cursor
-                record = []
+                record = spareRecordBuffers.popLast() ?? []
+                record.removeAll(keepingCapacity: true)
                 recordLength = nil
                 recordHeaderChecked = false
                 state = .inRecord
@@ -216,7 +243,7 @@ public struct WALDecoder: Sendable {
         }
         guard record.count == recordLength else { return nil }
 
-        let decoded = try DecodedRecord(parsing: record, at: lsn, segmentSize: segmentSize)
+        let decoded = try DecodedRecord(parsing: record, at: lsn, segmentSize: segmentSize, spareImagePages: &spareImagePages)
         record = []
         let end = decoded.isSwitch ? decoded.endLSN.rawValue : PostgresWAL.maxAlign(cursor)
         precondition(decoded.endLSN.rawValue == end, "the stream walk and endOfRecord agree on where \(lsn) ends")

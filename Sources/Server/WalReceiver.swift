@@ -141,18 +141,17 @@ final class WalReceiver: @unchecked Sendable {
                     while let record = try decoder.next() {
                         batch.append(record)
                         if batch.count == 256 {
-                            guard pipe.push(batch) else { throw IngestStopped(message: ingester.failure ?? "ingest stopped") }
-                            batch.removeAll(keepingCapacity: true)
+                            guard pipe.push(&batch) else { throw IngestStopped(message: ingester.failure ?? "ingest stopped") }
                         }
                     }
                 } catch let e as WALError {
                     // Invalid WAL: every record before the bad one is still ingested (the deferred
                     // join waits for it), nothing after it.
-                    pipe.push(batch)
+                    pipe.push(&batch)
                     throw e
                 }
-                guard pipe.push(batch) else { throw IngestStopped(message: ingester.failure ?? "ingest stopped") }
-                batch.removeAll(keepingCapacity: true)
+                guard pipe.push(&batch) else { throw IngestStopped(message: ingester.failure ?? "ingest stopped") }
+                pipe.recycleReturned(into: &decoder)
             case .keepalive(let walEnd, _, let replyRequested)?:
                 if replyRequested {
                     lastStatusTime = .distantPast
@@ -183,12 +182,12 @@ final class WalReceiver: @unchecked Sendable {
     }
 
     /// Ingests one decoded record (the ingest thread).
-    fileprivate func ingestOne(_ record: DecodedRecord, _ ingest: WalIngest) throws {
+    fileprivate func ingestOne(_ record: inout DecodedRecord, _ ingest: WalIngest) throws {
         let store = timeline.store
         if record.endLSN <= store.lastRecordLSN { return }
         let uninterpretedBefore = ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0
         do {
-            try ingest.ingest(record)
+            try ingest.ingest(&record)
         } catch {
             throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
         }
@@ -248,9 +247,7 @@ private final class IngestThread: @unchecked Sendable {
         let thread = Thread { [self] in
             defer { exited.signal() }
             do {
-                while let batch = try pipe.pop() {
-                    for record in batch { try receiver.ingestOne(record, ingest) }
-                }
+                _ = try pipe.consume { try receiver.ingestOne(&$0, ingest) }
             } catch let e as WalReceiver.IngestStopped {
                 failureMessage.withLock { $0 = e.message }
                 pipe.close()

@@ -64,7 +64,7 @@ struct IngestBenchCommand: ParsableCommand {
         // (the ingest) thread waited for decoded records.
         let pipe = try decodeSegmentsInBackground(segments, from: start, to: end, chunkBytes: chunkBytes)
         defer { pipe.close() }
-        let consumed = try pipe.consume { try ingest.ingest($0) }
+        let consumed = try pipe.consume { try ingest.ingest(&$0) }
         let ingestCPUSeconds = threadCPUSeconds() - threadCPU0
         let decodeSeconds = consumed.waitingSeconds, ingestSeconds = consumed.workingSeconds
         let now = nowSeconds()

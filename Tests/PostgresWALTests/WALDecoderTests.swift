@@ -181,6 +181,38 @@ final class WALDecoderTests: XCTestCase {
         XCTAssertTrue(all.contains { $0.startLSN.rawValue / UInt64(segmentSize) != ($0.endLSN.rawValue - 1) / UInt64(segmentSize) && !$0.isSwitch }, "a record crossing segments")
     }
 
+    /// Through `RecordPipe`, whose consumer owns each record alone and gives batches back for the
+    /// decoder to reuse their storage: a consumer that scribbles over every record's bytes and
+    /// images must not change any later record (reused storage is fully rewritten).
+    func testRecycledStorageNeverLeaksIntoLaterRecords() throws {
+        var rng = SeededRandom(seed: testSeed("WALDecoderTests.testRecycledStorageNeverLeaksIntoLaterRecords"))
+        let (stream, written) = randomStream(rng: &rng, count: 3000)
+        let end = LSN(base.rawValue + UInt64(stream.count))
+        let pipe = try RecordPipe.decoding(from: base, to: end, segmentSize: segmentSize) { feed in
+            var offset = 0
+            while offset < stream.count {
+                let n = min(7919, stream.count - offset)
+                let more = try stream.withUnsafeBytes { try feed(UnsafeRawBufferPointer(rebasing: $0[offset..<offset + n])) }
+                offset += n
+                if !more { return }
+            }
+        }
+        var i = 0
+        _ = try pipe.consume { record in
+            guard i < written.count else { XCTFail("more records than written"); return }
+            let (lsn, expected) = written[i]
+            XCTAssertEqual(record.startLSN, lsn)
+            assertMatches(record, expected, at: lsn)
+            i += 1
+            // What a careless consumer could do to storage it owns.
+            for j in record.blocks.indices where record.blocks[j].image != nil {
+                record.blocks[j].image!.page.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0xEE, $0.count) }
+            }
+            record.bytes.withUnsafeMutableBytes { _ = memset($0.baseAddress!, 0xDD, $0.count) }
+        }
+        XCTAssertEqual(i, written.count)
+    }
+
     // MARK: - Start positions
 
     func testStartsAtAnyRecordOrPageBoundary() {

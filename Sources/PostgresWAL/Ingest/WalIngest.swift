@@ -114,6 +114,13 @@ public final class WalIngest {
 
     /// Ingests one record. Records must come in WAL order, each once.
     public func ingest(_ record: DecodedRecord) throws {
+        var record = record
+        try ingest(&record)
+    }
+
+    /// Ingests one record, stamping its applied images' pd_lsn in place (when the caller is the only
+    /// owner of their storage, as `RecordPipe.consume` makes it, no image is copied).
+    public func ingest(_ record: inout DecodedRecord) throws {
         if let failure {
             throw IngestError(.poisoned, "an earlier error stopped this ingest: \(failure)", recordLSN: record.startLSN)
         }
@@ -121,6 +128,10 @@ public final class WalIngest {
             throw IngestError(.invalidArgument, "record starts before the end of the previous record (\(last)): records must be fed in order, once", recordLSN: record.startLSN)
         }
         do {
+            // What redo does to an applied image: it gets the record's end LSN as pd_lsn.
+            for i in record.blocks.indices where record.blocks[i].image?.apply == true {
+                PageLayout.stampPageLSN(&record.blocks[i].image!.page, record.endLSN.rawValue)
+            }
             try process(record)
         } catch {
             failure = error
@@ -348,9 +359,8 @@ public final class WalIngest {
             let key = KeySpace.relationBlock(tag, b.block.rawValue)
             let value: Value
             if let image = b.image, image.apply {
-                var page = image.page
-                PageLayout.stampPageLSN(&page, record.endLSN.rawValue)
-                value = .image(page)
+                // pd_lsn was stamped by `ingest`.
+                value = .image(image.page)
             } else {
                 value = .walRecord(record.bytes, willInit: b.willInit)
             }

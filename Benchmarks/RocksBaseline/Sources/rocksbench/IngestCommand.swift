@@ -43,7 +43,7 @@ func ingestCommand(_ args: Arguments) throws {
     let pipe = try RecordPipe.decoding(segmentPaths: segments.paths, segmentSize: segments.segmentSize,
                                        from: start, to: end, chunkBytes: chunkBytes)
     defer { pipe.close() }
-    let consumed = try pipe.consume { try ingest.ingest($0) }
+    let consumed = try pipe.consume { try ingest.ingest(&$0) }
     let decodeSeconds = consumed.waitingSeconds, ingestSeconds = consumed.workingSeconds
     let now = nowSeconds()
     guard let last = ingest.lastRecordEndLSN, let next = consumed.nextRecordLSN, next >= end else {
