@@ -4,9 +4,12 @@ import Synchronization
 /// The in-memory layer: every value put since the last freeze, readable at once.
 ///
 /// Design: values are appended to an arena of 1 MiB pages, and their entries to one flat array in
-/// put order. Each entry links to the previous entry of the same key, and a `KeyTable` maps each
-/// key to its newest entry, so a put costs one table probe and two appends (no per-key array), and
-/// a read walks a key's chain newest first, which is the order reads want. New arena pages come
+/// put order. Each key gets an ordinal when first put (a `KeyTable` maps key to ordinal); each
+/// entry names its key's ordinal and links to the previous entry of the same key, and `heads` holds
+/// each ordinal's newest entry. A put costs one table probe and a few appends (no per-key array); a
+/// read walks a key's chain newest first, which is the order reads want; the flush orders the
+/// entries by key with one counting sort over the ordinals' ranks (sequential passes, no chain
+/// walks). New arena pages come
 /// already faulted in from `ArenaPageSupply`, whose thread touches them ahead of need, so the ingest
 /// thread does not take the first-touch page faults of fresh memory (about a tenth of its time
 /// otherwise). The open layer takes `put`s from the single ingest thread; `freeze` closes it, after
@@ -18,12 +21,13 @@ import Synchronization
 /// 2. After `freeze(endLSN:)` the layer covers [startLSN, endLSN) and no put is accepted.
 /// 3. `bytes` counts the values' bytes plus per-entry overhead; the owner compares it with
 ///    `checkpoint_distance`.
-/// 4. `entries[i].previous < i`: following `previous` from a key's newest entry visits exactly that
-///    key's entries, in strictly descending LSN order, and ends at -1.
+/// 4. `entries[i].previous < i`: following `previous` from `heads[o]` visits exactly the entries of
+///    the key with ordinal o (`keys[o]`), in strictly descending LSN order, and ends at -1.
 public final class InMemoryLayer: Sendable {
     struct Entry {
         var lsn: LSN
         var previous: Int32
+        var ordinal: Int32
         var page: UInt32
         var offset: UInt32
         var length: UInt32
@@ -32,7 +36,9 @@ public final class InMemoryLayer: Sendable {
     }
 
     struct State: ~Copyable {
-        var newest = KeyTable()
+        var ordinals = KeyTable()
+        var keys: [Key] = []
+        var heads: [Int32] = []
         var entries: [Entry] = []
         var pages: [[UInt8]] = []
         var bytes = 0
@@ -43,11 +49,15 @@ public final class InMemoryLayer: Sendable {
     }
 
     final class Contents: Sendable {
-        let newest: KeyTable
+        let ordinals: KeyTable
+        let keys: [Key]
+        let heads: [Int32]
         let entries: [Entry]
         let pages: [[UInt8]]
-        init(newest: KeyTable, entries: [Entry], pages: [[UInt8]]) {
-            self.newest = newest
+        init(ordinals: KeyTable, keys: [Key], heads: [Int32], entries: [Entry], pages: [[UInt8]]) {
+            self.ordinals = ordinals
+            self.keys = keys
+            self.heads = heads
             self.entries = entries
             self.pages = pages
         }
@@ -78,8 +88,9 @@ public final class InMemoryLayer: Sendable {
             guard lsn >= startLSN, lsn >= s.maxLSN else {
                 throw StorageError(.invalidArgument, "put at LSN \(lsn) is older than the layer's newest \(max(s.maxLSN, startLSN))", lsn: lsn)
             }
-            let slot = s.newest.slotForInsertion(key)
-            let previous = s.newest.value(at: slot)
+            let slot = s.ordinals.slotForInsertion(key)
+            let known = s.ordinals.value(at: slot)
+            let previous = known >= 0 ? s.heads[Int(known)] : -1
             if previous >= 0, s.entries[Int(previous)].lsn >= lsn {
                 throw StorageError(.invalidArgument, "a value for key \(key) already exists at LSN \(s.entries[Int(previous)].lsn)", lsn: lsn)
             }
@@ -100,10 +111,20 @@ public final class InMemoryLayer: Sendable {
                 }
             }
             let p = s.pages.count - 1
-            s.entries.append(Entry(lsn: lsn, previous: previous, page: UInt32(p), offset: UInt32(s.pages[p].count),
-                                   length: UInt32(n), kind: value.kind, willInit: value.willInit))
+            let ordinal: Int32
+            if known >= 0 {
+                ordinal = known
+            } else {
+                ordinal = Int32(s.keys.count)
+                s.keys.append(key)
+                s.heads.append(-1)
+                s.ordinals.set(key, at: slot, to: ordinal)
+            }
+            s.entries.append(Entry(lsn: lsn, previous: previous, ordinal: ordinal, page: UInt32(p),
+                                   offset: UInt32(s.pages[p].count), length: UInt32(n), kind: value.kind,
+                                   willInit: value.willInit))
             s.pages[p].append(contentsOf: value.bytes)
-            s.newest.set(key, at: slot, to: Int32(s.entries.count - 1))
+            s.heads[Int(ordinal)] = Int32(s.entries.count - 1)
             s.bytes += n + InMemoryLayer.entryOverheadBytes
             s.maxLSN = lsn
         }
@@ -115,8 +136,10 @@ public final class InMemoryLayer: Sendable {
             precondition(s.endLSN == nil, "in-memory layer frozen twice")
             precondition(endLSN > startLSN && (s.entries.isEmpty || endLSN > s.maxLSN), "freeze at \(endLSN) below the layer's contents")
             s.endLSN = endLSN
-            s.frozen = Contents(newest: s.newest, entries: s.entries, pages: s.pages)
-            s.newest = KeyTable(minimumCapacity: 16)
+            s.frozen = Contents(ordinals: s.ordinals, keys: s.keys, heads: s.heads, entries: s.entries, pages: s.pages)
+            s.ordinals = KeyTable(minimumCapacity: 16)
+            s.keys = []
+            s.heads = []
             s.entries = []
             s.pages = []
         }
@@ -130,16 +153,16 @@ public final class InMemoryLayer: Sendable {
     /// after the first that starts a chain. Returns true when it found such a value.
     func collect(_ key: Key, floor: LSN?, ceiling: LSN, into out: inout [(LSN, Value)]) -> Bool {
         if let frozen = state.withLock({ $0.frozen }) {
-            return InMemoryLayer.collect(frozen.newest.value(for: key), frozen.entries, frozen.pages, floor: floor, ceiling: ceiling, into: &out)
+            return InMemoryLayer.collect(frozen.ordinals.value(for: key).map { frozen.heads[Int($0)] }, frozen.entries, frozen.pages, floor: floor, ceiling: ceiling, into: &out)
         }
         InMemoryLayer.betweenFrozenCheckAndLiveRead?(self)
         return state.withLock { s in
             // Frozen since the check above: the values moved from `index` to `frozen` (reading the
             // emptied index would silently skip them and hand out an older version of the page).
             if let frozen = s.frozen {
-                return InMemoryLayer.collect(frozen.newest.value(for: key), frozen.entries, frozen.pages, floor: floor, ceiling: ceiling, into: &out)
+                return InMemoryLayer.collect(frozen.ordinals.value(for: key).map { frozen.heads[Int($0)] }, frozen.entries, frozen.pages, floor: floor, ceiling: ceiling, into: &out)
             }
-            return InMemoryLayer.collect(s.newest.value(for: key), s.entries, s.pages, floor: floor, ceiling: ceiling, into: &out)
+            return InMemoryLayer.collect(s.ordinals.value(for: key).map { s.heads[Int($0)] }, s.entries, s.pages, floor: floor, ceiling: ceiling, into: &out)
         }
     }
 
@@ -158,48 +181,77 @@ public final class InMemoryLayer: Sendable {
         return false
     }
 
-    /// One chunk's share of a frozen layer, for the flush: its keys in order with their newest
-    /// entries, and the bytes its delta layer will hold (values plus 48 bytes of index each).
+    /// One chunk's share of a frozen layer, for the flush: its entries ordered by key, then LSN, and
+    /// the bytes its delta layer will hold (values plus 48 bytes of index each).
     struct FlushChunk: Sendable {
         var chunk: ChunkId
-        var keys: [(key: Key, newest: Int32)]
+        var entries: ArraySlice<Int32>
         var bytes: Int
     }
 
-    /// The frozen layer's contents by chunk, in chunk order, keys ascending within each.
-    /// REQUIRES: the layer is frozen.
+    /// The frozen layer's contents by chunk, in chunk order. REQUIRES: the layer is frozen.
     func flushChunks() -> [FlushChunk] {
         guard let c = state.withLock({ $0.frozen }) else { preconditionFailure("flush of an open in-memory layer") }
-        var all: [(key: Key, newest: Int32)] = []
-        all.reserveCapacity(c.newest.count)
-        c.newest.forEach { all.append(($0, $1)) }
-        all.sort { $0.key < $1.key }
-        var byChunk: [ChunkId: Int] = [:]
-        var chunks: [FlushChunk] = []
-        var current = -1
+        // Ordinals in key order; rank[o] is ordinal o's position in it.
+        var byKey = Array(0..<Int32(c.keys.count))
+        byKey.sort { c.keys[Int($0)] < c.keys[Int($1)] }
+        var rank = [Int32](repeating: 0, count: c.keys.count)
+        for (position, o) in byKey.enumerated() { rank[Int(o)] = Int32(position) }
+        // Chunks: consecutive ranks of one chunk form runs; a chunk may own several runs (the
+        // metadata chunk's keys are not contiguous in key order).
+        var chunkIndex: [ChunkId: Int] = [:]
+        var chunkOfRank = [Int32](repeating: 0, count: c.keys.count)
+        var chunkIds: [ChunkId] = []
         var currentChunk: ChunkId?
-        for item in all {
-            let chunk = ChunkId(containing: item.key)
+        var current = -1
+        for (position, o) in byKey.enumerated() {
+            let chunk = ChunkId(containing: c.keys[Int(o)])
             if chunk != currentChunk {
-                if let j = byChunk[chunk] {
+                if let j = chunkIndex[chunk] {
                     current = j
                 } else {
-                    current = chunks.count
-                    byChunk[chunk] = current
-                    chunks.append(FlushChunk(chunk: chunk, keys: [], bytes: 0))
+                    current = chunkIds.count
+                    chunkIndex[chunk] = current
+                    chunkIds.append(chunk)
                 }
                 currentChunk = chunk
             }
-            var i = item.newest, bytes = 0
-            while i >= 0 {
-                bytes += Int(c.entries[Int(i)].length) + 48
-                i = c.entries[Int(i)].previous
-            }
-            chunks[current].keys.append(item)
-            chunks[current].bytes += bytes
+            chunkOfRank[position] = Int32(current)
         }
-        chunks.sort { $0.chunk < $1.chunk }
-        return chunks
+        // Counting sort of the entries by (chunk, rank); entries are in LSN order already, and the
+        // sort is stable, so each key's entries stay in ascending LSN order.
+        let chunkOrder = chunkIds.indices.sorted { chunkIds[$0] < chunkIds[$1] }
+        var entriesPerRank = [Int](repeating: 0, count: c.keys.count)
+        var bytes = [Int](repeating: 0, count: chunkIds.count)
+        for e in c.entries {
+            let r = Int(rank[Int(e.ordinal)])
+            entriesPerRank[r] += 1
+            bytes[Int(chunkOfRank[r])] += Int(e.length) + 48
+        }
+        // Each chunk's ranks in ascending order, the chunks in chunk order: where each rank's
+        // entries start in `sorted`.
+        var ranksByChunk = [[Int]](repeating: [], count: chunkIds.count)
+        for r in 0..<c.keys.count { ranksByChunk[Int(chunkOfRank[r])].append(r) }
+        var start = [Int](repeating: 0, count: c.keys.count)
+        var chunkRange = [Range<Int>](repeating: 0..<0, count: chunkIds.count)
+        var offset = 0
+        for j in chunkOrder {
+            let first = offset
+            for r in ranksByChunk[j] {
+                start[r] = offset
+                offset += entriesPerRank[r]
+            }
+            chunkRange[j] = first..<offset
+        }
+        var sorted = [Int32](repeating: 0, count: c.entries.count)
+        for (i, e) in c.entries.enumerated() {
+            let r = Int(rank[Int(e.ordinal)])
+            sorted[start[r]] = Int32(i)
+            start[r] += 1
+        }
+        return chunkOrder.map { j in
+            FlushChunk(chunk: chunkIds[j], entries: sorted[chunkRange[j]], bytes: bytes[j])
+        }
     }
 
     /// Calls `body` for every value of `chunk` (from `flushChunks`), by key, then LSN ascending (the
@@ -207,20 +259,11 @@ public final class InMemoryLayer: Sendable {
     func forEachValue(in chunk: FlushChunk,
                       _ body: (Key, LSN, Value.Kind, Bool, UnsafeRawBufferPointer) throws -> Void) rethrows {
         guard let c = state.withLock({ $0.frozen }) else { preconditionFailure("flush of an open in-memory layer") }
-        var chain: [Int32] = []
-        for (key, newest) in chunk.keys {
-            chain.removeAll(keepingCapacity: true)
-            var i = newest
-            while i >= 0 {
-                chain.append(i)
-                i = c.entries[Int(i)].previous
-            }
-            for i in chain.reversed() {
-                let e = c.entries[Int(i)]
-                try c.pages[Int(e.page)].withUnsafeBytes { page in
-                    try body(key, e.lsn, e.kind, e.willInit,
-                             UnsafeRawBufferPointer(rebasing: page[Int(e.offset)..<Int(e.offset + e.length)]))
-                }
+        for i in chunk.entries {
+            let e = c.entries[Int(i)]
+            try c.pages[Int(e.page)].withUnsafeBytes { page in
+                try body(c.keys[Int(e.ordinal)], e.lsn, e.kind, e.willInit,
+                         UnsafeRawBufferPointer(rebasing: page[Int(e.offset)..<Int(e.offset + e.length)]))
             }
         }
     }
