@@ -70,6 +70,40 @@ public final class WalIngest {
 
     // Caches of values ingest maintains itself.
     private var relSizes: [RelTag: UInt32] = [:]
+    /// The two relation forks most recently looked up (a heap's main fork and its visibility map,
+    /// typically), each known to exist with `relSizes[tag] == size`: consecutive records mostly
+    /// touch the same relations, and this spares them the dictionary and set lookups. Cleared
+    /// whenever a relation directory changes other than by creating a relation.
+    private var recentRelations = RecentRelations()
+
+    struct RecentRelations {
+        private var newer: (tag: RelTag, size: UInt32)?
+        private var older: (tag: RelTag, size: UInt32)?
+
+        func size(of tag: RelTag) -> UInt32? {
+            if let n = newer, n.tag == tag { return n.size }
+            if let o = older, o.tag == tag { return o.size }
+            return nil
+        }
+
+        mutating func remember(_ tag: RelTag, size: UInt32) {
+            if let n = newer, n.tag == tag { newer = (tag, size); return }
+            if let o = older, o.tag == tag { older = newer; newer = (tag, size); return }
+            older = newer
+            newer = (tag, size)
+        }
+
+        /// Updates the size of `tag` if it is remembered.
+        mutating func update(_ tag: RelTag, size: UInt32) {
+            if let n = newer, n.tag == tag { newer = (tag, size) }
+            if let o = older, o.tag == tag { older = (tag, size) }
+        }
+
+        mutating func forgetAll() {
+            newer = nil
+            older = nil
+        }
+    }
     private var relDirs: [DatabaseTag: Set<RelDirectory.Entry>] = [:]
     private var dbDir: Set<DatabaseTag>?
     private var slruDirs: [SlruKind: Set<UInt32>] = [:]
@@ -208,16 +242,22 @@ public final class WalIngest {
 
     /// The fork's size in blocks; 0 when it does not exist.
     private func relSize(_ tag: RelTag) throws -> UInt32 {
-        if let n = relSizes[tag] { return n }
+        if let size = recentRelations.size(of: tag) { return size }
         guard try relationExists(tag) else { return 0 }
+        if let n = relSizes[tag] {
+            recentRelations.remember(tag, size: n)
+            return n
+        }
         let n = try target.latestImage(KeySpace.relationSize(tag)).map { try SizeValue.decode($0) } ?? 0
         relSizes[tag] = n
+        recentRelations.remember(tag, size: n)
         return n
     }
 
     private func setRelSize(_ tag: RelTag, _ blocks: UInt32) {
         relSizes[tag] = blocks
         dirtySizes.insert(tag)
+        recentRelations.update(tag, size: blocks)
     }
 
     private func databases() throws -> Set<DatabaseTag> {
@@ -237,6 +277,7 @@ public final class WalIngest {
     /// Adds the fork (size 0) when its RelDir lacks it; returns whether it did.
     @discardableResult
     private func ensureRelation(_ tag: RelTag) throws -> Bool {
+        if recentRelations.size(of: tag) != nil { return false }
         guard try !relationExists(tag) else { return false }
         try ensureDatabase(tag.database)
         relDirs[tag.database]!.insert(tag.entry)
@@ -246,6 +287,7 @@ public final class WalIngest {
     }
 
     private func dropRelation(_ tag: RelTag) throws {
+        recentRelations.forgetAll()
         guard try relationExists(tag) else { return }
         relDirs[tag.database]!.remove(tag.entry)
         dirtyRelDirs.insert(tag.database)
@@ -353,16 +395,18 @@ public final class WalIngest {
         guard !record.blocks.isEmpty else { return }
         blockValues.removeAll(keepingCapacity: true)
         highestBlocks.removeAll(keepingCapacity: true)
-        for b in record.blocks {
-            let tag = RelTag(b.relation, b.fork)
+        for i in record.blocks.indices {
+            // Fields read one by one: copying the whole reference would retain its image.
+            let tag = RelTag(record.blocks[i].relation, record.blocks[i].fork)
+            let block = record.blocks[i].block.rawValue
             try ensureRelation(tag)
-            let key = KeySpace.relationBlock(tag, b.block.rawValue)
+            let key = KeySpace.relationBlock(tag, block)
             let value: Value
-            if let image = b.image, image.apply {
+            if record.blocks[i].image?.apply == true {
                 // pd_lsn was stamped by `ingest`.
-                value = .image(image.page)
+                value = .image(record.blocks[i].image!.page)
             } else {
-                value = .walRecord(record.bytes, willInit: b.willInit)
+                value = .walRecord(record.bytes, willInit: record.blocks[i].willInit)
             }
             // Two references to one block: the later one's value stands (as a dictionary would).
             if let j = blockValues.firstIndex(where: { $0.key == key }) {
@@ -371,9 +415,9 @@ public final class WalIngest {
                 blockValues.append((key, value))
             }
             if let j = highestBlocks.firstIndex(where: { $0.tag == tag }) {
-                highestBlocks[j].block = max(highestBlocks[j].block, b.block.rawValue)
+                highestBlocks[j].block = max(highestBlocks[j].block, block)
             } else {
-                highestBlocks.append((tag, b.block.rawValue))
+                highestBlocks.append((tag, block))
             }
         }
         for (tag, block) in highestBlocks {
@@ -685,6 +729,7 @@ public final class WalIngest {
     }
 
     private func dropDatabase(_ db: DatabaseTag) throws {
+        recentRelations.forgetAll()
         for e in try relDir(db) { setRelSize(RelTag(spc: db.spc, db: db.db, rel: e.rel, fork: e.fork), 0) }
         relDirs[db] = []
         dirtyRelDirs.insert(db)
@@ -700,6 +745,7 @@ public final class WalIngest {
         guard let pageSource else {
             throw IngestError(.unsupported, "CREATE DATABASE FILE_COPY (\(c.source) -> \(c.database)) needs a page source", recordLSN: record.startLSN)
         }
+        recentRelations.forgetAll()
         let sourceEntries = try relDir(c.source)
         let old = try relDir(c.database)
         for e in old where !sourceEntries.contains(e) {
