@@ -116,6 +116,8 @@ public final class TimelineStore: Sendable {
         var broken: StorageError?
         /// Freeze at the next record boundary (`advance`).
         var freezeRequested = false
+        /// Calls of `advance`; the open layer's age is checked on every 1024th.
+        var advances: UInt64 = 0
     }
 
     /// This store's number in the context's shared caches.
@@ -242,12 +244,19 @@ public final class TimelineStore: Sendable {
     /// in-memory layer here when it is due (checkpoint_distance, checkpoint_timeout or a requested
     /// checkpoint), and flushes in this thread when too many frozen layers wait (backpressure).
     public func advance(to lsn: LSN) {
-        let due = writer.withLock { w -> Bool in
+        let (due, checkAge) = writer.withLock { w -> (Bool, Bool) in
             if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn }
-            return w.freezeRequested
+            w.advances &+= 1
+            return (w.freezeRequested, w.advances & 1023 == 0)
         }
-        let open = map.withLock { $0.open }
-        let aged = !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds
+        // The age (checkpoint_timeout, seconds) is checked now and then, not per record: the clock
+        // and the layer's lock cost more than a record's own work here. (With background flush the
+        // flusher also checks it every second.)
+        guard due || checkAge else { return }
+        let aged = checkAge && {
+            let open = map.withLock { $0.open }
+            return !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds
+        }()
         guard due || aged else { return }
         guard freezeAtRecordBoundary() == .frozen else { return }
         let waiting = map.withLock { $0.frozen.count }

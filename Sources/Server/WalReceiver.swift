@@ -185,14 +185,14 @@ final class WalReceiver: @unchecked Sendable {
     fileprivate func ingestOne(_ record: inout DecodedRecord, _ ingest: WalIngest) throws {
         let store = timeline.store
         if record.endLSN <= store.lastRecordLSN { return }
-        let uninterpretedBefore = ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0
+        let uninterpretedBefore = ingest.uninterpretedRecords(of: record.resourceManager)
         do {
             try ingest.ingest(&record)
         } catch {
             throw IngestStopped(message: "ingest of the record at \(record.startLSN) (\(record.resourceManager)) failed: \(error)")
         }
         timeline.verification?.submit(record)
-        count(record, uninterpreted: (ingest.stats.managers[record.resourceManager.rawValue]?.uninterpreted ?? 0) > uninterpretedBefore)
+        count(record, uninterpreted: ingest.uninterpretedRecords(of: record.resourceManager) > uninterpretedBefore)
     }
 
     private func count(_ record: DecodedRecord, uninterpreted: Bool) {

@@ -18,8 +18,14 @@ public struct IngestStats: Sendable, Equatable {
         public init() {}
     }
 
-    /// Indexed by resource manager id.
-    public private(set) var managers: [UInt8: Manager] = [:]
+    /// Indexed by resource manager id (all 256; counting a record is an array access).
+    private var byManager = [Manager](repeating: Manager(), count: 256)
+    /// The resource managers that saw records, by id.
+    public var managers: [UInt8: Manager] {
+        var out: [UInt8: Manager] = [:]
+        for (id, m) in byManager.enumerated() where m != Manager() { out[UInt8(id)] = m }
+        return out
+    }
     public private(set) var records = 0
     public private(set) var bytes = 0
     /// Values put, all kinds.
@@ -33,27 +39,28 @@ public struct IngestStats: Sendable, Equatable {
 
     public init() {}
 
-    public subscript(_ manager: ResourceManagerId) -> Manager { managers[manager.rawValue] ?? Manager() }
+    public subscript(_ manager: ResourceManagerId) -> Manager { byManager[Int(manager.rawValue)] }
 
     /// The uninterpreted records in all, and without block references.
-    public var uninterpreted: Int { managers.values.reduce(0) { $0 + $1.uninterpreted } }
-    public var uninterpretedWithoutBlocks: Int { managers.values.reduce(0) { $0 + $1.uninterpretedWithoutBlocks } }
+    public var uninterpreted: Int { byManager.reduce(0) { $0 + $1.uninterpreted } }
+    public var uninterpretedWithoutBlocks: Int { byManager.reduce(0) { $0 + $1.uninterpretedWithoutBlocks } }
 
     mutating func count(_ record: DecodedRecord, interpreted: Bool, blockValues: Int, valuesPut: Int, engineRecords: [EngineRecord.Tag]) {
-        var m = managers[record.resourceManager.rawValue] ?? Manager()
-        m.records += 1
-        m.bytes += record.totalLength
-        m.blockValues += blockValues
+        let id = Int(record.resourceManager.rawValue)
+        byManager[id].records += 1
+        byManager[id].bytes += record.totalLength
+        byManager[id].blockValues += blockValues
         if !interpreted {
-            m.uninterpreted += 1
-            if record.blocks.isEmpty { m.uninterpretedWithoutBlocks += 1 }
+            byManager[id].uninterpreted += 1
+            if record.blocks.isEmpty { byManager[id].uninterpretedWithoutBlocks += 1 }
         }
-        managers[record.resourceManager.rawValue] = m
         records += 1
         bytes += record.totalLength
         self.valuesPut += valuesPut
         self.engineRecords += engineRecords.count
-        for t in engineRecords { engineRecordsByTag[t.rawValue, default: 0] += 1 }
+        if !engineRecords.isEmpty {
+            for t in engineRecords { engineRecordsByTag[t.rawValue, default: 0] += 1 }
+        }
     }
 
     public func engineRecords(_ tag: EngineRecord.Tag) -> Int { engineRecordsByTag[tag.rawValue] ?? 0 }
@@ -62,7 +69,8 @@ public struct IngestStats: Sendable, Equatable {
 
     /// One line per resource manager, for logs.
     public var summary: String {
-        managers.keys.sorted().map { id in
+        let managers = self.managers
+        return managers.keys.sorted().map { id in
             let m = managers[id]!
             return "\(ResourceManagerId(id)): \(m.records) records, \(m.bytes) bytes, \(m.blockValues) block values, \(m.uninterpreted) uninterpreted (\(m.uninterpretedWithoutBlocks) without blocks)"
         }.joined(separator: "\n")

@@ -57,6 +57,9 @@ public final class WalIngest {
     /// Needed for CREATE DATABASE ... STRATEGY FILE_COPY records; without one they fail.
     public var pageSource: (any PageSource)?
     public private(set) var stats = IngestStats()
+
+    /// `stats[manager].uninterpreted`, without copying the statistics (per record in the receiver).
+    public func uninterpretedRecords(of manager: ResourceManagerId) -> Int { stats[manager].uninterpreted }
     /// Called for every commit record with its timestamp.
     public var onCommit: ((CommitTimestamp) -> Void)?
     /// Whether `commitTimestamps` collects commits (take them with `drainCommitTimestamps`). Off by
