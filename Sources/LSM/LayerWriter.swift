@@ -141,7 +141,11 @@ public final class LayerWriter {
         let indexOffset = fileOffset + UInt64(outBuffer.count)
         for (first, payload) in pendingIndex {
             let start = outBuffer.count
-            payload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: false, to: &outBuffer) }
+            // Full index blocks compress well (neighbouring entries share key prefixes, LSN high
+            // bytes and data block handles); small ones stay raw (format-spec 3, writer rule).
+            payload.withUnsafeBytes {
+                BlockTrailer.appendBlock($0, compress: compress && payload.count > LayerFormat.indexCompressionMinimumPayload, to: &outBuffer)
+            }
             let handle = BlockHandle(offset: fileOffset + UInt64(start), size: UInt32(outBuffer.count - start))
             directoryLines.append(.init(firstKey: first.0, firstLSN: first.1, handle: handle))
             if outBuffer.count >= 1 << 20 { try drain() }

@@ -12,6 +12,8 @@ public enum LayerFormat {
     public static let defaultDataBlockBytes = 8192
     /// Index blocks hold at most this many entries so that one fits a 4 KiB read.
     public static let indexEntriesPerBlock = (4096 - 4 - BlockTrailer.size) / IndexEntry.size
+    /// Index blocks with a longer payload are LZ4-compressed when compression is on (and LZ4 helps).
+    public static let indexCompressionMinimumPayload = 1024
     /// Largest block the reader accepts (a sanity bound for corrupt handles).
     public static let maxBlockBytes = 64 << 20
     /// Largest value the writer accepts: one value alone in a block stays within `maxBlockBytes`.
