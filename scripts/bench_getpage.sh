@@ -7,6 +7,8 @@
 #   - `pagectl bench getpage` at depth 1 and 32 with 1 and 4 clients, cold (the page server restarted
 #     and the kernel's page cache dropped when permitted) then warm (the same run again: same seed,
 #     so the same blocks the cold run read);
+#   - scaling: warm `pagectl bench getpage` at depth 1 with SWEEP_CLIENTS clients (default 1 2 4 8 32),
+#     each next to fio at the same total depth (clients x 1);
 #   - `pagectl fullbackup` timed next to `pg_basebackup -Ft` of the primary.
 # Setup: a throwaway PostgreSQL 15 primary, `pgbench -i -s SCALE`, the page server (release build)
 # attached to it (base backup, then WAL streaming), caught up, checkpointed (layer files on disk).
@@ -20,6 +22,7 @@
 #   SKIP_BUILD   1: do not run `swift build -c release` first
 #   PG_BIN       PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #   FIO_ENGINE   fio ioengine (default io_uring)
+#   SWEEP_CLIENTS  client counts of the scaling sweep (default "1 2 4 8 32"; empty: no sweep)
 # Run as root (the primary runs as user postgres through runuser; dropping caches needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -157,17 +160,18 @@ echo "== disk floor: fio 8 KiB random reads, direct=1, $fio_engine, in $dir"
 fio_mb=$(( data_mb > 256 ? data_mb : 256 ))
 fio --name=layout --filename="$dir/fio-read.dat" --rw=write --bs=1m --size="${fio_mb}m" --ioengine=psync --end_fsync=1 \
   --output-format=json >/dev/null 2>&1
-for depth in 1 32; do
+# fio_run DEPTH: 8 KiB O_DIRECT random reads at that queue depth, one JSON line to $out.
+fio_run() {
   fio --name=randread --filename="$dir/fio-read.dat" --rw=randread --bs=8k --size="${fio_mb}m" --ioengine="$fio_engine" \
-      --iodepth="$depth" --direct=1 --runtime="$dur" --time_based --output-format=json 2>/dev/null \
+      --iodepth="$1" --direct=1 --runtime="$dur" --time_based --output-format=json 2>/dev/null \
     | python3 -c "
 import json, sys
 j = json.load(sys.stdin)['jobs'][0]['read']
 p = j['clat_ns']['percentile']
-print(json.dumps({'bench': 'fio_randread', 'depth': $depth, 'iops': j['iops'], 'mb_per_s': j['bw_bytes'] / 1e6,
+print(json.dumps({'bench': 'fio_randread', 'depth': $1, 'iops': j['iops'], 'mb_per_s': j['bw_bytes'] / 1e6,
                   'p50_us': p['50.000000'] / 1000, 'p99_us': p['99.000000'] / 1000, 'file_mb': $fio_mb}))" | tee -a "$out"
-done
-rm -f "$dir/fio-read.dat"
+}
+for depth in 1 32; do fio_run "$depth"; done
 
 # Drops the page server's caches: a restart (its page and index caches) and, when permitted, the
 # kernel's page cache. Prints whether the kernel's cache was dropped.
@@ -195,6 +199,24 @@ for clients in 1 4; do
     done
   done
 done
+
+sweep=${SWEEP_CLIENTS-1 2 4 8 32}
+if [ -n "$sweep" ]; then
+  echo "== scaling: warm GetPage at depth 1 with $sweep clients, fio at the same total depth"
+  for clients in $sweep; do
+    if ! grep -q "\"bench\": \"fio_randread\", \"depth\": $clients," "$out"; then
+      fio_run "$clients"
+    fi
+    rc=0
+    json=$("$pagectl" bench getpage --server "$server" --http "127.0.0.1:$http_port" --tenant "$tenant" --timeline "$timeline" \
+      --clients "$clients" --depth 1 --duration "$dur" --seed 43 --json) || rc=$?
+    [ -n "$json" ] || { echo "bench_getpage: bench getpage printed nothing (exit $rc)" >&2; exit 1; }
+    [ "$rc" = 0 ] || bench_failures=$((bench_failures + 1))
+    echo "$json" | record "mode=\"sweep\"" "exit_status=$rc"
+  done
+fi
+
+rm -f "$dir/fio-read.dat"
 
 echo "== fullbackup (page server) vs pg_basebackup -Ft (primary)"
 wait_caught_up
@@ -228,6 +250,14 @@ ratios = {
     "getpage_cold_depth32_4clients_iops_vs_fio_depth32": ratio((find(bench="getpage", mode="cold", clients=4, depth=32) or {}).get("requests_per_s"), (fio32 or {}).get("iops")),
     "fullbackup_seconds_vs_pg_basebackup": ratio((full or {}).get("seconds"), (pgbb or {}).get("seconds")),
 }
+# The scaling sweep: each client count's warm depth-1 throughput against fio at the same total depth.
+sweep = {}
+for r in rows:
+    if r["bench"] == "getpage" and r.get("mode") == "sweep":
+        fio = find(bench="fio_randread", depth=r["clients"])
+        sweep[r["clients"]] = {"requests_per_s": r.get("requests_per_s"), "p50_us": r.get("p50_us"), "p99_us": r.get("p99_us"),
+                               "fio_iops": (fio or {}).get("iops"), "vs_fio": ratio(r.get("requests_per_s"), (fio or {}).get("iops"))}
+ratios["sweep_vs_fio_same_depth"] = sweep
 json.dump({"scale": scale, "duration_s": dur, "results": rows, "ratios": ratios}, open(sys.argv[2], "w"), indent=2)
 
 print()
@@ -242,7 +272,7 @@ for r in rows:
         name = "fio randread 8 KiB depth %d" % r["depth"]
         r = dict(r, requests_per_s=r["iops"])
     elif b == "getpage":
-        name = "getpage %s %dc x depth %d" % (r["mode"], r["clients"], r["depth"])
+        name = "getpage %s %dc x depth %d" % ("warm (sweep)" if r["mode"] == "sweep" else r["mode"], r["clients"], r["depth"])
     else:
         continue
     print("%-34s %12s %10s %10s %10s %10s %10s %7s" % (name, f(r.get("requests_per_s"), 0), f(r.get("mb_per_s")), f(r.get("p50_us")),
@@ -257,6 +287,8 @@ print("  GetPage p50 (warm, 1 client, depth 1) / echo p50:        %s" % ratios["
 print("  cold GetPage IOPS (1 client, depth 32) / fio depth 32:   %s" % ratios["getpage_cold_depth32_1client_iops_vs_fio_depth32"])
 print("  cold GetPage IOPS (4 clients, depth 32) / fio depth 32:  %s" % ratios["getpage_cold_depth32_4clients_iops_vs_fio_depth32"])
 print("  fullbackup time / pg_basebackup time:                    %s" % ratios["fullbackup_seconds_vs_pg_basebackup"])
+for c, v in sorted(sweep.items()):
+    print("  warm GetPage, %2d clients x depth 1 / fio depth %-2d:       %s (%s/s vs %s IOPS)" % (c, c, v["vs_fio"], f(v["requests_per_s"], 0), f(v["fio_iops"], 0)))
 if any(r.get("page_cache_dropped") is False for r in rows):
     print("note: the kernel's page cache could not be dropped; 'cold' means a restarted page server only")
 print("results: %s" % sys.argv[2])
