@@ -9,11 +9,11 @@ import Synchronization
 /// each ordinal's newest entry. A put costs one table probe and a few appends (no per-key array); a
 /// read walks a key's chain newest first, which is the order reads want; the flush orders the
 /// entries by key with one counting sort over the ordinals' ranks (sequential passes, no chain
-/// walks). New arena pages come
-/// already faulted in from `ArenaPageSupply`, whose thread touches them ahead of need, so the ingest
-/// thread does not take the first-touch page faults of fresh memory (about a tenth of its time
-/// otherwise). The open layer takes `put`s from the single ingest thread; `freeze` closes it, after
-/// which it is immutable until flushed to delta layers and dropped from the layer map.
+/// walks). New arena pages come already faulted in from `ArenaPageSupply`, whose thread populates
+/// them ahead of need, so the ingest thread does not take the first-touch page faults of fresh
+/// memory (about a tenth of its time otherwise). The open layer takes `put`s from the single ingest
+/// thread; `freeze` closes it, after which it is immutable until flushed to delta layers and
+/// dropped from the layer map.
 ///
 /// Invariants:
 /// 1. Puts arrive in non-decreasing LSN order, each LSN > `startLSN - 1`; per key, LSNs strictly

@@ -67,6 +67,7 @@ public struct WALDecoder: Sendable {
     private var spareRecordBuffers: [[UInt8]] = []
     private var spareImagePages: [[UInt8]] = []
     static let maximumSpareRecordBuffers = 1024
+    static let maximumSpareRecordBytes = 64 << 10
     static let maximumSpareImagePages = 256
     private var recordStart: UInt64 = 0
     private var recordLength: Int?
@@ -130,7 +131,9 @@ public struct WALDecoder: Sendable {
     /// someone else is never written: `removeAll(keepingCapacity:)` copies it first.
     public mutating func recycle(_ records: inout [DecodedRecord]) {
         for i in records.indices {
-            if spareRecordBuffers.count < Self.maximumSpareRecordBuffers {
+            // Only ordinary sizes are kept: a rare huge record's buffer is let go.
+            if spareRecordBuffers.count < Self.maximumSpareRecordBuffers,
+               records[i].bytes.capacity <= Self.maximumSpareRecordBytes {
                 var bytes: [UInt8] = []
                 swap(&bytes, &records[i].bytes)
                 spareRecordBuffers.append(bytes)
