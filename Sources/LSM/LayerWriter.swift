@@ -89,17 +89,29 @@ public final class LayerWriter {
         last = (key, lsn)
         if !blockPayload.isEmpty && blockPayload.count + bytes.count > dataBlockBytes { try closeDataBlock() }
         blockEntries.append((key, lsn, kind, willInit, UInt32(blockPayload.count), UInt32(bytes.count)))
-        blockPayload.append(contentsOf: bytes)
+        if blockPayload.isEmpty && bytes.count >= dataBlockBytes / 2 {
+            // A large value (a page image, a bulk insert's record) gets a block of its own, compressed
+            // straight from the caller's bytes: no copy into the payload buffer (format-spec 4.3).
+            try closeDataBlock(payload: bytes)
+        } else {
+            blockPayload.append(contentsOf: bytes)
+        }
         if key < keyMin { keyMin = key }
         if key > keyMax { keyMax = key }
         entryCount += 1
         valueBytes += UInt64(bytes.count)
     }
 
-    private func closeDataBlock() throws {
+    /// Writes the block of `blockEntries`, whose payload is `blockPayload` or, for a value that has a
+    /// block of its own, `payload`.
+    private func closeDataBlock(payload: UnsafeRawBufferPointer? = nil) throws {
         guard !blockEntries.isEmpty else { return }
         let start = outBuffer.count
-        blockPayload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: compress, to: &outBuffer) }
+        if let payload {
+            BlockTrailer.appendBlock(payload, compress: compress, to: &outBuffer)
+        } else {
+            blockPayload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: compress, to: &outBuffer) }
+        }
         let handle = BlockHandle(offset: fileOffset + UInt64(start), size: UInt32(outBuffer.count - start))
         dataBlockCount += 1
         for e in blockEntries {
