@@ -41,6 +41,8 @@ bench: release bench-deps
 bench-rocksdb: deps bench-deps
 	$(SWIFT) build -c release --package-path Benchmarks/RocksBaseline
 	./scripts/bench_rocksdb.sh
+	PGBENCH_SCALE=50 MARKER=rocksdb-scale50 RESULTS_JSON=.build/bench_rocksdb_scale50.json \
+	  RESULTS_MD=.build/bench_rocksdb_scale50.md ./scripts/bench_rocksdb.sh
 
 clean:
 	rm -rf .build .demo Benchmarks/RocksBaseline/.build

@@ -6,6 +6,7 @@
 #
 #   BENCH_DIR   where the data files go (default /tmp/pageserver-bench; fio uses the same file system)
 #   REPS        repetitions of every measurement (default 3)
+#   INGEST_REPS repetitions of the WAL-ingest benchmark against the standby (default 5)
 #   SECONDS_PER_RUN  duration of each timed read run (default 5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +62,7 @@ rm -rf "$dir"
 echo "BENCHMARKS.md updated"
 
 # The WAL-ingest benchmark (issue 3): ours against a PostgreSQL 15 streaming standby, its own table.
-BENCH_COMMAND="make bench" REPS=$reps BENCH_DIR="$dir-ingest" "$root/scripts/bench_ingest.sh"
+BENCH_COMMAND="make bench" REPS=${INGEST_REPS:-5} BENCH_DIR="$dir-ingest" "$root/scripts/bench_ingest.sh"
 
 # The page service benchmark (issue 5): GetPage next to a loopback echo and fio, fullbackup next to
 # pg_basebackup; its table is printed and its results go to bench-data/getpage-results.json.
@@ -74,4 +75,13 @@ SKIP_BUILD=1 "$root/scripts/bench_getpage.sh"
 if [ "${SKIP_COMPACTION_BENCH:-0}" != 1 ] && [ -x "$root/scripts/bench_compaction.sh" ]; then
   BIN_DIR="${BIN_DIR:-$root/.build/release}" "$root/scripts/bench_compaction.sh" \
     || echo "bench.sh: scripts/bench_compaction.sh failed (exit $?); the other benchmarks' results stand" >&2
+  # Issue 8's read amplification with compaction on and off: the same pgbench run with no compaction
+  # or GC pass at all (about 5 minutes), then both runs' samples side by side in BENCHMARKS.md.
+  if BIN_DIR="${BIN_DIR:-$root/.build/release}" COMPACTION=off RESULTS="$root/bench-data/compaction-off-results.json" \
+       "$root/scripts/bench_compaction.sh"; then
+    python3 "$root/scripts/bench_readamp_table.py" "$root/bench-data/compaction-results.json" \
+      "$root/bench-data/compaction-off-results.json" "$root/BENCHMARKS.md"
+  else
+    echo "bench.sh: scripts/bench_compaction.sh with COMPACTION=off failed; the other benchmarks' results stand" >&2
+  fi
 fi

@@ -28,6 +28,10 @@
 #      of the timeline directory around the call) (each call is preceded by an untimed PUT checkpoint, so the flush it starts
 #      with has nothing left to write).
 #   7. JSON lines in BENCH_DIR/compaction-results.json (copied to RESULTS), and a summary with the goals.
+# With COMPACTION=off, steps 2-3 run with compaction_period = "0s" and gc_period = "0s" (no background
+# pass at all: delta layers only pile up), step 4 has no PUT compact or do_gc, and steps 5-6 are left
+# out: the samples show read amplification and disk use growing with history when nothing compacts
+# (issue 8's "compaction on and off"; scripts/bench_readamp_table.py puts the two runs side by side).
 #
 #   SCALE          pgbench -i scale (default 20)
 #   DURATION       seconds of the pgbench run (default 240)
@@ -38,6 +42,7 @@
 #   RESULTS        where the results are copied (default bench-data/compaction-results.json)
 #   BIN_DIR        where pageserver and pagectl are (default ./.build/release); nothing is built
 #   PG_BIN         PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
+#   COMPACTION     on (default) or off (see above)
 #   EXTRA_CONFIG   TOML lines appended to the main run's page server config (default none), e.g.
 #                  'checkpoint_distance = "32MiB"' for more delta layers, so that compaction and GC run
 # Run as root (the primary runs as user postgres through runuser) or as a user who can run initdb.
@@ -53,6 +58,8 @@ dir=${BENCH_DIR:-/tmp/pageserver-bench-compaction}
 results=${RESULTS:-$root/bench-data/compaction-results.json}
 bindir=${BIN_DIR:-./.build/release}
 pgbin=${PG_BIN:-/usr/lib/postgresql/15/bin}
+compaction=${COMPACTION:-on}
+case "$compaction" in on|off) ;; *) echo "bench_compaction: COMPACTION is on or off, not $compaction" >&2; exit 1 ;; esac
 
 [ -x "$pgbin/postgres" ] || { echo "bench_compaction: PostgreSQL 15 not found in $pgbin" >&2; exit 1; }
 pagectl="$bindir/pagectl"
@@ -251,11 +258,20 @@ primary_up=1
 "$pgbin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -s "$scale" -q postgres 2>&1 | tail -n 1
 
 # The page server's settings: the defaults except gc_period and pitr_interval.
+if [ "$compaction" = on ]; then
 cat > "$dir/pageserver.toml" <<EOF
 # bench_compaction.sh: default compaction and GC settings, except GC every 30 s with the horizon alone
 gc_period = "30s"
 pitr_interval = "0s"
 EOF
+else
+cat > "$dir/pageserver.toml" <<EOF
+# bench_compaction.sh, COMPACTION=off: no background compaction or GC pass
+compaction_period = "0s"
+gc_period = "0s"
+pitr_interval = "0s"
+EOF
+fi
 if [ -n "${EXTRA_CONFIG:-}" ]; then echo "$EXTRA_CONFIG" >> "$dir/pageserver.toml"; fi
 # Phase 5: no background compaction or GC, small in-memory layers so delta layers pile up.
 cat > "$dir/pageserver-burst.toml" <<EOF
@@ -373,6 +389,22 @@ tps=$(grep -oP 'tps = \K[0-9.]+' "$dir/pg/pgbench.log" | head -n 1 || echo null)
 echo "{}" | record "bench=\"pgbench\"" "clients=4" "duration_s=$duration" "tps=${tps:-null}" >/dev/null
 echo "   pgbench: $tps tps"
 
+if [ "$compaction" = off ]; then
+  echo "== pgbench done: catch up, one more sample (COMPACTION=off: no compaction, no GC)"
+  t0=$(now); wait_caught_up; echo "   caught up in $(elapsed "$t0" "$(now)") s"
+  curl -sf -X PUT "$tlapi/checkpoint" >/dev/null
+  sample after 3
+  echo "{}" | record "bench=\"mode\"" "compaction=\"off\"" >/dev/null
+  python3 - "$out" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in rows:
+    if r.get("bench") == "sample":
+        print("   t=%6.1f s  layers p50 %s p99 %s  disk ratio %.2f" % (r["t_s"], r["layers_p50"], r["layers_p99"], r["disk_ratio"]))
+PY
+  echo "results: $results (copied on exit)"
+  exit 0
+fi
 echo "== pgbench done: catch up, PUT compact, PUT do_gc, one more sample"
 t0=$(now); wait_caught_up; echo "   caught up in $(elapsed "$t0" "$(now)") s"
 timed_compact after-run | sed 's/^/   /'

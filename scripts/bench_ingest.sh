@@ -19,7 +19,8 @@
 # for the other's dirty pages.
 #
 #   BENCH_DIR        work directory (default /tmp/pageserver-bench-ingest; removed at the end)
-#   REPS             repetitions of each contender (default 3)
+#   REPS             repetitions of each contender (default 5: the per-repetition ratio spreads
+#                    by +-20% on a shared 2-core machine, so the median needs more than 3)
 #   PGBENCH_SCALE    pgbench -i scale (default 20: about 300 MB of tables)
 #   PGBENCH_SECONDS  duration of the pgbench run (default 30)
 #   PGBENCH_CLIENTS  pgbench clients (default 4, over 2 threads)
@@ -41,7 +42,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 bin="${BIN_DIR:-$root/.build/release}/pagectl"
 dir=${BENCH_DIR:-/tmp/pageserver-bench-ingest}
-reps=${REPS:-3}
+reps=${REPS:-5}
 scale=${PGBENCH_SCALE:-20}
 seconds=${PGBENCH_SECONDS:-30}
 clients=${PGBENCH_CLIENTS:-4}

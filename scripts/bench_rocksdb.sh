@@ -15,6 +15,10 @@
 #      REQUESTS random blocks over every relation fork, reconstructed with PostgresRedo; depth D is D
 #      threads reading one request at a time; ours also runs depth 32 as one thread reading batches of
 #      32 through the store's batch read (the daemon's path for a pipelining client).
+#    - cold: `rocksbench getpage --warmup 0` at the latest LSN, depth 1 and 32 (ours also 32 in
+#      batches), COLD_REQUESTS random blocks, each run in a fresh process started right after
+#      `sync; echo 3 > /proc/sys/vm/drop_caches` (so the kernel's page cache and the store's own
+#      caches are empty; skipped with a note when drop_caches is not writable);
 #    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
 #    Then `rocksbench verify` reads 2000 random blocks from both stores at both LSNs: the pages must
 #    be byte-identical.
@@ -28,13 +32,17 @@
 #   PGBENCH_SECONDS  duration of the pgbench run (default 20)
 #   PGBENCH_CLIENTS  pgbench clients (default 4, over 2 threads)
 #   REQUESTS         GetPage requests per measurement (default 20000)
+#   COLD_REQUESTS    GetPage requests per cold measurement (default 2000: few enough that most blocks
+#                    are read for the first time)
 #   CACHE_MB         RocksDB's block cache and our data cache (default 256)
 #   BIN              the driver (default Benchmarks/RocksBaseline/.build/release/rocksbench)
 #   PG_BIN           PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #   RESULTS_JSON     every figure, one JSON object (default .build/bench_rocksdb.json)
 #   RESULTS_MD       the table (default .build/bench_rocksdb.md)
-#   BENCHMARKS_MD    the file whose table (between <!-- rocksdb:begin --> and <!-- rocksdb:end -->)
+#   BENCHMARKS_MD    the file whose table (between <!-- MARKER:begin --> and <!-- MARKER:end -->)
 #                    this run replaces (default BENCHMARKS.md; empty: leave it alone)
+#   MARKER           the markers' name (default rocksdb; `make bench-rocksdb` also runs scale 50
+#                    with MARKER=rocksdb-scale50)
 #   KEEP             when 1: keep BENCH_DIR (the capture and the last repetition's two stores, in
 #                    db-ours and db-rocksdb) for profiling with `rocksbench getpage` by hand
 set -euo pipefail
@@ -47,6 +55,7 @@ scale=${PGBENCH_SCALE:-20}
 seconds=${PGBENCH_SECONDS:-20}
 clients=${PGBENCH_CLIENTS:-4}
 requests=${REQUESTS:-20000}
+cold_requests=${COLD_REQUESTS:-2000}
 cache_mb=${CACHE_MB:-256}
 pgbin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 results_json=${RESULTS_JSON:-$root/.build/bench_rocksdb.json}
@@ -160,6 +169,18 @@ measure() { # store, rep, past LSN
       sed "s/^{/{\"rep\": $rep, /" "$dir/getpage.json" | tee -a "$out"
     done
   done
+  # Cold: the kernel's page cache dropped right before each run, no warm-up, a fresh process.
+  local cold_runs="1:1 32:1"
+  if [ "$store" = ours ]; then cold_runs="$cold_runs 32:32"; fi
+  for run in $cold_runs; do
+    sync
+    if ! echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
+      echo "bench_rocksdb: /proc/sys/vm/drop_caches is not writable: no cold runs" >&2
+      break
+    fi
+    "$bin" getpage --store "$store" --db "$db" --lsn latest --requests "$cold_requests" --depth "${run%:*}" \
+      --batch "${run#*:}" --seed "$rep" --cache-mb "$cache_mb" --warmup 0 | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
+  done
   sync
 }
 
@@ -192,9 +213,9 @@ print('%X/%X' % (l >> 32, l & 0xFFFFFFFF))" "$x" "$y" "$r")
 done
 
 # ---- 3. Medians, ratios, goals ----
-python3 - "$out" "$results_json" "$results_md" "$command" "${BENCHMARKS_MD-$root/BENCHMARKS.md}" <<'PY'
+python3 - "$out" "$results_json" "$results_md" "$command" "${BENCHMARKS_MD-$root/BENCHMARKS.md}" "${MARKER:-rocksdb}" <<'PY'
 import json, platform, statistics, subprocess, sys, time
-src, out_json, out_md, command, benchmarks_md = sys.argv[1:6]
+src, out_json, out_md, command, benchmarks_md, marker = sys.argv[1:7]
 rows = [json.loads(l) for l in open(src) if l.strip()]
 capture = next(r for r in rows if r["bench"] == "capture")
 reps = sorted({r["rep"] for r in rows if "rep" in r})
@@ -214,18 +235,27 @@ measurements = [("Ingest, WAL MB/s (decode + store + durable flush)", "ingest", 
 for at in (True, False):
     where = "latest LSN" if at else "random past LSN"
     for depth, batch in ((1, 1), (32, 1), (32, 32)):
-        mo = {"at_latest": at, "depth": depth, "batch": batch}
-        mk = {"at_latest": at, "depth": depth, "batch": 1}
+        mo = {"at_latest": at, "depth": depth, "batch": batch, "warm": True}
+        mk = {"at_latest": at, "depth": depth, "batch": 1, "warm": True}
         how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
         measurements.append(("GetPage %s, %s, pages/s" % (where, how), "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
         measurements.append(("GetPage %s, %s, p50 / p99 us" % (where, how), "getpage", mo, mk, "latency", "us", None, None))
+
+# Cold reads (page cache dropped, fresh process, no warm-up), when the machine allowed dropping caches.
+if any(r["bench"] == "getpage" and r.get("warm") is False for r in rows):
+    for depth, batch in ((1, 1), (32, 1), (32, 32)):
+        how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
+        mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": False}
+        mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False}
+        measurements.append(("GetPage latest LSN, COLD, %s, pages/s" % how, "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
+        measurements.append(("GetPage latest LSN, COLD, %s, p50 / p99 us" % how, "getpage", mo, mk, "latency", "us", None, None))
 
 # Ours after image creation at the end LSN (what background compaction leaves), against RocksDB as
 # the seed stores it (it has nothing like it).
 for depth, batch in ((1, 1), (32, 1), (32, 32)):
     how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
-    mo = {"at_latest": True, "depth": depth, "batch": batch}
-    mk = {"at_latest": True, "depth": depth, "batch": 1}
+    mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": True}
+    mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": True}
     measurements.append(("GetPage latest LSN, %s, ours with image layers at the end LSN, pages/s" % how, "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0, "ours-imaged"))
 measurements = [m if len(m) == 9 else m + ("ours",) for m in measurements]
 
@@ -281,7 +311,7 @@ print("\nwritten: %s, %s" % (out_json, out_md))
 # The results table of BENCHMARKS.md (between its rocksdb markers) is replaced by this run's.
 if benchmarks_md:
     text = open(benchmarks_md).read()
-    begin, end = "<!-- rocksdb:begin -->", "<!-- rocksdb:end -->"
+    begin, end = "<!-- %s:begin -->" % marker, "<!-- %s:end -->" % marker
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
         _, tail = rest.split(end, 1)

@@ -123,6 +123,9 @@ public final class TimelineStore: Sendable {
     /// This store's number in the context's shared caches.
     let storeId: UInt32
     let map: Mutex<LayerMap>
+
+    /// Sets up the calling thread's IO (its io_uring ring) ahead of its first read.
+    public func prepareReaderThread() { context.io.prepareCurrentThread() }
     let manifest: Mutex<Manifest>
     /// Held from reading the manifest to swapping the layer map by every change of the manifest
     /// (flush, compaction, GC), so that none of them loses another's change.

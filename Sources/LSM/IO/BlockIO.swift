@@ -34,6 +34,13 @@ public enum IOEngineKind: String, Sendable, CaseIterable {
 public protocol BlockIO: AnyObject, Sendable {
     var kind: IOEngineKind { get }
     func read(_ ops: UnsafeMutableBufferPointer<ReadOp>)
+    /// Sets up whatever the calling thread's reads need (io_uring: its ring), so that its first read
+    /// does not pay for it. Optional: reads set it up on first use anyway.
+    func prepareCurrentThread()
+}
+
+extension BlockIO {
+    public func prepareCurrentThread() {}
 }
 
 /// Engine-wide log hook (the engine has no logging dependency); the daemon points it at its logger.
@@ -167,6 +174,8 @@ public final class IOUringEngine: BlockIO, @unchecked Sendable {
         pthread_setspecific(key, Unmanaged.passRetained(r).toOpaque())
         return ring
     }
+
+    public func prepareCurrentThread() { _ = threadRing() }
 
     public func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
         if ops.isEmpty { return }

@@ -2,13 +2,18 @@
 //
 // The blocks: every relation fork the store lists at the LSN (DbDir -> each database's RelDir -> each
 // fork's size key, the metadata our ingest writes and RocksDB stores as more keys), and requests
-// uniform over all their blocks, drawn from `--seed` (the same requests for both stores). Warm: a
-// warm-up of the same number of requests from another seed runs first, untimed. Depth D: D threads,
+// uniform over all their blocks, drawn from `--seed` (the same requests for both stores). Warm (the
+// default): a warm-up of the same number of requests from another seed runs first, untimed. Cold
+// (`--warmup 0`, run right after the caller dropped the kernel's page cache): no warm-up, so every
+// block the requests need comes from the device on its first use (the store was just opened: its own
+// caches are empty). Depth D: D threads,
 // each taking the next request from a shared counter and reading it synchronously, so D requests are
-// in flight. With `--batch B`, D / B threads each hand B requests at a time to the store's batch read
+// in flight; the clock starts once every thread has made its reader (ours: its io_uring ring), so
+// neither store's timing includes thread start-up. With `--batch B`, D / B threads each hand B requests at a time to the store's batch read
 // (ours: `TimelineStore.get([(Key, LSN)])`, one io_uring submission for the batch, as the daemon serves
 // a pipelined client; RocksDB has no batch form of SeekForPrev, so its reader loops). Every value must
 // be an 8 KiB page; one that is not fails the run.
+import Glibc
 import LSM
 import PostgresWAL
 import Synchronization
@@ -22,6 +27,7 @@ func getpageCommand(_ args: Arguments) throws {
     let cacheBytes = args.int("cache-mb", default: 256) << 20
     let lsnText = args.string("lsn", default: "latest")
     let batch = max(1, args.int("batch", default: 1))
+    let warmup = args.int("warmup", default: 1) != 0
     guard depth % batch == 0 else { fail("--depth \(depth) is not a multiple of --batch \(batch)") }
 
     let store: any ReadStore
@@ -62,12 +68,13 @@ func getpageCommand(_ args: Arguments) throws {
         }
     }
 
-    _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth, batch: batch)
+    if warmup { _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth, batch: batch) }
     let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
     let sorted = latencies.sorted()
     func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
     emitJSON([("bench", "\"getpage\""), ("store", "\"\(kind.rawValue)\""), ("lsn", "\"\(lsn)\""),
               ("latest_lsn", "\"\(latest)\""), ("at_latest", "\(lsn == latest)"), ("depth", "\(depth)"), ("batch", "\(batch)"),
+              ("warm", "\(warmup)"),
               ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
               ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
               ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")])
@@ -96,9 +103,14 @@ private func relationForks(_ store: any ReadStore, at lsn: LSN, path: String) th
 private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, batch: Int) throws -> (Double, [Double]) {
     let shared = RunState()
     let threads = depth / batch
-    let t0 = nowSeconds()
     runThreads(threads) { _ in
+        // Every thread makes its reader (ours: its io_uring ring) first; the clock starts when the
+        // last one is ready, so thread start-up is timed for neither store.
         let reader = store.reader()
+        if shared.ready.add(1, ordering: .acquiringAndReleasing).newValue == threads {
+            shared.start.store(nowSeconds().bitPattern, ordering: .releasing)
+        }
+        while shared.ready.load(ordering: .acquiring) < threads { sched_yield() }
         var mine: [Double] = []
         mine.reserveCapacity(keys.count / threads + batch)
         var failure: String?
@@ -125,7 +137,7 @@ private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, ba
             if $0.error == nil { $0.error = failure }
         }
     }
-    let seconds = nowSeconds() - t0
+    let seconds = nowSeconds() - Double(bitPattern: shared.start.load(ordering: .acquiring))
     let r = shared.results.withLock { $0 }
     if let e = r.error { throw StorageError(.corruption, "GetPage failed: \(e)") }
     return (seconds, r.latencies)
@@ -135,6 +147,9 @@ private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, ba
 private final class RunState: Sendable {
     /// The index of the next request to issue.
     let next = Atomic<Int>(0)
+    /// Threads with their reader made, and when the last of them was (Double bits): the run's start.
+    let ready = Atomic<Int>(0)
+    let start = Atomic<UInt64>(0)
     /// Every latency (seconds) and the first failure.
     let results = Mutex<(latencies: [Double], error: String?)>(([], nil))
 }

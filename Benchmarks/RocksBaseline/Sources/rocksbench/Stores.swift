@@ -93,7 +93,10 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
 
     func latestLSN() throws -> LSN { store.lastRecordLSN }
 
-    func reader() -> any PageReader { OurReader(store: store) }
+    func reader() -> any PageReader {
+        store.prepareReaderThread()  // the thread's io_uring ring, before any timed read
+        return OurReader(store: store)
+    }
 
     func close() { store.close() }
 }
