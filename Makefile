@@ -41,8 +41,10 @@ bench: release bench-deps
 bench-rocksdb: deps bench-deps
 	$(SWIFT) build -c release --package-path Benchmarks/RocksBaseline
 	./scripts/bench_rocksdb.sh
-	PGBENCH_SCALE=50 MARKER=rocksdb-scale50 RESULTS_JSON=.build/bench_rocksdb_scale50.json \
-	  RESULTS_MD=.build/bench_rocksdb_scale50.md ./scripts/bench_rocksdb.sh
+	for scale in 10 50 100; do \
+	  PGBENCH_SCALE=$$scale MARKER=rocksdb-scale$$scale RESULTS_JSON=.build/bench_rocksdb_scale$$scale.json \
+	    RESULTS_MD=.build/bench_rocksdb_scale$$scale.md ./scripts/bench_rocksdb.sh || exit 1; \
+	done
 
 clean:
 	rm -rf .build .demo Benchmarks/RocksBaseline/.build

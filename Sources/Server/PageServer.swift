@@ -3,7 +3,6 @@ import Foundation
 import Hummingbird
 import LSM
 import Workdir
-import CShims
 import Logging
 import WireProtocol
 
@@ -101,9 +100,10 @@ func raiseOpenFileLimit() {
 /// Every page service batch allocates a few hundred KiB of response buffers, above glibc's default
 /// 128 KiB mmap threshold: each would be a fresh mmap, page-faulted in and unmapped again, which cost
 /// about a tenth of the CPU of a pipelined GetPage stream. Serving them from the heap, and not
-/// trimming the heap's top after every free, keeps that memory warm.
+/// trimming the heap's top after every free, keeps that memory warm (`AllocatorTuning`, which the
+/// in-memory layer's arena pages need as well).
 func tuneMalloc() {
-    cs_tune_malloc(32 << 20, 256 << 20)
+    AllocatorTuning.apply()
 }
 
 func splitHostPort(_ s: String) -> (String, Int)? {

@@ -15,6 +15,13 @@ struct Pagectl: ParsableCommand {
                       GetPageCommand.self, BaseBackupCommand.self, FullBackupCommand.self, BenchCommand.self,
                       CompactCommand.self]
     )
+
+    /// The engine runs here with the daemon's allocator settings, so that `pagectl engine bench`
+    /// measures what the daemon does.
+    static func main() {
+        AllocatorTuning.apply()
+        main(nil)
+    }
 }
 
 struct LayerCommand: ParsableCommand {

@@ -11,6 +11,9 @@ usage:
 --store defaults to rocksdb; --cache-mb (default 256) is RocksDB's block cache or our data cache.
 """
 
+// The daemon's allocator settings, for both stores alike (RocksDB allocates through the same malloc).
+AllocatorTuning.apply()
+
 let argv = CommandLine.arguments
 guard argv.count >= 2 else { fail(usage) }
 do {
