@@ -8,7 +8,8 @@ import CShims
 /// mapped chunks are freed), the in-memory layer's 1 MiB arena pages and the page service's response
 /// buffers were fresh mappings whose every 4 KiB page the kernel faulted in and zeroed, and freed
 /// memory went back to the kernel only to be faulted in again by the next layer. With these
-/// settings, memory freed by a flushed layer or a finished batch is reused warm.
+/// settings, memory freed by a flushed layer or a finished batch is reused warm. (The ingest
+/// benchmark, shorter than two flush cycles, shows no difference either way: BENCHMARKS.md.)
 public enum AllocatorTuning {
     public static let mmapThresholdBytes: Int32 = 32 << 20
     public static let trimThresholdBytes: Int32 = 256 << 20

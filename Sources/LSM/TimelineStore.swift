@@ -123,9 +123,6 @@ public final class TimelineStore: Sendable {
     /// This store's number in the context's shared caches.
     let storeId: UInt32
     let map: Mutex<LayerMap>
-
-    /// Sets up the calling thread's IO (its io_uring ring) ahead of its first read.
-    public func prepareReaderThread() { context.io.prepareCurrentThread() }
     let manifest: Mutex<Manifest>
     /// Held from reading the manifest to swapping the layer map by every change of the manifest
     /// (flush, compaction, GC), so that none of them loses another's change.
@@ -453,6 +450,9 @@ public final class TimelineStore: Sendable {
     }
 
     // MARK: - Reads
+
+    /// Sets up the calling thread's IO (its io_uring ring) ahead of its first read.
+    public func prepareReaderThread() { context.io.prepareCurrentThread() }
 
     /// The value of `key` at `lsn`: nil when the key has no value there. Reconstructs with `redo`
     /// when the newest value is a record.

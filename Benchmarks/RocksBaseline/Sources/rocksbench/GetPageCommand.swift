@@ -6,11 +6,10 @@
 // default): a warm-up of the same number of requests from another seed runs first, untimed. Cold
 // (`--warmup 0`, run right after the caller dropped the kernel's page cache): no warm-up, so every
 // block the requests need comes from the device on its first use (the store was just opened: its own
-// caches are empty). Depth D: D threads,
-// each taking the next request from a shared counter and reading it synchronously, so D requests are
-// in flight; the clock starts once every thread has made its reader (ours: its io_uring ring), so
-// neither store's timing includes thread start-up. With `--batch B`, D / B threads each hand B requests at a time to the store's batch read
-// (ours: `TimelineStore.get([(Key, LSN)])`, one io_uring submission for the batch, as the daemon serves
+// caches are empty). Depth D: D threads, each taking the next request from a shared counter and
+// reading it synchronously, so D requests are in flight; the clock starts once every thread has made
+// its reader (ours: its io_uring ring), so neither store's timing includes thread start-up. With
+// `--batch B`, D / B threads each hand B requests at a time to the store's batch read (ours: `TimelineStore.get([(Key, LSN)])`, one io_uring submission for the batch, as the daemon serves
 // a pipelined client; RocksDB has no batch form of SeekForPrev, so its reader loops). Every value must
 // be an 8 KiB page; one that is not fails the run.
 import Glibc
