@@ -16,7 +16,10 @@ import Glibc
 //   Merged are the deltas above the newest image (what reads of recent LSNs visit) and the deltas only
 //   retained LSNs need (GC never removes those); the others are GC's to delete, not worth rewriting.
 // - `gc`: raises the manifest's gc_cutoff_lsn (never lowers it) and deletes every layer no read at an
-//   LSN >= the cutoff, nor at a retained LSN (a child timeline's branch point), can need.
+//   LSN >= the cutoff, nor at a retained LSN (a child timeline's branch point), can need. A delta
+//   layer that straddles the newest image at X <= cutoff (lsn_start <= X < lsn_end - 1) and that no
+//   retained LSN needs is rewritten without its entries at or below X (reads at or above the cutoff
+//   stop at the image there), when they make up at least `trimFraction` of its LSN range.
 //
 // Which layers a read at r needs (mirrors `LayerMap.plan`): per chunk, the newest image layer at
 // X <= r and every delta layer with lsn_start <= r and lsn_end - 1 > X (all of them with lsn_start <= r
@@ -106,9 +109,17 @@ public struct GCReport: Sendable, Equatable {
     public var cutoff: LSN = .zero
     /// The LSNs below the cutoff that stay readable.
     public var retained: [LSN] = []
+    /// Layers deleted, straddling deltas that were trimmed included.
     public var layersDeleted = 0
     public var bytesDeleted: UInt64 = 0
     public var deleted: [LayerDescriptor] = []
+    /// Straddling delta layers rewritten without their entries below the image at the cutoff: the
+    /// trimmed layers (`created`, their bytes `bytesWritten`) replace as many of `deleted`.
+    public var layersTrimmed = 0
+    public var bytesWritten: UInt64 = 0
+    public var created: [LayerDescriptor] = []
+    /// Bytes on disk freed: deleted minus written.
+    public var bytesFreed: Int64 { Int64(bytesDeleted) - Int64(bytesWritten) }
     public init() {}
 }
 
@@ -237,14 +248,14 @@ extension TimelineStore {
                 var depth = top.count, count = cl.deltas.count
                 for inputs in runs.reversed() where top.contains(ObjectIdentifier(inputs[0])) {
                     if depth <= maxDeltasPerChunk { break }
-                    created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
+                    if let merged = try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run) { created.append(merged) }
                     removed += inputs.map(\.descriptor)
                     depth -= inputs.count - 1
                     count -= inputs.count - 1
                 }
                 for inputs in runs where pinned.contains(ObjectIdentifier(inputs[0])) {
                     if count <= maxDeltasPerChunk { break }
-                    created.append(try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run))
+                    if let merged = try writeMergedDelta(chunk, inputs, fetcher: fetcher, run: run) { created.append(merged) }
                     removed += inputs.map(\.descriptor)
                     count -= inputs.count - 1
                 }
@@ -261,8 +272,13 @@ extension TimelineStore {
     /// From then on `get` refuses LSNs below the cutoff except the retained ones that were readable
     /// before (at or above the previous cutoff, or retained by the previous GC or `setRetainedLSNs`).
     /// `retain` is the complete set of branch points: an LSN left out may lose its layers.
+    ///
+    /// A kept delta layer that straddles the chunk's newest image at `X <= cutoff` and that no retained
+    /// LSN needs is rewritten as a delta from X + 1 to its end, holding only its entries above X (no
+    /// read GC still allows stops below that image), when the part it drops covers at least
+    /// `trimFraction` of its LSN range (0: every such layer; nil: none).
     @discardableResult
-    public func gc(cutoff requested: LSN, retain: [LSN]) throws -> GCReport {
+    public func gc(cutoff requested: LSN, retain: [LSN], trimFraction: Double? = 0.25) throws -> GCReport {
         compactionLock.wait()
         defer { compactionLock.signal() }
         try checkCompactionAllowed()
@@ -275,26 +291,53 @@ extension TimelineStore {
         // earlier GC did not retain may have lost layers, and a wrong answer is worse than a refusal.
         let readable = retained.filter { $0 >= previous || snapshot.gc.retained.contains($0) }
         var doomed: [LayerDescriptor] = []
+        var trims: [(chunk: ChunkId, layer: LayerFile, above: LSN)] = []
         for chunk in snapshot.chunks.keys.sorted() {
             let cl = snapshot.chunks[chunk]!
-            var keep = cl.needed(atOrAbove: cutoff)
-            for r in retained { keep.formUnion(cl.needed(at: r)) }
+            var pinned = Set<ObjectIdentifier>()
+            for r in retained { pinned.formUnion(cl.needed(at: r)) }
+            let keep = cl.needed(atOrAbove: cutoff).union(pinned)
             for f in cl.deltas + cl.images where !keep.contains(ObjectIdentifier(f)) { doomed.append(f.descriptor) }
+            guard let fraction = trimFraction, let x = cl.newestImage(atOrBelow: cutoff)?.descriptor.lsnStart else { continue }
+            for d in cl.deltas where d.descriptor.lsnStart <= x && d.descriptor.lsnEnd.rawValue - 1 > x.rawValue
+                && !pinned.contains(ObjectIdentifier(d)) {
+                let span = Double(d.descriptor.lsnEnd.rawValue - d.descriptor.lsnStart.rawValue)
+                let dropped = Double(x.rawValue - d.descriptor.lsnStart.rawValue + 1)
+                if dropped >= fraction * span { trims.append((chunk, d, x)) }
+            }
         }
         var report = GCReport()
         report.previousCutoff = previous
         report.cutoff = cutoff
         report.retained = readable.sorted()
         let floor = LayerMap.GCFloor(cutoff: cutoff, retained: readable)
-        if cutoff == previous && doomed.isEmpty {
+        if cutoff == previous && doomed.isEmpty && trims.isEmpty {
             map.withLock { m in m = LayerMap(open: m.open, frozen: m.frozen, chunks: m.chunks, gc: floor) }
             return report
         }
-        let done = try commitReplacement(adding: [], removing: doomed, gc: floor, run: CompactionRun(config.compactionFailpoint))
-        report.layersDeleted = done.layersDeleted
-        report.bytesDeleted = done.bytesDeleted
-        report.deleted = done.deleted
-        return report
+        let run = CompactionRun(config.compactionFailpoint)
+        var created: [(LayerFile, UInt64)] = []
+        do {
+            let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
+            for t in trims {
+                // A straddling delta whose entries all lie at or below X is not needed at all.
+                if let trimmed = try writeMergedDelta(t.chunk, [t.layer], above: t.above, fetcher: fetcher, run: run) {
+                    created.append(trimmed)
+                }
+                doomed.append(t.layer.descriptor)
+            }
+            let done = try commitReplacement(adding: created, removing: doomed, gc: floor, run: run)
+            report.layersDeleted = done.layersDeleted
+            report.bytesDeleted = done.bytesDeleted
+            report.deleted = done.deleted
+            report.layersTrimmed = trims.count
+            report.bytesWritten = done.bytesWritten
+            report.created = done.created
+            return report
+        } catch {
+            run.cleanUp(created)
+            throw error
+        }
     }
 
     /// Sets the LSNs below the GC cutoff that reads may still ask for (the branch points of child
@@ -404,9 +447,13 @@ extension TimelineStore {
         return runs
     }
 
-    /// One delta layer with every entry of `run` (consecutive deltas of `chunk`, oldest first).
-    private func writeMergedDelta(_ chunk: ChunkId, _ run: [LayerFile], fetcher: BlockFetcher, run progress: CompactionRun) throws -> (LayerFile, UInt64) {
-        let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: run.first!.descriptor.lsnStart, lsnEnd: run.last!.descriptor.lsnEnd)
+    /// One delta layer with every entry of `run` (consecutive deltas of `chunk`, oldest first), or with
+    /// only the entries above `above` (then the layer starts at above + 1, and nil means that no entry
+    /// was above it: nothing is written).
+    private func writeMergedDelta(_ chunk: ChunkId, _ run: [LayerFile], above: LSN? = nil, fetcher: BlockFetcher,
+                                  run progress: CompactionRun) throws -> (LayerFile, UInt64)? {
+        let start = above.map { $0.advanced(by: 1) } ?? run.first!.descriptor.lsnStart
+        let d = LayerDescriptor(kind: .delta, chunk: chunk, lsnStart: start, lsnEnd: run.last!.descriptor.lsnEnd)
         let w = try LayerWriter(directory: directory, descriptor: d, dataBlockBytes: config.dataBlockBytes, compress: config.compress)
         var iterators = run.map { LayerEntryIterator($0, fetcher: fetcher) }
         var readers = run.map { LayerValueReader($0, fetcher: fetcher) }
@@ -420,10 +467,14 @@ extension TimelineStore {
                 best = i
             }
             guard let b = best, let e = heads[b] else { break }
-            let bytes = try readers[b].value(e)
-            try bytes.withUnsafeBytes { try w.add(e.key, e.lsn, kind: e.kind, willInit: e.willInit, bytes: $0) }
+            if above.map({ e.lsn > $0 }) ?? true {
+                let bytes = try readers[b].value(e)
+                try bytes.withUnsafeBytes { try w.add(e.key, e.lsn, kind: e.kind, willInit: e.willInit, bytes: $0) }
+            }
             heads[b] = try iterators[b].next()
         }
+        // An unfinished writer removes its temporary file.
+        guard w.entriesWritten > 0 else { return nil }
         return try finishLayer(w, run: progress)
     }
 

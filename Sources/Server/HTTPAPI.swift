@@ -114,7 +114,8 @@ struct HTTPAPI {
                     let r = try tl.maintenance.gc(cutoff: at)
                     return jsonText(["previous_cutoff": "\(r.previousCutoff)", "cutoff": "\(r.cutoff)",
                                      "retained_lsns": r.retained.map { "\($0)" }, "layers_deleted": r.layersDeleted,
-                                     "bytes_deleted": r.bytesDeleted, "layer_files": tl.store.layers().count])
+                                     "bytes_deleted": r.bytesDeleted, "layers_trimmed": r.layersTrimmed,
+                                     "bytes_written": r.bytesWritten, "layer_files": tl.store.layers().count])
                 }
                 return rawJSON(200, summary)
             }

@@ -126,6 +126,8 @@ final class TimelineMaintenance: @unchecked Sendable {
         let report = try timeline.store.gc(cutoff: requested ?? gcCutoff(), retain: retain)
         bytesDeleted.increment(by: Int64(report.bytesDeleted))
         layersDeleted.increment(by: Int64(report.layersDeleted))
+        bytesWritten.increment(by: Int64(report.bytesWritten))
+        layersCreated.increment(by: Int64(report.created.count))
         return report
     }
 

@@ -103,6 +103,7 @@ struct CompactCommand: ParsableCommand {
             let gc: GCReport
             do { gc = try store.gc(cutoff: cutoff, retain: children) } catch { fail("GC failed: \(error)") }
             print("GC: cutoff \(gc.previousCutoff) -> \(gc.cutoff), \(gc.layersDeleted) layers deleted (\(String(format: "%.1f", Double(gc.bytesDeleted) / 1e6)) MB)"
+                  + (gc.layersTrimmed == 0 ? "" : ", \(gc.layersTrimmed) of them rewritten without their versions below the cutoff's image (\(String(format: "%.1f", Double(gc.bytesWritten) / 1e6)) MB)")
                   + (gc.retained.isEmpty ? "" : ", branch points kept: \(gc.retained.map { "\($0)" }.joined(separator: ", "))"))
         }
         print("done in \(String(format: "%.1f", Date().timeIntervalSince(started))) s: \(describe())")

@@ -242,6 +242,19 @@ final class CompactionTests: XCTestCase {
         XCTAssertTrue(gc2.deleted.allSatisfy { $0.lsnEnd.rawValue - 1 <= inside.rawValue }, "seed \(seed): \(gc2.deleted)")
         lsns = Self.lsnsToCheck(checkpoints + [inside, inside.advanced(by: 1)], retained, cutoff: cutoff2, maxLSN: lsn, &rng)
         Self.verify(store, model, lsns: lsns, retained: Set(retained2), "seed \(seed): second round")
+        // Trimming: the merged deltas that straddle the image at `inside` (too little of them below it
+        // for the default fraction) are rewritten without their entries at or below it.
+        let bytesBefore = Self.totals(store).bytes
+        let gc3 = try store.gc(cutoff: cutoff2, retain: retained2, trimFraction: 0)
+        XCTAssertGreaterThan(gc3.layersTrimmed, 3, "seed \(seed)")
+        XCTAssertEqual(gc3.created.count, gc3.layersTrimmed, "seed \(seed): every straddler had entries above the image")
+        XCTAssertTrue(gc3.created.allSatisfy { $0.kind == .delta && $0.lsnStart == inside.advanced(by: 1) }, "seed \(seed): \(gc3.created)")
+        XCTAssertEqual(gc3.deleted.count, gc3.layersTrimmed, "seed \(seed): \(gc3.deleted)")
+        XCTAssertTrue(gc3.deleted.allSatisfy { $0.kind == .delta && $0.lsnStart <= inside && $0.lsnEnd.rawValue - 1 > inside.rawValue }, "seed \(seed)")
+        XCTAssertLessThan(Self.totals(store).bytes, bytesBefore, "seed \(seed)")
+        XCTAssertEqual(Int64(bytesBefore) - Int64(Self.totals(store).bytes), gc3.bytesFreed, "seed \(seed)")
+        Self.verify(store, model, lsns: lsns, retained: Set(retained2), "seed \(seed): after trimming")
+        try Self.directoryMatchesManifest(store, "seed \(seed): after trimming")
         store.close()
         store = try TimelineStore.open(directory: dir, config: config, context: context)
         store.setRetainedLSNs(retained2)
@@ -379,9 +392,19 @@ final class CompactionTests: XCTestCase {
         try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1, at: LSN(0x200))
         XCTAssertEqual(take(), fileSteps + manifestSteps)
         XCTAssertEqual(try store.get(k, at: .max, redo: AppendRedo()), [1, 2, 3])
-        try store.gc(cutoff: LSN(0x250), retain: [])
-        XCTAssertEqual(take(), manifestSteps)  // the merged delta holds 0x300: nothing can go
+        // Without trimming, nothing can go: the merged delta holds 0x300.
+        try store.gc(cutoff: LSN(0x240), retain: [], trimFraction: nil)
+        XCTAssertEqual(take(), manifestSteps)
         XCTAssertEqual(store.layers().count, 2)
+        // With it, the merged delta (0x100..0x300) straddles the image at 0x200 and is rewritten
+        // without the entries at or below 0x200: one new file, the manifest, the old file deleted.
+        let r = try store.gc(cutoff: LSN(0x250), retain: [])
+        XCTAssertEqual(take(), fileSteps + manifestSteps + [.layerDeleted])
+        XCTAssertEqual(r.layersTrimmed, 1)
+        XCTAssertEqual(r.created, [LayerDescriptor(kind: .delta, chunk: ChunkId(containing: k), lsnStart: LSN(0x201), lsnEnd: LSN(0x301))])
+        XCTAssertEqual(store.layers().count, 2)
+        XCTAssertEqual(try store.get(k, at: .max, redo: AppendRedo()), [1, 2, 3])
+        XCTAssertEqual(try store.get(k, at: LSN(0x250), redo: AppendRedo()), [1, 2])
         store.close()
     }
 
@@ -416,16 +439,20 @@ final class CompactionTests: XCTestCase {
         return (store, model, checkpoints, lsn)
     }
 
-    /// Images at a middle checkpoint, merges of the newest deltas, GC, merges of the deltas kept for
-    /// the branch points, images at disk_consistent_lsn: every kind of step.
-    private func pipeline(_ store: TimelineStore, _ checkpoints: [LSN], retained: [LSN]) throws {
-        if store.gcCutoffLSN <= checkpoints[6] {
-            try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: checkpoints[6])
+    /// Images between two middle checkpoints, merges of the newest deltas, GC (which trims the merged
+    /// deltas that straddle those images), merges of the deltas kept for the branch points, images at
+    /// disk_consistent_lsn: every kind of step.
+    @discardableResult
+    private func pipeline(_ store: TimelineStore, _ checkpoints: [LSN], retained: [LSN]) throws -> GCReport {
+        let middle = LSN(checkpoints[5].rawValue + (checkpoints[6].rawValue - checkpoints[5].rawValue) / 2)
+        if store.gcCutoffLSN <= middle {
+            try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 2, at: middle)
         }
         try store.mergeDeltas(maxDeltasPerChunk: 2)
-        try store.gc(cutoff: checkpoints[9], retain: retained)
+        let gc = try store.gc(cutoff: checkpoints[9], retain: retained, trimFraction: 0)
         try store.mergeDeltas(maxDeltasPerChunk: 2)
         try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
+        return gc
     }
 
     private func runCrashStep(_ step: CompactionStep) throws {
@@ -437,7 +464,7 @@ final class CompactionTests: XCTestCase {
         let counter = Crasher(step: nil, occurrence: 0)
         let (dry, _, checkpoints, _) = try buildStore(dryDir, seed: seed, crasher: counter)
         let retained = [checkpoints[1], LSN(checkpoints[3].rawValue + 7)]
-        try pipeline(dry, checkpoints, retained: retained)
+        XCTAssertGreaterThan(try pipeline(dry, checkpoints, retained: retained).layersTrimmed, 0, "seed \(seed)")
         let finalLayers = dry.layers().map(\.descriptor)
         dry.close()
         let total = counter.calls.withLock { $0[step] ?? 0 }

@@ -44,11 +44,11 @@ final class RocksStore: @unchecked Sendable {
     // pending values are touched only by the one ingest thread (REQUIRES: one writer).
     let path: String
     let timeline: TimelineId
-    private let db: OpaquePointer
+    let db: OpaquePointer
     private let options: OpaquePointer
     private let tableOptions: OpaquePointer
     private let cache: OpaquePointer
-    private let writeOptions: OpaquePointer
+    let writeOptions: OpaquePointer
     let readOptions: OpaquePointer
     private let batch: OpaquePointer
     /// Values put per batch commit.
