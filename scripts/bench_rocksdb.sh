@@ -22,6 +22,11 @@
 #    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
 #    Then `rocksbench verify` reads 2000 random blocks from both stores at both LSNs: the pages must
 #    be byte-identical.
+#    - compaction + GC with one horizon H (`rocksbench gc`, on copies of both stores): H = the middle
+#      of the WAL, then H = the end LSN; ours makes image layers at H and runs its GC with cutoff H,
+#      RocksDB deletes every version older than each key's newest image or will-init record at or
+#      below H and compacts its whole key range; bytes on disk after each, and `verify` again at the
+#      end LSN and at H.
 # 3. Medians of each figure and the median of the per-repetition ratios (ours / RocksDB, or RocksDB /
 #    ours for bytes), checked against issue 8's goals: GetPage throughput >= 3x, bytes <= 0.5x,
 #    ingest >= 2x. The table goes to stdout and to RESULTS_MD, every figure to RESULTS_JSON.
@@ -185,6 +190,12 @@ measure() { # store, rep, past LSN
 }
 
 echo "== ours and RocksDB, $reps repetitions each"
+# The GC horizon of the compaction + GC rows: the middle of the WAL.
+mid=$(python3 -c "
+import sys
+x, y = int(sys.argv[1]), int(sys.argv[2])
+m = x + (y - x) // 2
+print('%X/%X' % (m >> 32, m & 0xFFFFFFFF))" "$x" "$y")
 for r in $(seq "$reps"); do
   # One random past LSN per repetition, the same for both stores, in the middle 80% of the WAL.
   past=$(python3 -c "
@@ -200,6 +211,10 @@ print('%X/%X' % (l >> 32, l & 0xFFFFFFFF))" "$x" "$y" "$r")
     "$bin" verify --ours "$dir/db-ours" --rocksdb "$dir/db-rocksdb" --lsn "$lsn" --requests 2000 --seed "$r" \
       | sed "s/^{/{\"rep\": $r, /" | tee -a "$out"
   done
+  # Copies for compaction + GC (below), taken before the image layers of the next step.
+  rm -rf "$dir/gc-ours" "$dir/gc-rocksdb"
+  cp -a "$dir/db-ours" "$dir/gc-ours"
+  cp -a "$dir/db-rocksdb" "$dir/gc-rocksdb"
   # Ours as its background compaction leaves it: image layers at the end LSN (the seed's design has no
   # equivalent), then the latest-LSN reads again, and the pages checked against RocksDB once more.
   "$bin" images --db "$dir/db-ours" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $r, /" | tee -a "$out"
@@ -209,6 +224,19 @@ print('%X/%X' % (l >> 32, l & 0xFFFFFFFF))" "$x" "$y" "$r")
   done
   "$bin" verify --ours "$dir/db-ours" --rocksdb "$dir/db-rocksdb" --lsn latest --requests 2000 --seed "$r" \
     | sed "s/^{/{\"rep\": $r, \"after\": \"images\", /" | tee -a "$out"
+  # Compaction + GC with one horizon H in both stores (`rocksbench gc`): first H = the middle of the
+  # WAL (reads at or above it kept), then H = the end LSN on the same copies; after each, the pages
+  # at the end LSN and at H are checked against each other again.
+  for horizon in "$mid" latest; do
+    for store in ours rocksdb; do
+      "$bin" gc --store "$store" --db "$dir/gc-$store" --horizon "$horizon" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $r, /" | tee -a "$out"
+    done
+    for lsn in latest "$horizon"; do
+      "$bin" verify --ours "$dir/gc-ours" --rocksdb "$dir/gc-rocksdb" --lsn "$lsn" --requests 2000 --seed "$r" \
+        | sed "s/^{/{\"rep\": $r, \"after\": \"gc\", /" | tee -a "$out"
+    done
+  done
+  rm -rf "$dir/gc-ours" "$dir/gc-rocksdb"
   if [ "$keep" != 1 ]; then rm -rf "$dir/db-ours" "$dir/db-rocksdb"; fi
 done
 
@@ -288,6 +316,21 @@ if images:
         statistics.median(pick("rocksdb", r, "ingest")["bytes_on_disk"] for r in reps) / 1e6,
         statistics.median(i["bytes_on_disk"] / pick("rocksdb", i["rep"], "ingest")["bytes_on_disk"] for i in images)))
     table.append("| Image creation at the end LSN, seconds (ours) | %.1f | | | (no goal) |" % statistics.median(r["seconds"] for r in images))
+
+# Compaction + GC with the same horizon (ours: images at H, then GC; RocksDB: versions older than each
+# key's newest chain start at or below H deleted, then CompactRange).
+for latest, what in ((False, "the middle of the WAL"), (True, "the end LSN")):
+    gcs = {s: [r for r in rows if r["bench"] == "gc" and r["store"] == s and r["horizon_is_latest"] == latest] for s in ("ours", "rocksdb")}
+    if not gcs["ours"] or len(gcs["ours"]) != len(gcs["rocksdb"]):
+        continue
+    o = [r["bytes_on_disk"] for r in gcs["ours"]]
+    k = [r["bytes_on_disk"] for r in gcs["rocksdb"]]
+    ratio = statistics.median(a / b for a, b in zip(o, k))
+    label = "Bytes on disk after compaction + GC with horizon at %s (%s), MB" % (what, gcs["ours"][0]["horizon"])
+    table.append("| %s | %.1f | %.1f | %.2fx | <= 0.5x: %s |" % (label, statistics.median(o) / 1e6, statistics.median(k) / 1e6, ratio, "met" if ratio <= 0.5 else "MISSED"))
+    results.append({"measurement": label, "unit": "MB", "ours": o, "rocksdb": k, "ratio_median": ratio, "goal": "<= 0.5x", "met": ratio <= 0.5})
+    table.append("| Compaction + GC with horizon at %s, seconds | %.1f | %.1f | | (no goal) |" % (
+        what, statistics.median(r["seconds"] for r in gcs["ours"]), statistics.median(r["seconds"] for r in gcs["rocksdb"])))
 
 machine = "%s, %s cores, %s" % (platform.machine(), subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(),
                                 subprocess.run(["uname", "-sr"], capture_output=True, text=True).stdout.strip())
