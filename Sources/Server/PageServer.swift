@@ -54,7 +54,8 @@ struct PageServer: AsyncParsableCommand {
         var limits = PGServerLimits()
         limits.maxConnections = cfg.pageServiceMaxConnections
         let settings = PageServiceSettings(maxInflight: cfg.pageServiceMaxInflight, batchSize: 32,
-                                           waitLSNTimeoutSeconds: cfg.waitLsnTimeoutSeconds)
+                                           waitLSNTimeoutSeconds: cfg.waitLsnTimeoutSeconds,
+                                           threadPerConnection: cfg.pagestreamThreadPerConnection)
         let pageService: PGWireServer
         do {
             pageService = try PGWireServer(host: pgHost, port: pgPort, limits: limits, threads: 2) {

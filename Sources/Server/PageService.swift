@@ -6,6 +6,10 @@
 //
 // Pagestream processing
 // =====================
+// By default (`pagestream_thread_per_connection`), COPY BOTH is served by a thread of the connection's
+// own, with blocking socket calls (`serveDetached`, DetachedCopyBoth.swift): at a warm depth-1 GetPage
+// the event loop's wake-ups and pipeline cost as much server CPU as the lookup itself. The batching
+// rule below is the same there. Without it, or when the socket cannot be taken over:
 // Requests are decoded on the connection's event loop into a queue. One batch at a time (half of the
 // queued requests, at most `batchSize`, so that a pipelining client takes and refills one half
 // while the server answers the other) is answered: on the event loop itself when no request has to wait for
@@ -77,6 +81,8 @@ struct PageServiceSettings: Sendable {
     var batchSize = 32
     var inlineBatchLimit = 2
     var waitLSNTimeoutSeconds: Double = 300
+    /// Serve COPY BOTH on a thread of the connection's own (see `serveDetached`).
+    var threadPerConnection = true
 }
 
 /// One connection's page-service session. Its mutable state is touched only on the event loop.
@@ -123,6 +129,10 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
                 return fail(connection, "\(error)", code: "58P01")
             }
             version = command == "pagestream_v2" ? .v2 : .v3
+            if settings.threadPerConnection, let timeline {
+                let version = self.version
+                if connection.detachForCopyBoth({ stream in self.serveDetached(stream, timeline, version) }) { return }
+            }
             connection.startCopyBoth()
         case "basebackup", "fullbackup":
             startBackup(command, Array(words.dropFirst()), connection)
@@ -251,6 +261,79 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
             if case .page = responses[i] { metrics.getPageLatency.recordNanoseconds(Int64(now &- q.received)) }
         }
         metrics.batchSize.record(Double(batch.count))
+    }
+}
+
+extension PageServiceSession {
+    /// A pagestream on a thread of its own (the connection detached from the event loop): read what
+    /// the client has sent (blocking only when nothing is queued), answer half of the queue at a time
+    /// (at most `batchSize`; everything when at most `inlineBatchLimit` are queued) with one batched
+    /// lookup, write the answers in one send, pick up what arrived meanwhile without blocking, and so
+    /// on. Requests that must wait for WAL block this thread only. At `maxInflight` queued requests
+    /// the thread stops reading, so the client is held by TCP flow control.
+    func serveDetached(_ stream: PGDetachedCopyBoth, _ timeline: Timeline, _ version: PagestreamVersion) {
+        var queue: [(request: PagestreamRequest, received: UInt64)] = []
+        var head = 0
+        var ending: DetachedMessage?
+        let worker = PagestreamWorker(timeline: timeline, metrics: metrics, settings: settings)
+        // Reads messages into the queue until COPY BOTH ends, the queue is full, or (unless `wait`)
+        // nothing more is there. Returns false after a malformed request (the stream is closed).
+        func pull(wait: Bool) throws -> Bool {
+            while ending == nil && queue.count - head < settings.maxInflight {
+                guard let m = try stream.next(wait: wait && queue.count == head) else { return true }
+                switch m {
+                case .copyData(let raw):
+                    do {
+                        queue.append((try PagestreamRequest.decode(raw, version), DispatchTime.now().uptimeNanoseconds))
+                    } catch {
+                        stream.sendFatal("malformed pagestream request: \(error)")
+                        stream.close()
+                        return false
+                    }
+                case .copyDone, .end:
+                    ending = m
+                case .unexpected(let type):
+                    stream.appendError("unexpected message \(PGDetachedCopyBoth.printable(type)) in state copyBoth", code: "08P01")
+                    try stream.flush()
+                }
+                if !wait && !stream.hasBufferedMessage && queue.count > head { return true }
+            }
+            return true
+        }
+        do {
+            try stream.flush()  // CopyBothResponse
+            while true {
+                guard try pull(wait: true) else { return }
+                while head < queue.count {
+                    let queued = queue.count - head
+                    let take = queued <= settings.inlineBatchLimit ? queued : min(settings.batchSize, (queued + 1) / 2)
+                    let batch = queue[head..<(head + take)]
+                    head += take
+                    let responses = worker.answer(batch.map(\.request))
+                    for (i, q) in zip(batch.indices, batch) {
+                        stream.appendCopyData { out in responses[i - batch.startIndex].encode(answering: q.request, version, into: &out) }
+                    }
+                    try stream.flush()
+                    let now = DispatchTime.now().uptimeNanoseconds
+                    for (i, q) in zip(batch.indices, batch) {
+                        if case .page = responses[i - batch.startIndex] { metrics.getPageLatency.recordNanoseconds(Int64(now &- q.received)) }
+                    }
+                    metrics.batchSize.record(Double(take))
+                    if head == queue.count {
+                        queue.removeAll(keepingCapacity: true)
+                        head = 0
+                    }
+                    // What the client sent while this batch was answered joins the queue.
+                    guard try pull(wait: false) else { return }
+                }
+                if let ending {
+                    if case .copyDone = ending { stream.finishCopyBoth() } else { stream.close() }
+                    return
+                }
+            }
+        } catch {
+            stream.close()
+        }
     }
 }
 

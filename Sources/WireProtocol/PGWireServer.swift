@@ -15,6 +15,7 @@
 //             then ReadyForQuery at the next 'S'
 //   copyBoth: 'd' -> delegate.copyData; 'c' or 'f' -> delegate.copyEnded, then back to idle
 //   copyOut:  the daemon streams; client messages other than 'X' wait until it ends
+//   detached: a thread of the delegate's serves COPY BOTH on the socket (see invariant 5)
 //
 // Invariants:
 // 1. A frontend message longer than `maxMessageBytes` or a malformed startup packet gets a FATAL
@@ -26,6 +27,8 @@
 //    closed.
 // 4. Writes from other threads go through `channel.writeAndFlush` (NIO hops to the event loop), so
 //    responses leave in the order they were sent.
+// 5. A connection detached for COPY BOTH (`detachForCopyBoth`, DetachedCopyBoth.swift) is neither read
+//    nor written by the event loop until its thread hands it back (`reattach`) or closes it.
 
 import Foundation
 import NIOCore
@@ -78,11 +81,16 @@ public final class PGWireServer: Sendable {
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.autoRead, value: false)
+            // One read per `read()`: once a connection is detached (DetachedCopyBoth.swift) the event
+            // loop must not read again.
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
             .childChannelOption(ChannelOptions.writeBufferWaterMark, value: .init(low: 256 << 10, high: 1 << 20))
             .childChannelInitializer { channel in
                 let connection = PGServerConnection(channel: channel, delegate: makeDelegate(), limits: limits, server: box)
                 return channel.pipeline.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(PGServerHandler(connection: connection))
+                    let handler = PGServerHandler(connection: connection)
+                    connection.handler = handler
+                    try channel.pipeline.syncOperations.addHandler(handler)
                 }
             }
         do {
@@ -120,7 +128,10 @@ public final class PGServerConnection: @unchecked Sendable {
     /// Startup parameters (user, database, application_name, options...).
     public internal(set) var parameters: [String: String] = [:]
 
-    enum Mode { case startup, idle, copyBoth, copyOut, closed }
+    /// `detached`: a thread serves the COPY BOTH on its own descriptor (DetachedCopyBoth.swift).
+    enum Mode { case startup, idle, copyBoth, copyOut, detached, closed }
+    /// The handler (event-loop state; weak: the pipeline owns it).
+    weak var handler: PGServerHandler?
     /// Event-loop state.
     var mode: Mode = .startup
     var readingPaused = false
@@ -188,6 +199,40 @@ public final class PGServerConnection: @unchecked Sendable {
         send(b)
     }
 
+    /// Enters COPY BOTH served by a thread of its own (DetachedCopyBoth.swift): `body` runs on a new
+    /// thread with the connection's socket, and the event loop leaves the connection alone until the
+    /// thread gives it back or closes it. Call on the event loop, from `query`, instead of
+    /// `startCopyBoth`. False (nothing changed) when the socket cannot be taken over; the caller then
+    /// serves the COPY BOTH on the event loop.
+    public func detachForCopyBoth(stackBytes: Int = 1 << 20, _ body: @escaping @Sendable (PGDetachedCopyBoth) -> Void) -> Bool {
+        guard mode == .idle, let handler, let local = channel.localAddress, let remote = channel.remoteAddress,
+              let fd = SocketDescriptorSearch.descriptor(local: local, remote: remote) else { return false }
+        let copy = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard copy >= 0 else { return false }
+        _ = fcntl(copy, F_SETFL, fcntl(copy, F_GETFL) & ~O_NONBLOCK)
+        mode = .detached
+        let stream = PGDetachedCopyBoth(fd: copy, leftover: handler.takePending(), connection: self)
+        let thread = Thread { body(stream) }
+        thread.name = "pagestream \(peer)"
+        thread.stackSize = stackBytes
+        thread.start()
+        return true
+    }
+
+    /// A detached COPY BOTH ended with CopyDone: the event loop takes the connection back, with the
+    /// bytes the thread read past it. Any thread.
+    func reattach(leftover: [UInt8]) {
+        eventLoop.execute {
+            guard self.mode == .detached, self.channel.isActive, let handler = self.handler else {
+                self.channel.close(promise: nil)
+                return
+            }
+            self.mode = .idle
+            self.delegate.copyEnded(connection: self)
+            handler.resume(leftover)
+        }
+    }
+
     /// Enters COPY OUT (backups). Call on the event loop.
     public func startCopyOut() {
         mode = .copyOut
@@ -242,7 +287,7 @@ public final class PGServerConnection: @unchecked Sendable {
         eventLoop.execute {
             guard self.readingPaused != paused else { return }
             self.readingPaused = paused
-            if !paused && self.mode != .closed { self.channel.read() }
+            if !paused && self.mode != .closed && self.mode != .detached { self.channel.read() }
         }
     }
 
@@ -326,6 +371,33 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
     let connection: PGServerConnection
     private var pending: ByteBuffer?
     private var counted = false
+    private var context: ChannelHandlerContext?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    /// The bytes read and not processed yet (for a connection being detached).
+    func takePending() -> [UInt8] {
+        defer { pending = nil }
+        return pending.map { Array($0.readableBytesView) } ?? []
+    }
+
+    /// Back from a detached COPY BOTH: process what the thread read past it, then read on.
+    func resume(_ leftover: [UInt8]) {
+        guard let context else { return }
+        if !leftover.isEmpty {
+            var b = context.channel.allocator.buffer(capacity: leftover.count)
+            b.writeBytes(leftover)
+            pending = b
+            processPending(context)
+        }
+        if !connection.readingPaused && connection.mode != .closed && connection.mode != .detached { context.read() }
+    }
 
     init(connection: PGServerConnection) {
         self.connection = connection
@@ -361,6 +433,12 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard connection.mode != .detached else {
+            // Invariant 1 of DetachedCopyBoth.swift: the thread owns the input now. (One read per
+            // `read()` and none asked for after the detach, so this does not happen.)
+            context.close(promise: nil)
+            return
+        }
         var incoming = unwrapInboundIn(data)
         if pending == nil || pending!.readableBytes == 0 {
             pending = incoming
@@ -372,7 +450,7 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         if connection.mode == .copyBoth { connection.delegate.readComplete(connection: connection) }
-        if !connection.readingPaused && connection.mode != .closed { context.read() }
+        if !connection.readingPaused && connection.mode != .closed && connection.mode != .detached { context.read() }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -387,7 +465,7 @@ final class PGServerHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func processPending(_ context: ChannelHandlerContext) {
-        while var buf = pending, connection.mode != .closed {
+        while var buf = pending, connection.mode != .closed && connection.mode != .detached {
             if connection.mode == .startup {
                 guard let length: Int32 = buf.getInteger(at: buf.readerIndex) else { return }
                 guard length >= 8 && length <= 10_000 else {

@@ -209,6 +209,43 @@ final class PageServiceTests: XCTestCase {
             try c2.flush()
             c2.close()
         }
+        // The thread-per-connection pagestream: requests sent in the same packet as the query (read by
+        // the event loop before the hand-over) are answered; a message COPY BOTH does not accept gets
+        // an error and the stream goes on; after CopyDone the connection is back to idle, takes
+        // another query, and can start a second pagestream.
+        do {
+            let r = try RawPGClient(port: ps.pgPort)
+            let q = Array("pagestream_v3 \(tenant) \(timeline)".utf8) + [0]
+            let request = probe.encode(.v3)
+            try r.sendRaw([UInt8(ascii: "Q")] + r.be32(UInt32(q.count + 4)) + q
+                          + [UInt8(ascii: "d")] + r.be32(UInt32(request.count + 4)) + request)
+            func response() throws -> PagestreamResponse? {
+                while let (t, body) = try r.readMessage() {
+                    if t == UInt8(ascii: "d") { return try body.withUnsafeBytes { try PagestreamResponse.decode($0, .v3).response } }
+                    if t == UInt8(ascii: "E") { XCTFail("unexpected error: \(RawPGClient.errorText(body))") }
+                }
+                return nil
+            }
+            guard let (w, _) = try r.readMessage() else { return XCTFail("no CopyBothResponse") }
+            XCTAssertEqual(w, UInt8(ascii: "W"))
+            XCTAssertEqual(try response(), .exists(true))
+            try r.sendRaw([UInt8(ascii: "Q")] + r.be32(UInt32(q.count + 4)) + q)
+            XCTAssertTrue(try r.readUntilErrorOrClose()?.contains("unexpected message 'Q' in state copyBoth") ?? false)
+            try r.sendCopyData(request)
+            XCTAssertEqual(try response(), .exists(true))
+            try r.sendRaw([UInt8(ascii: "c"), 0, 0, 0, 4])
+            var tags: [UInt8] = []
+            while let (t, _) = try r.readMessage() {
+                tags.append(t)
+                if t == UInt8(ascii: "Z") { break }
+            }
+            XCTAssertEqual(tags, [UInt8(ascii: "C"), UInt8(ascii: "Z")])
+            XCTAssertTrue(try r.query("hello world").error?.contains("unknown page service command") ?? false)
+            XCTAssertTrue(try r.query("pagestream_v3 \(tenant) \(timeline)").copyBoth)
+            try r.sendCopyData(request)
+            XCTAssertEqual(try response(), .exists(true))
+            r.close()
+        }
         // A huge message length is refused.
         do {
             let r = try RawPGClient(port: ps.pgPort)
