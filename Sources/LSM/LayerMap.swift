@@ -91,6 +91,20 @@ struct LookupState {
     var refused: StorageError?
 }
 
+/// The larger of two optional LSNs (nil when both are).
+@inline(__always)
+private func newer(_ a: LSN?, _ b: LSN?) -> LSN? {
+    guard let a else { return b }
+    guard let b else { return a }
+    return max(a, b)
+}
+
+/// An index block of a layer file, for sharing its parse within a batch.
+private struct IndexBlockKey: Hashable {
+    var layer: ObjectIdentifier
+    var block: Int
+}
+
 extension LayerMap {
     /// Runs the read path for `states` (see the type's comment). On return each state holds its
     /// values; data blocks are fetched by the caller.
@@ -104,13 +118,19 @@ extension LayerMap {
                 states[s].done = true
                 continue
             }
-            // 1. In-memory layers.
+            // 1. In-memory layers: the open one, then the frozen ones newest first.
             let materialized = states[s].floor
-            for layer in [open] + frozen.reversed() where layer.startLSN <= lsn {
+            if open.startLSN <= lsn {
                 states[s].layersVisited += 1
-                if layer.collect(key, floor: materialized, ceiling: lsn, into: &states[s].memoryValues) {
-                    states[s].done = true
-                    break
+                states[s].done = open.collect(key, floor: materialized, ceiling: lsn, into: &states[s].memoryValues)
+            }
+            if !states[s].done {
+                for layer in frozen.reversed() where layer.startLSN <= lsn {
+                    states[s].layersVisited += 1
+                    if layer.collect(key, floor: materialized, ceiling: lsn, into: &states[s].memoryValues) {
+                        states[s].done = true
+                        break
+                    }
                 }
             }
             // Every value above the materialized base is in memory: the files have nothing newer.
@@ -128,12 +148,14 @@ extension LayerMap {
                 imageLSN = img.descriptor.lsnStart
                 break
             }
-            let bottom = [imageLSN, materialized].compactMap { $0 }.max()
+            let bottom = newer(imageLSN, materialized)
             for d in cl.deltas.reversed() where d.descriptor.lsnStart <= lsn {
                 if let x = bottom, d.descriptor.lsnEnd.rawValue - 1 <= x.rawValue { break }
                 states[s].deltas.append(d)
             }
-            for layer in states[s].deltas + (states[s].imageLayer.map { [$0] } ?? []) {
+            // The deltas newest first, then the image layer.
+            for i in 0...states[s].deltas.count {
+                guard let layer = i < states[s].deltas.count ? states[s].deltas[i] : states[s].imageLayer else { continue }
                 let ceiling = min(lsn, LSN(layer.descriptor.lsnEnd.rawValue - 1))
                 if let b = layer.directory.block(for: key, ceiling) {
                     indexRequests.append(BlockRequest(layer: layer, handle: layer.directory.lines[b].handle, isIndex: true))
@@ -143,24 +165,33 @@ extension LayerMap {
         }
         if indexRequests.isEmpty { return }
         let blocks = try fetcher.fetch(indexRequests)
-        var views: [ObjectIdentifier: [Int: IndexBlockView]] = [:]
-        var perState: [Int: [(LayerFile, Int, IndexBlockView)]] = [:]
-        for (n, owner) in indexOwners.enumerated() {
-            let id = ObjectIdentifier(owner.layer)
-            let view: IndexBlockView
-            if let v = views[id]?[owner.block] {
-                view = v
-            } else {
-                view = try IndexBlockView(payload: blocks[n], file: owner.layer.path, offset: indexRequests[n].handle.offset)
-                views[id, default: [:]][owner.block] = view
+        // Index blocks are parsed when a lookup gets to them; in a batch, lookups that need the same
+        // block share one parse.
+        var parsed: [IndexBlockKey: IndexBlockView] = [:]
+        func view(_ n: Int) throws -> IndexBlockView {
+            let owner = indexOwners[n]
+            guard states.count > 1 else {
+                return try IndexBlockView(payload: blocks[n], file: owner.layer.path, offset: indexRequests[n].handle.offset)
             }
-            perState[owner.state, default: []].append((owner.layer, owner.block, view))
+            let k = IndexBlockKey(layer: ObjectIdentifier(owner.layer), block: owner.block)
+            if let v = parsed[k] { return v }
+            let v = try IndexBlockView(payload: blocks[n], file: owner.layer.path, offset: indexRequests[n].handle.offset)
+            parsed[k] = v
+            return v
         }
-        for (s, found) in perState {
+        // The owners of one lookup are consecutive, in the order they are to be visited.
+        var first = 0
+        while first < indexOwners.count {
+            let s = indexOwners[first].state
+            var end = first + 1
+            while end < indexOwners.count && indexOwners[end].state == s { end += 1 }
+            defer { first = end }
             let key = states[s].key, lsn = states[s].lsn
-            let floor = [states[s].imageLayer?.descriptor.lsnStart, states[s].floor].compactMap { $0 }.max()
-            for (layer, blockNo, view) in found {
+            let floor = newer(states[s].imageLayer?.descriptor.lsnStart, states[s].floor)
+            for n in first..<end {
                 if states[s].done { break }
+                let layer = indexOwners[n].layer, blockNo = indexOwners[n].block
+                let view = try view(n)
                 states[s].layersVisited += 1
                 let ceiling = min(lsn, LSN(layer.descriptor.lsnEnd.rawValue - 1))
                 if layer === states[s].imageLayer {

@@ -78,17 +78,28 @@ final class SocketTransport: ByteTransport {
         }
     }
 
+    /// The last read left the socket empty (it returned less than asked, or nothing): the next one
+    /// waits for data first instead of trying a read that would fail (one system call fewer per
+    /// round trip for a client that sends, then waits for the answer).
+    private var drained = false
+
     func read(into buffer: UnsafeMutableRawBufferPointer, deadline: Deadline) throws -> Int? {
         guard fd >= 0 else { throw PGError(.invalidState, "read from a closed connection to \(peer)") }
         while true {
+            if drained {
+                guard try wait(for: Int16(POLLIN), deadline: deadline) else { return nil }
+            }
             let n = recv(fd, buffer.baseAddress, buffer.count, 0)
-            if n >= 0 { return n }
+            if n >= 0 {
+                drained = n < buffer.count
+                return n
+            }
             let error = errno
             if error == EINTR { continue }
             guard error == EAGAIN || error == EWOULDBLOCK else {
                 throw PGError.errno("could not read from \(peer)", error)
             }
-            guard try wait(for: Int16(POLLIN), deadline: deadline) else { return nil }
+            drained = true
         }
     }
 
