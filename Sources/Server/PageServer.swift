@@ -55,7 +55,7 @@ struct PageServer: AsyncParsableCommand {
         limits.maxConnections = cfg.pageServiceMaxConnections
         let settings = PageServiceSettings(maxInflight: cfg.pageServiceMaxInflight, batchSize: 32,
                                            waitLSNTimeoutSeconds: cfg.waitLsnTimeoutSeconds,
-                                           threadPerConnection: cfg.pagestreamThreadPerConnection)
+                                           pagestreamThreads: PagestreamThreadSlots(cfg.pagestreamThreads))
         let pageService: PGWireServer
         do {
             pageService = try PGWireServer(host: pgHost, port: pgPort, limits: limits, threads: 2) {

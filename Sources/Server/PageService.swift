@@ -6,10 +6,12 @@
 //
 // Pagestream processing
 // =====================
-// By default (`pagestream_thread_per_connection`), COPY BOTH is served by a thread of the connection's
-// own, with blocking socket calls (`serveDetached`, DetachedCopyBoth.swift): at a warm depth-1 GetPage
-// the event loop's wake-ups and pipeline cost as much server CPU as the lookup itself. The batching
-// rule below is the same there. Without it, or when the socket cannot be taken over:
+// Up to `pagestream_threads` connections at a time (default two per core), COPY BOTH is served by a
+// thread of the connection's own, with blocking socket calls (`serveDetached`, DetachedCopyBoth.swift):
+// at a warm depth-1 GetPage the event loop's wake-ups and pipeline cost as much server CPU as the
+// lookup itself. The batching rule below is the same there. Beyond that many connections (where
+// threads would contend for the cores and locks, and the event loops batch across connections), or
+// when the socket cannot be taken over:
 // Requests are decoded on the connection's event loop into a queue. One batch at a time (half of the
 // queued requests, at most `batchSize`, so that a pipelining client takes and refills one half
 // while the server answers the other) is answered: on the event loop itself when no request has to wait for
@@ -32,6 +34,7 @@ import LSM
 import NIOCore
 import PostgresWAL
 import Prometheus
+import Synchronization
 import WireProtocol
 
 /// Metrics of the page service (shared by all connections).
@@ -43,6 +46,7 @@ final class PageServiceMetrics: Sendable {
     let getPageCount: Counter
     let waitLSNSeconds: DurationHistogram
     let connections: Gauge
+    let pagestreamThreads: Gauge
     let batchSize: ValueHistogram
     let layersPerGetPage: ValueHistogram
 
@@ -69,6 +73,8 @@ final class PageServiceMetrics: Sendable {
             buckets: [.milliseconds(1), .milliseconds(10), .milliseconds(100), .seconds(1), .seconds(10), .seconds(60), .seconds(300)],
             help: "Time page service requests waited for WAL to arrive")
         connections = registry.makeGauge(name: "pageserver_page_service_connections", help: "Open page service connections")
+        pagestreamThreads = registry.makeGauge(name: "pageserver_pagestream_threads",
+                                               help: "Pagestream connections served by a thread of their own (at most pagestream_threads)")
         batchSize = registry.makeValueHistogram(name: "pageserver_pagestream_batch_size", buckets: [1, 2, 4, 8, 16, 32, 64],
                                                 help: "Pipelined pagestream requests processed together")
         layersPerGetPage = registry.makeValueHistogram(name: "pageserver_getpage_layers_visited", buckets: [1, 2, 3, 4, 5, 6, 8, 12, 16, 32, 64],
@@ -81,8 +87,26 @@ struct PageServiceSettings: Sendable {
     var batchSize = 32
     var inlineBatchLimit = 2
     var waitLSNTimeoutSeconds: Double = 300
-    /// Serve COPY BOTH on a thread of the connection's own (see `serveDetached`).
-    var threadPerConnection = true
+    /// Pagestream connections served by a thread of their own (see `serveDetached`), shared by all
+    /// sessions.
+    var pagestreamThreads = PagestreamThreadSlots(0)
+}
+
+/// A count of pagestream threads against a limit.
+final class PagestreamThreadSlots: Sendable {
+    let limit: Int
+    private let used = Atomic<Int>(0)
+
+    init(_ limit: Int) { self.limit = limit }
+
+    /// Takes a slot; false when all are taken.
+    func take() -> Bool {
+        if used.add(1, ordering: .relaxed).newValue <= limit { return true }
+        used.subtract(1, ordering: .relaxed)
+        return false
+    }
+
+    func give() { used.subtract(1, ordering: .relaxed) }
 }
 
 /// One connection's page-service session. Its mutable state is touched only on the event loop.
@@ -129,9 +153,18 @@ final class PageServiceSession: PGServerSessionDelegate, @unchecked Sendable {
                 return fail(connection, "\(error)", code: "58P01")
             }
             version = command == "pagestream_v2" ? .v2 : .v3
-            if settings.threadPerConnection, let timeline {
-                let version = self.version
-                if connection.detachForCopyBoth({ stream in self.serveDetached(stream, timeline, version) }) { return }
+            if let timeline, settings.pagestreamThreads.take() {
+                let version = self.version, slots = settings.pagestreamThreads, gauge = metrics.pagestreamThreads
+                gauge.increment()
+                if connection.detachForCopyBoth({ stream in
+                    defer {
+                        gauge.decrement()
+                        slots.give()
+                    }
+                    self.serveDetached(stream, timeline, version)
+                }) { return }
+                gauge.decrement()
+                slots.give()
             }
             connection.startCopyBoth()
         case "basebackup", "fullbackup":

@@ -31,9 +31,11 @@ struct ServerConfig: Sendable {
     /// Page service: most open libpq connections, and most pipelined requests read ahead per connection.
     var pageServiceMaxConnections = 10_000
     var pageServiceMaxInflight = 256
-    /// Serve each pagestream on a thread of its own with blocking socket calls (DetachedCopyBoth.swift)
-    /// rather than on the event loop.
-    var pagestreamThreadPerConnection = true
+    /// At most this many pagestream connections at a time are served by a thread of their own with
+    /// blocking socket calls (DetachedCopyBoth.swift); the others, and all when 0, on the event loops.
+    /// Default: two per core (beyond that, threads contend for the cores and locks, and the event
+    /// loops' batching across connections does better).
+    var pagestreamThreads = 2 * ProcessInfo.processInfo.activeProcessorCount
     /// Store a page image instead of the record that would make a key's chain this long (0: never).
     var ingestImageThreshold = 128
     /// Reconstructed pages kept in memory for all timelines (MaterializedPageCache), 8 KiB a page.
@@ -59,7 +61,7 @@ struct ServerConfig: Sendable {
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
-        "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_thread_per_connection",
+        "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_threads",
         "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
         "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
     ]
@@ -124,9 +126,9 @@ struct ServerConfig: Sendable {
         }
         if let v = try positive("page_service_max_connections") { pageServiceMaxConnections = v }
         if let v = try positive("page_service_max_inflight") { pageServiceMaxInflight = v }
-        if let v = table["pagestream_thread_per_connection"] {
-            guard let b = v.bool else { throw ConfigError("config file \(path): pagestream_thread_per_connection must be true or false") }
-            pagestreamThreadPerConnection = b
+        if let v = table["pagestream_threads"] {
+            guard let i = v.int, i >= 0 else { throw ConfigError("config file \(path): pagestream_threads must be an integer >= 0") }
+            pagestreamThreads = i
         }
         if let v = try size("materialized_page_cache_size") { materializedPageCacheBytes = v }
         if let v = table["ingest_image_threshold"] {

@@ -134,11 +134,20 @@ final class PageServiceTests: XCTestCase {
     }
 
     func testWaitForLSN() throws {
-        let (primary, ps, timeline) = try setUpAttached(config: "wait_lsn_timeout = \"3s\"\n")
+        // One pagestream thread: the first client is served by it, the second on the event loop; the
+        // far-ahead timeout is checked on both.
+        let (primary, ps, timeline) = try setUpAttached(config: "wait_lsn_timeout = \"3s\"\npagestream_threads = 1\n")
         try primary.psql("CREATE TABLE w (id int, v text)")
         let start = try catchUp(primary, ps, timeline)
         let c = try client(ps, timeline)
         defer { c.close() }
+        let onEventLoop = try client(ps, timeline)
+        defer { onEventLoop.close() }
+        XCTAssertEqual(try c.request(PagestreamRequest(header: Self.latest(), body: .exists(Self.rel("1664/0/1262/0")))), .exists(true))
+        XCTAssertEqual(try onEventLoop.request(PagestreamRequest(header: Self.latest(), body: .exists(Self.rel("1664/0/1262/0")))), .exists(true))
+        let metrics = String(data: try Data(contentsOf: URL(string: ps.baseURL + "/metrics")!), encoding: .utf8) ?? ""
+        let threads = metrics.split(separator: "\n").first { $0.hasPrefix("pageserver_pagestream_threads ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        XCTAssertEqual(threads, 1, "one of the two pagestreams on a thread")
         let relPath = try primary.psql("SELECT '1663/' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '/' || pg_relation_filenode('w') || '/0'")
         // A little ahead: the answer comes once the WAL arrives.
         let ahead = start + 100_000
@@ -155,11 +164,14 @@ final class PageServiceTests: XCTestCase {
         XCTAssertGreaterThan(Date().timeIntervalSince(t0), 0.2, "the request must have waited for the WAL")
         // Far ahead: an Error once wait_lsn_timeout passes, naming the LSNs; the stream goes on.
         let far = start + (1 << 40)
-        let t1 = Date()
-        let e = try c.request(PagestreamRequest(header: PagestreamHeader(requestLSN: far, notModifiedSince: far), body: .nblocks(Self.rel(relPath))))
-        guard case .error(let m) = e else { return XCTFail("expected a timeout error, got \(e)") }
-        XCTAssertTrue(m.contains("timed out") && m.contains(LSNText(far)), m)
-        XCTAssertGreaterThan(Date().timeIntervalSince(t1), 2.5)
+        for client in [c, onEventLoop] {
+            let t1 = Date()
+            let e = try client.request(PagestreamRequest(header: PagestreamHeader(requestLSN: far, notModifiedSince: far), body: .nblocks(Self.rel(relPath))))
+            guard case .error(let m) = e else { return XCTFail("expected a timeout error, got \(e)") }
+            XCTAssertTrue(m.contains("timed out") && m.contains(LSNText(far)), m)
+            XCTAssertGreaterThan(Date().timeIntervalSince(t1), 2.5)
+            XCTAssertEqual(try client.request(PagestreamRequest(header: PagestreamHeader(requestLSN: ahead, notModifiedSince: ahead), body: .nblocks(Self.rel(relPath)))), r)
+        }
         // not_modified_since below the head: no waiting even though request_lsn is far ahead.
         let nms = try c.request(PagestreamRequest(header: PagestreamHeader(requestLSN: far, notModifiedSince: start), body: .exists(Self.rel(relPath))))
         XCTAssertEqual(nms, .exists(true))
