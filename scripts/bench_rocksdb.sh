@@ -11,7 +11,7 @@
 #    - `rocksbench ingest`: base.tar imported (untimed), then WAL read + decode + store + durable flush
 #      timed; MB/s = (Y - X) / seconds; bytes on disk right after the flush;
 #    - `rocksbench getpage` at the latest LSN and at one random past LSN in (X, Y) (the same for both
-#      stores in a repetition), depth 1 and 32, warm (an untimed warm-up of as many requests first),
+#      stores in a repetition), depth 1 and 32, warm (an untimed warm-up that reads every block once),
 #      REQUESTS random blocks over every relation fork, reconstructed with PostgresRedo; depth D is D
 #      threads reading one request at a time; ours also runs depth 32 as one thread reading batches of
 #      32 through the store's batch read (the daemon's path for a pipelining client).

@@ -7,10 +7,22 @@
 #include <string.h>
 #include <liburing.h>
 #include <malloc.h>
+#include <pthread.h>
 
-void cs_tune_malloc(int mmap_threshold, int trim_threshold) {
+void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad) {
     mallopt(M_MMAP_THRESHOLD, mmap_threshold);
     mallopt(M_TRIM_THRESHOLD, trim_threshold);
+    mallopt(M_TOP_PAD, top_pad);
+}
+
+int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock) {
+    pthread_rwlockattr_t attr;
+    int rc = pthread_rwlockattr_init(&attr);
+    if (rc != 0) return rc;
+    rc = pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    if (rc == 0) rc = pthread_rwlock_init(lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return rc;
 }
 
 // ---- CRC-32C ----

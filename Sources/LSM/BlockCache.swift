@@ -29,7 +29,7 @@ public final class BlockCache: Sendable {
         var usedBytes = 0
     }
 
-    /// Up to 64 shards, fewer for small caches so that a shard still holds several large blocks.
+    /// Up to 256 shards, fewer for small caches so that a shard holds at least `minimumShardBytes`.
     private let shardCount: Int
     private final class ShardBox: Sendable {
         let lock = Mutex(Shard())
@@ -41,10 +41,13 @@ public final class BlockCache: Sendable {
     private let hits = Atomic<Int>(0)
     private let misses = Atomic<Int>(0)
 
-    public init(capacityBytes: Int) {
+    /// `minimumShardBytes`: the data cache keeps 4 MiB so that a shard still holds several large
+    /// blocks; the index cache, whose blocks are 4 KiB and few of them hot, takes smaller shards and
+    /// more of them, so that concurrent lookups of hot index blocks rarely meet on one lock.
+    public init(capacityBytes: Int, minimumShardBytes: Int = 4 << 20) {
         self.capacityBytes = capacityBytes
-        var shards = 64
-        while shards > 1 && capacityBytes / shards < 4 << 20 { shards /= 2 }
+        var shards = 256
+        while shards > 1 && capacityBytes / shards < minimumShardBytes { shards /= 2 }
         self.shardCount = shards
         self.shardCapacityBytes = capacityBytes / shards
         self.shards = (0..<shards).map { _ in ShardBox() }
@@ -52,7 +55,7 @@ public final class BlockCache: Sendable {
 
     @inline(__always)
     private func shard(_ key: CacheKey) -> Int {
-        Int(truncatingIfNeeded: (key.fileId &* 0x9E37_79B9_7F4A_7C15 ^ key.offset &* 0xC2B2_AE3D_27D4_EB4F) >> 58) % shardCount
+        Int(truncatingIfNeeded: (key.fileId &* 0x9E37_79B9_7F4A_7C15 ^ key.offset &* 0xC2B2_AE3D_27D4_EB4F) >> 56) % shardCount
     }
 
     public func get(_ key: CacheKey) -> [UInt8]? {

@@ -187,7 +187,7 @@ extension TimelineStore {
         guard at >= cutoff else {
             throw StorageError(.invalidArgument, "cannot create image layers at \(at), below the GC cutoff \(cutoff)", lsn: at)
         }
-        let snapshot = map.withLock { $0 }
+        let snapshot = map.read { $0 }
         let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
         let run = CompactionRun(config.compactionFailpoint)
         var created: [(LayerFile, UInt64)] = []
@@ -226,7 +226,7 @@ extension TimelineStore {
         compactionLock.wait()
         defer { compactionLock.signal() }
         try checkCompactionAllowed()
-        let snapshot = map.withLock { $0 }
+        let snapshot = map.read { $0 }
         let fetcher = BlockFetcher.uncached(io: context.io, buffers: context.buffers)
         let run = CompactionRun(config.compactionFailpoint)
         var created: [(LayerFile, UInt64)] = []
@@ -285,7 +285,7 @@ extension TimelineStore {
         let (dcl, previous) = manifest.withLock { ($0.diskConsistentLSN, $0.gcCutoffLSN) }
         let cutoff = max(previous, min(requested, dcl))
         let retained = Set(retain.filter { $0 < cutoff })
-        let snapshot = map.withLock { $0 }
+        let snapshot = map.read { $0 }
         // Layers are kept for every LSN of `retain`, but reads are allowed only at those that were
         // readable before this GC (at or above the old cutoff, or retained already): an LSN that an
         // earlier GC did not retain may have lost layers, and a wrong answer is worse than a refusal.
@@ -312,7 +312,7 @@ extension TimelineStore {
         report.retained = readable.sorted()
         let floor = LayerMap.GCFloor(cutoff: cutoff, retained: readable)
         if cutoff == previous && doomed.isEmpty && trims.isEmpty {
-            map.withLock { m in m = LayerMap(open: m.open, frozen: m.frozen, chunks: m.chunks, gc: floor) }
+            map.write { m in m = LayerMap(open: m.open, frozen: m.frozen, chunks: m.chunks, gc: floor) }
             return report
         }
         let run = CompactionRun(config.compactionFailpoint)
@@ -345,18 +345,18 @@ extension TimelineStore {
     /// the last `gc`. REQUIRES: every LSN was retained by each GC since it became a branch point (an
     /// LSN that a GC did not retain may have lost the layers a read there needs).
     public func setRetainedLSNs(_ lsns: [LSN]) {
-        map.withLock { m in
+        map.write { m in
             let floor = LayerMap.GCFloor(cutoff: m.gc.cutoff, retained: Set(lsns.filter { $0 < m.gc.cutoff }))
             m = LayerMap(open: m.open, frozen: m.frozen, chunks: m.chunks, gc: floor)
         }
     }
 
     /// The LSNs below the cutoff that reads may ask for.
-    public var retainedLSNs: [LSN] { map.withLock { $0.gc.retained.sorted() } }
+    public var retainedLSNs: [LSN] { map.read { $0.gc.retained.sorted() } }
 
     /// Delta layers above the newest image layer of each chunk that has layer files.
     public func depth() -> LayerDepth {
-        let snapshot = map.withLock { $0 }
+        let snapshot = map.read { $0 }
         var d = LayerDepth()
         for (chunk, cl) in snapshot.chunks {
             let n = cl.depth
@@ -529,7 +529,7 @@ extension TimelineStore {
                 throw error
             }
             manifest.withLock { $0 = next }
-            map.withLock { m in
+            map.write { m in
                 var chunks = m.chunks
                 for d in removing {
                     chunks[d.chunk]!.deltas.removeAll { $0.descriptor == d }

@@ -49,8 +49,8 @@ public final class StorageContext: Sendable {
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
                 materializedCacheBytes: Int = 64 << 20) {
         self.io = io
-        self.dataCache = BlockCache(capacityBytes: dataCacheBytes)
-        self.indexCache = BlockCache(capacityBytes: indexCacheBytes)
+        self.dataCache = BlockCache(capacityBytes: dataCacheBytes, minimumShardBytes: 1 << 20)
+        self.indexCache = BlockCache(capacityBytes: indexCacheBytes, minimumShardBytes: 256 << 10)
         self.directIO = directIO
         self.materialized = MaterializedPageCache(capacity: materializedCacheBytes / 8192)
     }
@@ -122,7 +122,7 @@ public final class TimelineStore: Sendable {
 
     /// This store's number in the context's shared caches.
     let storeId: UInt32
-    let map: Mutex<LayerMap>
+    let map: ReadMostlyLock<LayerMap>
     let manifest: Mutex<Manifest>
     /// Held from reading the manifest to swapping the layer map by every change of the manifest
     /// (flush, compaction, GC), so that none of them loses another's change.
@@ -133,6 +133,9 @@ public final class TimelineStore: Sendable {
     /// the layers until a reopen, so no further compaction runs (Compaction.swift).
     let compactionBroken = Mutex<StorageError?>(nil)
     private let writer: Mutex<WriterState>
+    /// `WriterState.lastRecordLSN`, stored after each change under the writer's lock, for readers:
+    /// a GetPage loads it without taking that lock.
+    private let completedRecordLSN: Atomic<UInt64>
     private let flushLock = DispatchSemaphoreLike(value: 1)
     private let flushWake = DispatchSemaphoreLike(value: 0)
     private let stopping = Atomic<Bool>(false)
@@ -197,9 +200,10 @@ public final class TimelineStore: Sendable {
         self.ancestor = ancestor
         self.config = config
         self.context = context
-        self.map = Mutex(map)
+        self.map = ReadMostlyLock(map)
         self.manifest = Mutex(manifest)
         self.writer = Mutex(WriterState(lastRecordLSN: manifest.diskConsistentLSN))
+        self.completedRecordLSN = Atomic(manifest.diskConsistentLSN.rawValue)
         self.storeId = context.newStoreId()
     }
 
@@ -215,10 +219,10 @@ public final class TimelineStore: Sendable {
     public var diskConsistentLSN: LSN { manifest.withLock { $0.diskConsistentLSN } }
     /// The newest LSN written: the last record completed by `advance`, or the LSN of a newer put.
     public var lastRecordLSN: LSN {
-        writer.withLock { w in max(w.lastRecordLSN, map.withLock { $0.open.maxPutLSN }) }
+        writer.withLock { w in max(w.lastRecordLSN, map.read { $0.open.maxPutLSN }) }
     }
     public var gcCutoffLSN: LSN { manifest.withLock { $0.gcCutoffLSN } }
-    public var inMemoryBytes: Int { map.withLock { m in m.frozen.reduce(m.open.bytes) { $0 + $1.bytes } } }
+    public var inMemoryBytes: Int { map.read { m in m.frozen.reduce(m.open.bytes) { $0 + $1.bytes } } }
 
     /// The live layer files and their sizes.
     public func layers() -> [(descriptor: LayerDescriptor, fileSize: UInt64)] {
@@ -234,7 +238,7 @@ public final class TimelineStore: Sendable {
     public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
         try writer.withLock { w in
             if let e = w.broken { throw e }
-            let open = map.withLock { $0.open }
+            let open = map.read { $0.open }
             try open.put(key, lsn, value)
             if open.bytes >= config.checkpointDistanceBytes { w.freezeRequested = true }
         }
@@ -245,7 +249,10 @@ public final class TimelineStore: Sendable {
     /// checkpoint), and flushes in this thread when too many frozen layers wait (backpressure).
     public func advance(to lsn: LSN) {
         let (due, checkAge) = writer.withLock { w -> (Bool, Bool) in
-            if lsn > w.lastRecordLSN { w.lastRecordLSN = lsn }
+            if lsn > w.lastRecordLSN {
+                w.lastRecordLSN = lsn
+                completedRecordLSN.store(lsn.rawValue, ordering: .releasing)
+            }
             w.advances &+= 1
             return (w.freezeRequested, w.advances & 1023 == 0)
         }
@@ -254,12 +261,12 @@ public final class TimelineStore: Sendable {
         // flusher also checks it every second.)
         guard due || checkAge else { return }
         let aged = checkAge && {
-            let open = map.withLock { $0.open }
+            let open = map.read { $0.open }
             return !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds
         }()
         guard due || aged else { return }
         guard freezeAtRecordBoundary() == .frozen else { return }
-        let waiting = map.withLock { $0.frozen.count }
+        let waiting = map.read { $0.frozen.count }
         if !config.backgroundFlush || waiting > config.maxFrozenLayers {
             do { try flushFrozenLayers() } catch { LSMLog.warning("flush of \(directory) failed: \(error)") }
         } else {
@@ -275,7 +282,7 @@ public final class TimelineStore: Sendable {
     @discardableResult
     func freezeAtRecordBoundary() -> FreezeOutcome {
         writer.withLock { w in
-            map.withLock { m in
+            map.write { m in
                 if m.open.maxPutLSN > w.lastRecordLSN {
                     w.freezeRequested = true
                     return .recordInProgress
@@ -295,8 +302,11 @@ public final class TimelineStore: Sendable {
     @discardableResult
     public func checkpoint() throws -> LSN {
         writer.withLock { w in
-            let m = map.withLock { $0.open.maxPutLSN }
-            if m > w.lastRecordLSN { w.lastRecordLSN = m }
+            let m = map.read { $0.open.maxPutLSN }
+            if m > w.lastRecordLSN {
+                w.lastRecordLSN = m
+                completedRecordLSN.store(m.rawValue, ordering: .releasing)
+            }
         }
         freezeAtRecordBoundary()
         try flushFrozenLayers()
@@ -311,7 +321,7 @@ public final class TimelineStore: Sendable {
         let target = lastRecordLSN
         let deadline = monotonicNanos() + UInt64(timeoutSeconds * 1e9)
         while diskConsistentLSN < target {
-            if map.withLock({ !$0.frozen.isEmpty }) {
+            if map.read({ !$0.frozen.isEmpty }) {
                 try flushFrozenLayers()
                 continue
             }
@@ -330,7 +340,7 @@ public final class TimelineStore: Sendable {
     public func flushFrozenLayers() throws {
         flushLock.wait()
         defer { flushLock.signal() }
-        while let layer = map.withLock({ $0.frozen.first }) {
+        while let layer = map.read({ $0.frozen.first }) {
             do {
                 try flush(layer)
             } catch {
@@ -348,7 +358,7 @@ public final class TimelineStore: Sendable {
                 _ = flushWake.wait(seconds: 1)
                 if stopping.load(ordering: .acquiring) { break }
                 do {
-                    let open = map.withLock { $0.open }
+                    let open = map.read { $0.open }
                     if !open.isEmpty && Double(monotonicNanos() - open.createdAtNanos) / 1e9 >= config.checkpointTimeoutSeconds {
                         freezeAtRecordBoundary()
                     }
@@ -422,7 +432,7 @@ public final class TimelineStore: Sendable {
         next.layers += newEntries
         try writeManifest(next, failpoint: failpoint)
         manifest.withLock { $0 = next }
-        map.withLock { m in
+        map.write { m in
             var chunks = m.chunks
             for f in newFiles { chunks[f.descriptor.chunk, default: .init()].add(f) }
             precondition(m.frozen.first === layer, "flushed layer is not the oldest frozen layer")
@@ -473,8 +483,8 @@ public final class TimelineStore: Sendable {
         // Only completed records count: `lastRecordLSN` also covers the puts of a record still in
         // progress, and a value read while its record's other puts are pending must not be
         // remembered at that record's LSN (the record's value for the key would then be skipped).
-        let complete = writer.withLock { $0.lastRecordLSN }
-        let snapshot = map.withLock { $0 }
+        let complete = LSN(completedRecordLSN.load(ordering: .acquiring))
+        let snapshot = map.read { $0 }
         var bases: [(lsn: LSN, bytes: [UInt8])?] = []
         var states = requests.map { LookupState(key: $0.0, lsn: $0.1) }
         let materialized = context.materialized
@@ -586,8 +596,8 @@ public final class TimelineStore: Sendable {
     /// the store's LSNs, the in-memory layers, the materialized base, and every value the read would
     /// collect, newest first, with its kind and the layer it comes from. Reads no data blocks.
     public func explain(_ key: Key, at lsn: LSN) -> String {
-        let complete = writer.withLock { $0.lastRecordLSN }
-        let snapshot = map.withLock { $0 }
+        let complete = LSN(completedRecordLSN.load(ordering: .acquiring))
+        let snapshot = map.read { $0 }
         var lines = ["read of \(key) at \(lsn): last completed record \(complete), disk_consistent_lsn \(diskConsistentLSN), GC cutoff \(snapshot.gc.cutoff)"]
         lines.append("in-memory layers: " + ([snapshot.open] + snapshot.frozen.reversed()).map { "\($0.startLSN)..\($0.endLSN.map { "\($0)" } ?? "open")" }.joined(separator: ", "))
         var state = LookupState(key: key, lsn: lsn)

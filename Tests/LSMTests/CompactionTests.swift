@@ -341,7 +341,7 @@ final class CompactionTests: XCTestCase {
         var lsn: UInt64 = 0x100
         for _ in 0..<4 { try Self.ingest(store, &model, &lsn, &rng, records: 40) }
         try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1)
-        let old = store.map.withLock { $0 }
+        let old = store.map.read { $0 }
         let gc = try store.gc(cutoff: store.diskConsistentLSN, retain: [])
         XCTAssertEqual(gc.layersDeleted, old.allFiles.count - 6)
         let gone = old.allFiles.filter { f in gc.deleted.contains(f.descriptor) }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <lz4.h>
 #include <zstd.h>
 
@@ -48,7 +49,12 @@ void *cs_aligned_alloc(size_t alignment, size_t size);
 void cs_aligned_free(void *p);
 
 // glibc malloc tuning (mallopt): allocations below `mmap_threshold` bytes come from the heap, and the
-// heap's top is given back to the kernel only above `trim_threshold` free bytes.
-void cs_tune_malloc(int mmap_threshold, int trim_threshold);
+// heap's top is given back to the kernel only above `trim_threshold` free bytes, and a heap grows by at
+// least `top_pad` bytes at a time.
+void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad);
+
+// pthread_rwlock_init with writers preferred (a waiting writer holds off new readers; glibc's
+// PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP). Returns 0 or an errno value.
+int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
 
 #endif

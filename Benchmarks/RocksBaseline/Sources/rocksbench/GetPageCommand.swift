@@ -3,7 +3,7 @@
 // The blocks: every relation fork the store lists at the LSN (DbDir -> each database's RelDir -> each
 // fork's size key, the metadata our ingest writes and RocksDB stores as more keys), and requests
 // uniform over all their blocks, drawn from `--seed` (the same requests for both stores). Warm (the
-// default): a warm-up of the same number of requests from another seed runs first, untimed. Cold
+// default): an untimed warm-up reads every block once first, in an order of its own. Cold
 // (`--warmup 0`, run right after the caller dropped the kernel's page cache): no warm-up, so every
 // block the requests need comes from the device on its first use (the store was just opened: its own
 // caches are empty). Depth D: D threads, each taking the next request from a shared counter and
@@ -67,7 +67,16 @@ func getpageCommand(_ args: Arguments) throws {
         }
     }
 
-    if warmup { _ = try run(store, draw(requests, seed: seed ^ 0x5741_524D), lsn: lsn, depth: depth, batch: batch) }
+    if warmup {
+        // Every block once, in an order of its own: afterwards each store's caches hold what they
+        // can of the whole database, as after a compute has been running for a while.
+        var rng = SeededRandom(seed: seed ^ 0x5741_524D)
+        var all: [Key] = []
+        all.reserveCapacity(Int(total))
+        for f in forks { for b in 0..<f.blocks { all.append(KeySpace.relationBlock(f.tag, b)) } }
+        all.shuffle(using: &rng)
+        _ = try run(store, all, lsn: lsn, depth: depth, batch: batch)
+    }
     let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
     let sorted = latencies.sorted()
     func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
