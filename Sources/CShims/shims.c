@@ -15,6 +15,8 @@ void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad) {
     mallopt(M_TOP_PAD, top_pad);
 }
 
+void cs_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
+
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock) {
     pthread_rwlockattr_t attr;
     int rc = pthread_rwlockattr_init(&attr);

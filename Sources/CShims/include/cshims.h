@@ -53,6 +53,9 @@ void cs_aligned_free(void *p);
 // least `top_pad` bytes at a time.
 void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad);
 
+// Asks the CPU to bring the cache line at `address` in for reading (a hint; never faults).
+void cs_prefetch(const void *address);
+
 // pthread_rwlock_init with writers preferred (a waiting writer holds off new readers; glibc's
 // PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP). Returns 0 or an errno value.
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
