@@ -20,6 +20,10 @@ public struct StoreConfig: Sendable {
     public var backgroundFlush = true
     /// Threads that write one flush's layer files (one file per chunk) at once.
     public var flushWriters = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    /// Threads that reconstruct the pages of one batched read at once (`get([(Key, LSN)])`), when at
+    /// least `parallelRedoMinimum` of its lookups need redo; 1 reconstructs on the caller's thread.
+    public var redoThreads = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    public var parallelRedoMinimum = 4
     /// Test seam: called at each step of a flush; throwing simulates a crash at that step.
     public var failpoint: (@Sendable (FlushStep) throws -> Void)?
     /// Test seam: called at each step of a compaction or GC (Compaction.swift).
@@ -566,27 +570,49 @@ public final class TimelineStore: Sendable {
                 }
             }
         }
-        var results: [Result<[UInt8]?, StorageError>] = []
-        results.reserveCapacity(states.count)
-        for (n, s) in states.enumerated() {
-            if let failure = failures[n] {
-                results.append(.failure(failure))
-                continue
-            }
+        func answer(_ n: Int, _ stats: inout ReadStats) -> Result<[UInt8]?, StorageError> {
+            if let failure = failures[n] { return .failure(failure) }
+            let s = states[n]
             var cached = bases.isEmpty ? nil : bases[n]
             if let fromAncestor = inherited[n] {
                 switch fromAncestor {
-                case .failure(let e):
-                    results.append(.failure(e))
-                    continue
-                case .success(let bytes):
-                    if let bytes { cached = (min(s.lsn, ancestor!.lsn), bytes) }
+                case .failure(let e): return .failure(e)
+                case .success(let bytes): if let bytes { cached = (min(s.lsn, ancestor!.lsn), bytes) }
                 }
             }
-            let chain = chains[n]
-            results.append(Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chain, materialized: cached, complete: complete,
-                                                    redo: redo, stats: &stats) }
-                .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) })
+            return Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chains[n], materialized: cached, complete: complete,
+                                            redo: redo, stats: &stats) }
+                .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) }
+        }
+        // Lookups whose newest value is a record need redo, the one costly step left; a batch with
+        // several of them spreads them over `redoThreads` threads (a pipelining client's batch would
+        // otherwise use one core). The others are answered here.
+        let needsRedo = chains.indices.filter { failures[$0] == nil && !(chains[$0].first.map { $0.1.kind == .image } ?? true) }
+        var results: [Result<[UInt8]?, StorageError>]
+        if config.redoThreads > 1 && needsRedo.count >= config.parallelRedoMinimum {
+            results = Array(repeating: .success(nil), count: states.count)
+            let workers = min(config.redoThreads, needsRedo.count)
+            var workerStats = Array(repeating: ReadStats(), count: workers)
+            results.withUnsafeMutableBufferPointer { out in
+                workerStats.withUnsafeMutableBufferPointer { ws in
+                    // Each worker writes only its own slots of `out` and its own `ws` element, and
+                    // `answer` only reads this call's lookup state, which nothing changes any more.
+                    nonisolated(unsafe) let out = out, ws = ws, answer = answer
+                    DispatchQueue.concurrentPerform(iterations: workers) { w in
+                        var i = w
+                        while i < needsRedo.count {
+                            out[needsRedo[i]] = answer(needsRedo[i], &ws[w])
+                            i += workers
+                        }
+                    }
+                }
+            }
+            var redone = [Bool](repeating: false, count: states.count)
+            for n in needsRedo { redone[n] = true }
+            for n in states.indices where !redone[n] { results[n] = answer(n, &stats) }
+            for w in workerStats { stats.recordsApplied += w.recordsApplied }
+        } else {
+            results = states.indices.map { answer($0, &stats) }
         }
         stats.layersPerLookup?.append(contentsOf: perLookup)
         return results

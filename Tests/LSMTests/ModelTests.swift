@@ -15,6 +15,9 @@ final class ModelTests: XCTestCase {
         config.backgroundFlush = false
         config.checkpointDistanceBytes = 1 << 30
         config.dataBlockBytes = [512, 4096, 8192][Int.random(in: 0..<3, using: &rng)]
+        // Batched reads with two or more lookups that need redo reconstruct them on several threads.
+        config.redoThreads = 3
+        config.parallelRedoMinimum = 2
         var store = try TimelineStore.open(directory: dir, config: config, context: context)
         var model = Model()
         var lsn: UInt64 = 0x100
