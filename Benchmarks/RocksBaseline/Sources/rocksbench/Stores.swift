@@ -130,6 +130,7 @@ final class RocksBench: IngestStore, ReadStore, @unchecked Sendable {
     }
 
     func bytesOnDisk() -> (total: UInt64, data: UInt64, dataFiles: Int) {
+        store.waitForCompactions()
         let usage = diskUsage(store.path, dataSuffix: ".sst")
         let files = (try? FileManager.default.contentsOfDirectory(atPath: store.path))?.filter { $0.hasSuffix(".sst") }.count ?? 0
         return (usage.total, usage.data, files)
