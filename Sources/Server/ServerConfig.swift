@@ -24,6 +24,8 @@ struct ServerConfig: Sendable {
     var waitLsnTimeoutSeconds: Double = 300
     /// Longest record chain one reconstruction may apply.
     var maxChainLength = 10_000
+    /// Threads that reconstruct one batch of pipelined GetPage requests (StoreConfig.redoThreads).
+    var redoThreads = StoreConfig().redoThreads
     /// Reconnect backoff of the WAL receiver.
     var walReceiverBackoffMaxSeconds: Double = 10
     /// Check our redo against the primary's wal_consistency_checking images (see RedoVerification).
@@ -60,7 +62,7 @@ struct ServerConfig: Sendable {
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
-        "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length",
+        "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length", "redo_threads",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_threads",
         "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
         "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
@@ -124,6 +126,7 @@ struct ServerConfig: Sendable {
             guard let i = v.int, i > 0 else { throw ConfigError("config file \(path): \(k) must be a positive integer") }
             return i
         }
+        if let v = try positive("redo_threads") { redoThreads = v }
         if let v = try positive("page_service_max_connections") { pageServiceMaxConnections = v }
         if let v = try positive("page_service_max_inflight") { pageServiceMaxInflight = v }
         if let v = table["pagestream_threads"] {
@@ -164,6 +167,7 @@ struct ServerConfig: Sendable {
         c.checkpointDistanceBytes = checkpointDistanceBytes
         c.checkpointTimeoutSeconds = checkpointTimeoutSeconds
         c.maxChainLength = maxChainLength
+        c.redoThreads = redoThreads
         return c
     }
 }
