@@ -114,7 +114,7 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
-        .testTarget(name: "LSMTests", dependencies: ["LSM", "PGTestSupport"]),
+        .testTarget(name: "LSMTests", dependencies: ["LSM", "CShims", "PGTestSupport"]),
         .testTarget(name: "PostgresWALTests", dependencies: ["PostgresWAL", "PostgresRedo", "PGTestSupport"]),
         .testTarget(name: "PostgresRedoTests", dependencies: ["PostgresRedo", "PGTestSupport"]),
         .testTarget(name: "PostgresBackupTests", dependencies: ["PostgresBackup", "PostgresRedo", "PostgresWAL", "LSM", "PGTestSupport"]),

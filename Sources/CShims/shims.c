@@ -1,5 +1,8 @@
 // Implementation of cshims.h; see the header for the contracts.
 #define _GNU_SOURCE
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 #include "cshims.h"
 
 #include <errno.h>
@@ -193,3 +196,102 @@ void *cs_aligned_alloc(size_t alignment, size_t size) {
 }
 
 void cs_aligned_free(void *p) { free(p); }
+
+// ---- LZ4 with a reused stream ----
+
+// One LZ4 stream per thread, reset (cheaply: its table is not cleared) before every block, so each
+// block is compressed on its own and decodes with LZ4_decompress_safe alone.
+static __thread LZ4_stream_t *cs_lz4_stream;
+
+int cs_lz4_compress(const void *src, void *dst, int n, int capacity) {
+    if (cs_lz4_stream == NULL) {
+        cs_lz4_stream = LZ4_createStream();
+        if (cs_lz4_stream == NULL) return 0;
+    } else {
+        LZ4_resetStream_fast(cs_lz4_stream);
+    }
+    return LZ4_compress_fast_continue(cs_lz4_stream, (const char *)src, (char *)dst, n, capacity, 1);
+}
+
+// ---- stride-delta filter ----
+
+int cs_detect_stride(const uint8_t *p, size_t n) {
+    if (n < 1024) return 0;
+#if defined(__x86_64__)
+    const uint8_t *window = p + n / 2 - 128;
+    __m128i w[16];
+    for (int k = 0; k < 16; k++) w[k] = _mm_loadu_si128((const __m128i *)(window + 16 * k));
+    uint32_t eq[257] = {0};
+    uint32_t best = 0;
+    for (size_t s = 16; s <= 256; s++) {
+        const uint8_t *back = window - s;
+        // Each equal byte adds 1 to its lane (cmpeq gives 0xFF = -1); 16 lanes of at most 16, summed
+        // by one SAD against zero.
+        __m128i lanes = _mm_setzero_si128();
+        for (int k = 0; k < 16; k++) {
+            __m128i b = _mm_loadu_si128((const __m128i *)(back + 16 * k));
+            lanes = _mm_sub_epi8(lanes, _mm_cmpeq_epi8(w[k], b));
+        }
+        __m128i sums = _mm_sad_epu8(lanes, _mm_setzero_si128());
+        uint32_t count = (uint32_t)(_mm_cvtsi128_si32(sums) + _mm_extract_epi16(sums, 4));
+        eq[s] = count;
+        if (count > best) best = count;
+    }
+#else
+    const uint8_t *window = p + n / 2 - 128;
+    uint32_t eq[257] = {0};
+    uint32_t best = 0;
+    for (size_t s = 16; s <= 256; s++) {
+        uint32_t count = 0;
+        for (size_t i = 0; i < 256; i++) count += window[i] == window[i - s];
+        eq[s] = count;
+        if (count > best) best = count;
+    }
+#endif
+    if (best < 128) return 0;
+    for (size_t s = 16; s <= 256; s++) {
+        if ((uint64_t)eq[s] * 20 >= (uint64_t)best * 19) return (int)s;
+    }
+    return 0;
+}
+void cs_delta_encode(uint8_t *dst, const uint8_t *src, size_t n, size_t stride) {
+    size_t head = stride < n ? stride : n;
+    for (size_t i = 0; i < head; i++) dst[i] = src[i];
+    for (size_t i = head; i < n; i++) dst[i] = (uint8_t)(src[i] - src[i - stride]);
+}
+
+void cs_delta_decode(uint8_t *buf, size_t n, size_t stride) {
+    if (stride == 0) return;
+    size_t i = stride;
+#if defined(__x86_64__)
+    if (stride == 4 && n >= 20) {
+        // Four independent byte lanes, each a running sum: within 16 bytes, add the vector shifted by
+        // 4 and then by 8 bytes (a prefix sum of four 4-byte groups), then the carry: the last
+        // decoded group, repeated.
+        __m128i carry = _mm_set1_epi32((int)(buf[0] | buf[1] << 8 | buf[2] << 16 | (uint32_t)buf[3] << 24));
+        for (; i + 16 <= n; i += 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(buf + i));
+            v = _mm_add_epi8(v, _mm_slli_si128(v, 4));
+            v = _mm_add_epi8(v, _mm_slli_si128(v, 8));
+            v = _mm_add_epi8(v, carry);
+            _mm_storeu_si128((__m128i *)(buf + i), v);
+            carry = _mm_shuffle_epi32(v, 0xFF);
+        }
+    }
+#endif
+    if (stride >= 16) {
+        // Each 16-byte step reads bytes at least 16 back, all already decoded.
+#if defined(__x86_64__)
+        for (; i + 16 <= n; i += 16) {
+            __m128i d = _mm_loadu_si128((const __m128i *)(buf + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(buf + i - stride));
+            _mm_storeu_si128((__m128i *)(buf + i), _mm_add_epi8(d, b));
+        }
+#else
+        for (; i + 16 <= n; i += 16) {
+            for (size_t k = 0; k < 16; k++) buf[i + k] = (uint8_t)(buf[i + k] + buf[i + k - stride]);
+        }
+#endif
+    }
+    for (; i < n; i++) buf[i] = (uint8_t)(buf[i] + buf[i - stride]);
+}

@@ -77,7 +77,7 @@ public enum LayerInspector {
                 throw StorageError.corruption("data blocks do not tile the data region: expected a block at \(expected)", file: path, offset: h.offset)
             }
             let (raw, payload) = try readBlock(h)
-            if raw[raw.count - BlockTrailer.size] == BlockTrailer.Compression.lz4.rawValue { compressed += 1 }
+            if raw[raw.count - BlockTrailer.size] != BlockTrailer.Compression.uncompressed.rawValue { compressed += 1 }
             onDisk += UInt64(h.size)
             uncompressed += UInt64(payload.count)
             payloads[h.offset] = payload.count

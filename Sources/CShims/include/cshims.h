@@ -60,4 +60,21 @@ void cs_prefetch(const void *address);
 // PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP). Returns 0 or an errno value.
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
 
+
+// ---- LZ4 ----
+// LZ4-compresses `n` bytes into `dst` (at most `capacity` bytes) as one independent LZ4 block, with
+// the calling thread's reused stream (LZ4_resetStream_fast + LZ4_compress_fast_continue,
+// acceleration 1). Returns the compressed size, or 0 when it does not fit.
+int cs_lz4_compress(const void *src, void *dst, int n, int capacity);
+
+// ---- stride-delta filter for block payloads (format-spec.md, "Blocks", compression 3) ----
+// The stride detector of the writer rule: 0 when `n < 1024` or no stride qualifies, else the stride
+// in 16...256 (see format-spec.md for the exact rule; it reads the 256 bytes at n/2 - 128 and the
+// 256 bytes before them).
+int cs_detect_stride(const uint8_t *payload, size_t n);
+// dst[i] = src[i] for i < stride, src[i] - src[i - stride] (mod 256) after; dst and src do not overlap.
+void cs_delta_encode(uint8_t *dst, const uint8_t *src, size_t n, size_t stride);
+// Undoes cs_delta_encode in place: buf[i] += buf[i - stride] (mod 256) for i = stride ..< n, in order.
+void cs_delta_decode(uint8_t *buf, size_t n, size_t stride);
+
 #endif

@@ -4,9 +4,10 @@
 public enum LayerFormat {
     /// "SWPSLAYR": the first and the last 8 bytes of every layer file.
     public static let magic: [UInt8] = Array("SWPSLAYR".utf8)
-    /// Version 1: the first format.
-    public static let currentVersion: UInt16 = 1
-    public static let supportedVersions: ClosedRange<UInt16> = 1...1
+    /// Version 1: the first format. Version 2: the same layout; blocks may also use compression 3
+    /// (LZ4 after a stride-delta filter), which a version 1 file never holds.
+    public static let currentVersion: UInt16 = 2
+    public static let supportedVersions: ClosedRange<UInt16> = 1...2
 
     /// Target uncompressed payload of a data block; a value larger than this gets a block of its own.
     public static let defaultDataBlockBytes = 8192

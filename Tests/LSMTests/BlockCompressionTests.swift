@@ -1,0 +1,166 @@
+import Foundation
+import CShims
+@testable import LSM
+import PGTestSupport
+import XCTest
+
+/// The block compressions of format-spec.md section 3: every payload a writer stores comes back byte
+/// for byte, the writer rule picks the stride-delta form (3) for periodic payloads and never stores a
+/// block larger than raw, and damaged stride-delta blocks are corruption, not data.
+final class BlockCompressionTests: XCTestCase {
+    /// 8192 bytes laid out like a B-tree leaf: 4-byte line pointers counting down by 16 at the front,
+    /// 16-byte items whose TID offset and key count up at the back.
+    private func btreeLikePage() -> [UInt8] {
+        var p = [UInt8](repeating: 0, count: 8192)
+        let items = 400
+        for i in 0..<items {
+            let itemOffset = 8192 - 16 * (i + 1)
+            let lp = UInt32(itemOffset) | (1 << 15) | (16 << 17)
+            for b in 0..<4 { p[24 + 4 * i + b] = UInt8((lp >> (8 * b)) & 0xFF) }
+            p[itemOffset + 0] = 0; p[itemOffset + 1] = 0; p[itemOffset + 2] = 0; p[itemOffset + 3] = 7
+            p[itemOffset + 4] = UInt8(i % 61 + 1); p[itemOffset + 6] = 16
+            let key = UInt32(1000 + i)
+            for b in 0..<4 { p[itemOffset + 8 + b] = UInt8((key >> (8 * b)) & 0xFF) }
+        }
+        return p
+    }
+
+    /// 8192 bytes laid out like a full pgbench_accounts heap page: 61 tuples of 128 bytes placed from
+    /// the end down, each one's TID offset and key one above the tuple before it, blank filler.
+    private func heapLikePage() -> [UInt8] {
+        var p = [UInt8](repeating: 0, count: 8192)
+        for i in 0..<61 {
+            let at = 8192 - 128 * (i + 1)
+            let lp = UInt32(at) | (1 << 15) | (121 << 17)
+            for b in 0..<4 { p[24 + 4 * i + b] = UInt8((lp >> (8 * b)) & 0xFF) }
+            p[at] = 0xD8; p[at + 1] = 0x02                       // xmin
+            p[at + 14] = 0x87; p[at + 15] = 0x13                 // ctid block
+            p[at + 16] = UInt8(i + 1)                            // ctid offset
+            p[at + 18] = 0x04; p[at + 20] = 0x02; p[at + 21] = 0x0B; p[at + 22] = 0x18
+            let key = UInt32(500_000 + i)
+            for b in 0..<4 { p[at + 24 + b] = UInt8((key >> (8 * b)) & 0xFF) }
+            p[at + 28] = 0x04
+            for f in (at + 37)..<(at + 121) { p[f] = 0x20 }
+        }
+        return p
+    }
+
+    private func encode(_ payload: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        payload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: true, to: &out) }
+        return out
+    }
+
+    private func decode(_ block: [UInt8]) throws -> [UInt8] {
+        try block.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: "test-block", offset: 128) }
+    }
+
+    private func compression(of block: [UInt8]) -> UInt8 { block[block.count - BlockTrailer.size] }
+
+    func testPeriodicPayloadTakesTheStrideDeltaFormAndRoundTrips() throws {
+        let page = btreeLikePage()
+        XCTAssertEqual(Int(cs_detect_stride(page, page.count)), 16)
+        let block = encode(page)
+        XCTAssertEqual(compression(of: block), BlockTrailer.Compression.lz4Delta.rawValue)
+        XCTAssertEqual(Int(block[1]) << 8 | Int(block[2]), 16, "stride")
+        XCTAssertEqual(block[0], 1, "one pass: it already leaves less than 1/16 of the payload")
+        XCTAssertLessThanOrEqual(block.count - BlockTrailer.size, page.count / 8)
+        // Plain LZ4 of the same page is several times larger.
+        var plain = [UInt8](repeating: 0, count: Int(LZ4_compressBound(8192)))
+        let plainSize = cs_lz4_compress(page, &plain, 8192, Int32(plain.count))
+        XCTAssertGreaterThan(Int(plainSize), 3 * (block.count - BlockTrailer.size))
+        XCTAssertEqual(try decode(block), page)
+    }
+
+    func testHeapLikePageRoundTripsThroughTheFilter() throws {
+        let page = heapLikePage()
+        XCTAssertEqual(Int(cs_detect_stride(page, page.count)), 128)
+        let block = encode(page)
+        XCTAssertEqual(compression(of: block), BlockTrailer.Compression.lz4Delta.rawValue)
+        XCTAssertEqual(Int(block[1]) << 8 | Int(block[2]), 128, "stride")
+        // One pass leaves the per-tuple steps (TID offset, key), a second at the same stride zeroes
+        // them, and a pass at stride 4 zeroes the line pointers' steps.
+        XCTAssertEqual(Array(block[0..<7]), [3, 0, 128, 0, 128, 0, 4], "passes [128, 128, 4]")
+        XCTAssertLessThanOrEqual(block.count - BlockTrailer.size, page.count / 8)
+        XCTAssertEqual(try decode(block), page)
+    }
+
+    func testRandomPayloadsRoundTripAndNeverGrow() throws {
+        let seed = testSeed("BlockCompressionTests.random")
+        var rng = SeededRandom(seed: seed)
+        var seen = Set<UInt8>()
+        for round in 0..<300 {
+            let n = Int(rng.next() % 9000) + 1
+            var p = [UInt8](repeating: 0, count: n)
+            switch round % 4 {
+            case 0: // noise
+                for i in 0..<n { p[i] = UInt8(truncatingIfNeeded: rng.next()) }
+            case 1: // a record of random size repeated, one counter field changing, some noise
+                let stride = Int(rng.next() % 250) + 4
+                var record = [UInt8](repeating: 0, count: stride)
+                for i in 0..<stride { record[i] = UInt8(truncatingIfNeeded: rng.next() % 4) }
+                for i in 0..<n {
+                    let (index, at) = (i / stride, i % stride)
+                    p[i] = at == 0 ? UInt8(truncatingIfNeeded: index) : at == 1 ? UInt8(truncatingIfNeeded: index >> 8) : record[at]
+                }
+                for _ in 0..<(n / 200) { p[Int(rng.next() % UInt64(n))] = UInt8(truncatingIfNeeded: rng.next()) }
+            case 2: // text-like
+                let words: [[UInt8]] = ["aid", "filler", "    ", "pgbench", "0123", "\n"].map { Array($0.utf8) }
+                var i = 0
+                while i < n {
+                    for b in words[Int(rng.next() % UInt64(words.count))] where i < n { p[i] = b; i += 1 }
+                }
+            default: // runs of one byte
+                var i = 0
+                while i < n {
+                    let run = Int(rng.next() % 64) + 1, b = UInt8(truncatingIfNeeded: rng.next())
+                    for _ in 0..<run where i < n { p[i] = b; i += 1 }
+                }
+            }
+            let block = encode(p)
+            seen.insert(compression(of: block))
+            XCTAssertLessThanOrEqual(block.count, n + BlockTrailer.size, "seed \(seed) round \(round)")
+            XCTAssertEqual(try decode(block), p, "seed \(seed) round \(round): payload of \(n) bytes")
+        }
+        XCTAssertEqual(seen, [1, 2, 3], "every compression value was written (seed \(seed))")
+    }
+
+    /// Replaces the stored payload of a compression-3 block and recomputes the CRC, so that only the
+    /// structural checks can catch it.
+    private func reseal(_ block: [UInt8], storedPayload: [UInt8]) -> [UInt8] {
+        var out = storedPayload
+        out += block[(block.count - BlockTrailer.size)..<(block.count - 4)]
+        let crc = crc32c(0, out)
+        withUnsafeBytes(of: crc.bigEndian) { out += $0 }
+        return out
+    }
+
+    func testDamagedStrideDeltaBlocksAreCorruption() throws {
+        let block = encode(btreeLikePage())
+        XCTAssertEqual(compression(of: block), 3)
+        let stored = Array(block[0..<(block.count - BlockTrailer.size)])
+
+        var zeroStride = stored
+        zeroStride[1] = 0; zeroStride[2] = 0
+        XCTAssertThrowsError(try decode(reseal(block, storedPayload: zeroStride))) { error in
+            XCTAssertTrue("\(error)".contains("stride 0"), "\(error)")
+        }
+        var badPassCount = stored
+        badPassCount[0] = 5
+        XCTAssertThrowsError(try decode(reseal(block, storedPayload: badPassCount))) { error in
+            XCTAssertTrue("\(error)".contains("5 passes"), "\(error)")
+        }
+        XCTAssertThrowsError(try decode(reseal(block, storedPayload: [0x01, 0x00]))) { error in
+            XCTAssertTrue("\(error)".contains("shorter than its 3-byte pass list"), "\(error)")
+        }
+        XCTAssertThrowsError(try decode(reseal(block, storedPayload: Array(stored.dropLast(3))))) { error in
+            XCTAssertTrue("\(error)".contains("did not decompress"), "\(error)")
+        }
+        // A flipped bit anywhere without resealing is a checksum mismatch.
+        var flipped = block
+        flipped[5] ^= 0x10
+        XCTAssertThrowsError(try decode(flipped)) { error in
+            XCTAssertTrue("\(error)".contains("checksum"), "\(error)")
+        }
+    }
+}
