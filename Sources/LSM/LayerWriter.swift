@@ -107,10 +107,13 @@ public final class LayerWriter {
     private func closeDataBlock(payload: UnsafeRawBufferPointer? = nil) throws {
         guard !blockEntries.isEmpty else { return }
         let start = outBuffer.count
+        // Large values (page images, bulk-insert records) are where periodic payloads are; blocks of
+        // small records only are left to plain LZ4 (format-spec.md, "Blocks").
+        let filter = blockEntries.contains { Int($0.length) >= dataBlockBytes / 2 }
         if let payload {
-            BlockTrailer.appendBlock(payload, compress: compress, to: &outBuffer)
+            BlockTrailer.appendBlock(payload, compress: compress, filter: filter, to: &outBuffer)
         } else {
-            blockPayload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: compress, to: &outBuffer) }
+            blockPayload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: compress, filter: filter, to: &outBuffer) }
         }
         let handle = BlockHandle(offset: fileOffset + UInt64(start), size: UInt32(outBuffer.count - start))
         dataBlockCount += 1
@@ -156,7 +159,7 @@ public final class LayerWriter {
             // Full index blocks compress well (neighbouring entries share key prefixes, LSN high
             // bytes and data block handles); small ones stay raw (format-spec 3, writer rule).
             payload.withUnsafeBytes {
-                BlockTrailer.appendBlock($0, compress: compress && payload.count > LayerFormat.indexCompressionMinimumPayload, to: &outBuffer)
+                BlockTrailer.appendBlock($0, compress: compress && payload.count > LayerFormat.indexCompressionMinimumPayload, filter: true, to: &outBuffer)
             }
             let handle = BlockHandle(offset: fileOffset + UInt64(start), size: UInt32(outBuffer.count - start))
             directoryLines.append(.init(firstKey: first.0, firstLSN: first.1, handle: handle))

@@ -47,7 +47,7 @@ final class BlockCompressionTests: XCTestCase {
 
     private func encode(_ payload: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []
-        payload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: true, to: &out) }
+        payload.withUnsafeBytes { BlockTrailer.appendBlock($0, compress: true, filter: true, to: &out) }
         return out
     }
 

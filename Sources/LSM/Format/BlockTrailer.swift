@@ -22,19 +22,20 @@ public enum BlockTrailer {
 
     /// Appends `payload` as a block (compressed when `compress` and LZ4 helps) to `out`.
     ///
-    /// Writer rule (format-spec.md, "Blocks"): a payload of at least 1024 bytes in which the stride
-    /// detector finds a period `s` is LZ4-compressed after stride-delta passes (compression 3): [s];
+    /// Writer rule (format-spec.md, "Blocks"): with `filter` (a data block holding one value of its
+    /// own, or an index block), a payload of at least 1024 bytes in which the stride detector finds a
+    /// period `s` is LZ4-compressed after stride-delta passes (compression 3): [s];
     /// when that leaves more than 1/16 but at most 1/4 of the payload also [s, s], and when that is at
     /// most 1/4 also [s, s, 4]; the smallest is kept outright when it is at most 1/8 of the payload,
     /// and otherwise only when it is smaller than plain LZ4 (compression 2). Raw (1) when nothing
     /// shrinks the payload.
-    static func appendBlock(_ payload: UnsafeRawBufferPointer, compress: Bool, to out: inout [UInt8]) {
+    static func appendBlock(_ payload: UnsafeRawBufferPointer, compress: Bool, filter: Bool = false, to out: inout [UInt8]) {
         let start = out.count
         var compression = Compression.uncompressed
         if compress && payload.count > 64 {
             let n = payload.count
             let source = payload.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            let stride = n >= 1024 ? Int(cs_detect_stride(source, n)) : 0
+            let stride = filter && n >= 1024 ? Int(cs_detect_stride(source, n)) : 0
             let bound = Int(LZ4_compressBound(Int32(n)))
             let candidates = 3, outSize = 1 + 2 * candidates + bound
             withUnsafeTemporaryAllocation(of: UInt8.self, capacity: bound + candidates * (outSize + n)) { scratch in
