@@ -57,32 +57,34 @@ final class BlockCompressionTests: XCTestCase {
 
     private func compression(of block: [UInt8]) -> UInt8 { block[block.count - BlockTrailer.size] }
 
+    /// Encodes `page`, checks that the writer found `stride`, wrote compression 3 with the pass list
+    /// `passes` in at most 1/8 of the page, and that the block decodes to the page. Returns the block.
+    @discardableResult
+    private func assertFiltered(_ page: [UInt8], stride: Int, passes: [Int], file: StaticString = #filePath, line: UInt = #line) throws -> [UInt8] {
+        XCTAssertEqual(Int(cs_detect_stride(page, page.count)), stride, file: file, line: line)
+        let block = encode(page)
+        XCTAssertEqual(compression(of: block), BlockTrailer.Compression.lz4Delta.rawValue, file: file, line: line)
+        let listed = (0..<Int(block[0])).map { Int(block[1 + 2 * $0]) << 8 | Int(block[2 + 2 * $0]) }
+        XCTAssertEqual(listed, passes, "pass list", file: file, line: line)
+        XCTAssertLessThanOrEqual(block.count - BlockTrailer.size, page.count / 8, file: file, line: line)
+        XCTAssertEqual(try decode(block), page, file: file, line: line)
+        return block
+    }
+
     func testPeriodicPayloadTakesTheStrideDeltaFormAndRoundTrips() throws {
         let page = btreeLikePage()
-        XCTAssertEqual(Int(cs_detect_stride(page, page.count)), 16)
-        let block = encode(page)
-        XCTAssertEqual(compression(of: block), BlockTrailer.Compression.lz4Delta.rawValue)
-        XCTAssertEqual(Int(block[1]) << 8 | Int(block[2]), 16, "stride")
-        XCTAssertEqual(block[0], 1, "one pass: it already leaves less than 1/16 of the payload")
-        XCTAssertLessThanOrEqual(block.count - BlockTrailer.size, page.count / 8)
+        // One pass already leaves less than 1/16 of the payload.
+        let block = try assertFiltered(page, stride: 16, passes: [16])
         // Plain LZ4 of the same page is several times larger.
         var plain = [UInt8](repeating: 0, count: Int(LZ4_compressBound(8192)))
         let plainSize = cs_lz4_compress(page, &plain, 8192, Int32(plain.count))
         XCTAssertGreaterThan(Int(plainSize), 3 * (block.count - BlockTrailer.size))
-        XCTAssertEqual(try decode(block), page)
     }
 
     func testHeapLikePageRoundTripsThroughTheFilter() throws {
-        let page = heapLikePage()
-        XCTAssertEqual(Int(cs_detect_stride(page, page.count)), 128)
-        let block = encode(page)
-        XCTAssertEqual(compression(of: block), BlockTrailer.Compression.lz4Delta.rawValue)
-        XCTAssertEqual(Int(block[1]) << 8 | Int(block[2]), 128, "stride")
         // One pass leaves the per-tuple steps (TID offset, key), a second at the same stride zeroes
         // them, and a pass at stride 4 zeroes the line pointers' steps.
-        XCTAssertEqual(Array(block[0..<7]), [3, 0, 128, 0, 128, 0, 4], "passes [128, 128, 4]")
-        XCTAssertLessThanOrEqual(block.count - BlockTrailer.size, page.count / 8)
-        XCTAssertEqual(try decode(block), page)
+        try assertFiltered(heapLikePage(), stride: 128, passes: [128, 128, 4])
     }
 
     func testRandomPayloadsRoundTripAndNeverGrow() throws {
