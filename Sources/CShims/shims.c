@@ -254,6 +254,7 @@ int cs_detect_stride(const uint8_t *p, size_t n) {
     }
     return 0;
 }
+
 void cs_delta_encode(uint8_t *dst, const uint8_t *src, size_t n, size_t stride) {
     size_t head = stride < n ? stride : n;
     for (size_t i = 0; i < head; i++) dst[i] = src[i];

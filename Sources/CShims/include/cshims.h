@@ -60,7 +60,6 @@ void cs_prefetch(const void *address);
 // PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP). Returns 0 or an errno value.
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
 
-
 // ---- LZ4 ----
 // LZ4-compresses `n` bytes into `dst` (at most `capacity` bytes) as one independent LZ4 block, with
 // the calling thread's reused stream (LZ4_resetStream_fast + LZ4_compress_fast_continue,

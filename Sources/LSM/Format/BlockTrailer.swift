@@ -4,8 +4,9 @@ import CShims
 ///
 ///     [payload: size - 9 bytes] [compression: u8] [uncompressed_length: u32] [crc32c: u32]
 ///
-/// compression: 1 none, 2 LZ4 block format, 3 LZ4 after a stride-delta filter (0 reserved). The CRC-32C covers the payload, the
-/// compression byte and uncompressed_length. A block is stored raw when LZ4 does not shrink it.
+/// compression: 1 none, 2 LZ4 block format, 3 LZ4 after stride-delta passes (0 reserved). The
+/// CRC-32C covers the payload, the compression byte and uncompressed_length. A block is stored raw
+/// when no compression shrinks it.
 public enum BlockTrailer {
     public static let size = 1 + 4 + 4
 
@@ -22,8 +23,8 @@ public enum BlockTrailer {
 
     /// Appends `payload` as a block (compressed when `compress` and LZ4 helps) to `out`.
     ///
-    /// Writer rule (format-spec.md, "Blocks"): with `filter` (a data block holding one value of its
-    /// own, or an index block), a payload of at least 1024 bytes in which the stride detector finds a
+    /// Writer rule (format-spec.md, "Blocks"): with `filter` (an index block, or a data block holding
+    /// a value of at least half a data block), a payload of at least 1024 bytes in which the stride detector finds a
     /// period `s` is LZ4-compressed after stride-delta passes (compression 3): [s];
     /// when that leaves more than 1/16 but at most 1/4 of the payload also [s, s], and when that is at
     /// most 1/4 also [s, s, 4]; the smallest is kept outright when it is at most 1/8 of the payload,
