@@ -278,7 +278,14 @@ final class IOEngineTests: XCTestCase {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         XCTAssertGreaterThanOrEqual(fd, 0)
         defer { close(fd) }
-        func openFds() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        // Only io_uring ring descriptors count: other parts of the process (Dispatch, XCTest, earlier
+        // tests' background work) open and close descriptors of their own at any time.
+        func openFds() -> Int {
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else { return -1 }
+            return names.filter { name in
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + name))?.contains("io_uring") == true
+            }.count
+        }
         let before = openFds()
         do {
             let engine = try IOUringEngine(entries: 4)
@@ -302,6 +309,7 @@ final class IOEngineTests: XCTestCase {
             // This thread's own ring, if any, goes with the engine.
             let specs = [OpSpec(fd: fd, offset: 0, length: 100, expected: 100, label: "main thread")]
             XCTAssertEqual(IOEngineTests.runOps(engine, specs, batchSizes: [1], file: bytes), [])
+            XCTAssertGreaterThan(openFds(), before, "the main thread's ring is not counted: the count is wrong")
         }
         XCTAssertLessThanOrEqual(openFds(), before, "the engine's deinit left a ring open")
     }
