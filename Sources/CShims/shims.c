@@ -296,3 +296,51 @@ void cs_delta_decode(uint8_t *buf, size_t n, size_t stride) {
     }
     for (; i < n; i++) buf[i] = (uint8_t)(buf[i] + buf[i - stride]);
 }
+
+// ---- Block compression 4: the index-entry transform ----
+// Row layout (format-spec 4.4): handle at bytes 28..<40, value_offset at 40..<44 and value_length at
+// 44..<48, both big-endian.
+enum { IE_SIZE = 48, IE_HANDLE = 28, IE_OFFSET = 40, IE_LENGTH = 44 };
+
+static inline uint32_t ie_load32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+static inline void ie_store32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+void cs_index_transform_encode(uint8_t *dst, const uint8_t *src, size_t count) {
+    uint8_t prev[IE_SIZE], row[IE_SIZE];
+    memset(prev, 0, sizeof prev);
+    for (size_t i = 0; i < count; i++) {
+        const uint8_t *r = src + i * IE_SIZE;
+        memcpy(row, r, IE_SIZE);
+        if (i > 0 && memcmp(r + IE_HANDLE, r - IE_SIZE + IE_HANDLE, 12) == 0) {
+            const uint8_t *p = r - IE_SIZE;
+            uint32_t end = ie_load32(p + IE_OFFSET) + ie_load32(p + IE_LENGTH);
+            ie_store32(row + IE_OFFSET, ie_load32(r + IE_OFFSET) - end);
+        }
+        // Column c of the transformed rows holds row[c] minus the previous transformed row's byte.
+        for (size_t c = 0; c < IE_SIZE; c++) {
+            dst[c * count + i] = (uint8_t)(row[c] - prev[c]);
+        }
+        memcpy(prev, row, IE_SIZE);
+    }
+}
+
+void cs_index_transform_decode(uint8_t *dst, const uint8_t *src, size_t count) {
+    uint8_t acc[IE_SIZE];
+    memset(acc, 0, sizeof acc);
+    for (size_t i = 0; i < count; i++) {
+        uint8_t *r = dst + i * IE_SIZE;
+        for (size_t c = 0; c < IE_SIZE; c++) {
+            acc[c] = (uint8_t)(acc[c] + src[c * count + i]);
+            r[c] = acc[c];
+        }
+        if (i > 0 && memcmp(r + IE_HANDLE, r - IE_SIZE + IE_HANDLE, 12) == 0) {
+            const uint8_t *p = r - IE_SIZE;
+            uint32_t end = ie_load32(p + IE_OFFSET) + ie_load32(p + IE_LENGTH);
+            ie_store32(r + IE_OFFSET, ie_load32(r + IE_OFFSET) + end);
+        }
+    }
+}

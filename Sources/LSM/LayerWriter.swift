@@ -87,11 +87,13 @@ public final class LayerWriter {
             throw StorageError(.invalidArgument, "value of \(bytes.count) bytes for key \(key) exceeds the largest storable value (\(LayerFormat.maxValueBytes) bytes)", lsn: lsn)
         }
         last = (key, lsn)
-        if !blockPayload.isEmpty && blockPayload.count + bytes.count > dataBlockBytes { try closeDataBlock() }
+        let large = bytes.count >= dataBlockBytes / 2
+        if !blockPayload.isEmpty && (large || blockPayload.count + bytes.count > dataBlockBytes) { try closeDataBlock() }
         blockEntries.append((key, lsn, kind, willInit, UInt32(blockPayload.count), UInt32(bytes.count)))
-        if blockPayload.isEmpty && bytes.count >= dataBlockBytes / 2 {
+        if large {
             // A large value (a page image, a bulk insert's record) gets a block of its own, compressed
-            // straight from the caller's bytes: no copy into the payload buffer (format-spec 4.3).
+            // straight from the caller's bytes: no copy into the payload buffer, and small records
+            // never share a block with it, so each gets the compression that suits it (format-spec 4.3).
             try closeDataBlock(payload: bytes)
         } else {
             blockPayload.append(contentsOf: bytes)
@@ -107,8 +109,9 @@ public final class LayerWriter {
     private func closeDataBlock(payload: UnsafeRawBufferPointer? = nil) throws {
         guard !blockEntries.isEmpty else { return }
         let start = outBuffer.count
-        // Large values (page images, bulk-insert records) are where periodic payloads are; blocks of
-        // small records only are left to plain LZ4 (format-spec.md, "Blocks").
+        // Large values (page images, bulk-insert records) are where periodic payloads are, and each
+        // has a block of its own; blocks of small records are left to plain LZ4 (format-spec.md,
+        // "Blocks").
         let filter = blockEntries.contains { Int($0.length) >= dataBlockBytes / 2 }
         if let payload {
             BlockTrailer.appendBlock(payload, compress: compress, filter: filter, to: &outBuffer)
@@ -156,10 +159,12 @@ public final class LayerWriter {
         let indexOffset = fileOffset + UInt64(outBuffer.count)
         for (first, payload) in pendingIndex {
             let start = outBuffer.count
-            // Full index blocks compress well (neighbouring entries share key prefixes, LSN high
-            // bytes and data block handles); small ones stay raw (format-spec 3, writer rule).
+            // Full index blocks compress well once their entries are taken apart into columns
+            // (neighbouring entries share key prefixes, LSN high bytes and data block handles, and
+            // value offsets follow from the previous entry); small ones stay raw (format-spec 3,
+            // writer rule).
             payload.withUnsafeBytes {
-                BlockTrailer.appendBlock($0, compress: compress && payload.count > LayerFormat.indexCompressionMinimumPayload, filter: true, to: &outBuffer)
+                BlockTrailer.appendIndexBlock($0, compress: compress && payload.count > LayerFormat.indexCompressionMinimumPayload, to: &outBuffer)
             }
             let handle = BlockHandle(offset: fileOffset + UInt64(start), size: UInt32(outBuffer.count - start))
             directoryLines.append(.init(firstKey: first.0, firstLSN: first.1, handle: handle))

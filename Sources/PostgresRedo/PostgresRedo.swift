@@ -166,7 +166,7 @@ public struct PostgresRedo: Redo {
     /// Restores block reference `index`'s image (hole filled with zeros, decompressed) into `page`.
     func restoreImage(_ view: RecordView, _ index: Int, into page: Page) throws {
         // Rare on this path (ingest stores APPLY images as page images): decode the record fully.
-        let decoded = try DecodedRecord(parsing: [UInt8](view.bytes), at: LSN(0))
+        let decoded = try DecodedRecord(stored: [UInt8](view.bytes))
         let id = view.blocks[index].id
         guard let image = decoded.blocks.first(where: { $0.id == id })?.image else {
             throw RedoError(.malformedRecord, "block reference #\(id) has no image to restore")

@@ -86,13 +86,23 @@ public struct DecodedRecord: Sendable {
         try self.init(parsing: bytes, at: startLSN, segmentSize: segmentSize, spareImagePages: &noSpares)
     }
 
+    /// Decodes a record the page server stored (format-spec 10.6): its CRC was checked when it was
+    /// ingested, and a compact record's xl_prev and xl_crc are zero, so the CRC is not checked again.
+    /// The layout checks are the same as for a record from the WAL.
+    public init(stored bytes: [UInt8]) throws {
+        var noSpares: [[UInt8]] = []
+        try self.init(parsing: bytes, at: LSN(0), segmentSize: PostgresWAL.defaultSegmentSize, spareImagePages: &noSpares,
+                      checkingCRC: false)
+    }
+
     /// The same, restoring images into arrays taken from `spareImagePages` while it has any.
-    init(parsing bytes: [UInt8], at startLSN: LSN, segmentSize: Int, spareImagePages: inout [[UInt8]]) throws {
+    init(parsing bytes: [UInt8], at startLSN: LSN, segmentSize: Int, spareImagePages: inout [[UInt8]],
+         checkingCRC: Bool = true) throws {
         let header = try XLogRecordHeader(parsing: bytes)
         guard Int(header.totalLength) == bytes.count else {
             throw WALError.corrupt("record length \(header.totalLength) does not match the \(bytes.count) bytes given", record: startLSN)
         }
-        let computed = bytes.withUnsafeBytes { Self.checksum(of: $0) }
+        let computed = checkingCRC ? bytes.withUnsafeBytes { Self.checksum(of: $0) } : header.crc
         guard computed == header.crc else {
             throw WALError(.checksumMismatch, "record has CRC-32C 0x\(String(header.crc, radix: 16)) but its bytes give 0x\(String(computed, radix: 16))", recordLSN: startLSN)
         }

@@ -115,6 +115,17 @@ final class IngestUnitTests: XCTestCase {
 
     // MARK: Blocks
 
+    func testVerbatimEncodingStoresTheRecordAsItIs() throws {
+        let target = MemoryIngestTarget()
+        let ingest = WalIngest(target: target)
+        ingest.recordEncoding = .verbatim
+        var feeder = RecordFeeder(start: LSN(0x100_0028))
+        let insert = try feeder.feed(ingest, RecordBuilder(rmgr: .heap, info: 0x80, xid: 700, blocks: [
+            .init(id: 0, node: node, block: 0, willInit: true, data: [1, 2, 3]),
+        ], mainData: [1, 0, 0]))
+        XCTAssertEqual(target.latest(KeySpace.relationBlock(RelTag(node, .main), 0)), .walRecord(insert.bytes, willInit: true))
+    }
+
     func testBlockReferencesExtendAndCreate() throws {
         let target = MemoryIngestTarget()
         let ingest = WalIngest(target: target)
@@ -139,8 +150,16 @@ final class IngestUnitTests: XCTestCase {
             .init(id: 0, node: node, block: 4, willInit: true, data: [1, 2, 3]),
             .init(id: 1, node: node, fork: .fsm, block: 0, image: image, apply: false),
         ], mainData: [1, 0, 0]))
-        XCTAssertEqual(target.latest(KeySpace.relationBlock(main, 4)), .walRecord(insert.bytes, willInit: true))
-        XCTAssertEqual(target.latest(KeySpace.relationBlock(RelTag(node, .fsm), 0)), .walRecord(insert.bytes, willInit: false))
+        // Stored compact (format-spec 10.6): the record's bytes with xl_prev and xl_crc zeroed.
+        var compact = insert.bytes
+        for i in Array(8..<16) + Array(20..<24) { compact[i] = 0 }
+        XCTAssertNotEqual(compact, insert.bytes, "the fed record has a non-zero xl_prev or xl_crc")
+        XCTAssertEqual(target.latest(KeySpace.relationBlock(main, 4)), .walRecord(compact, willInit: true))
+        XCTAssertEqual(target.latest(KeySpace.relationBlock(RelTag(node, .fsm), 0)), .walRecord(compact, willInit: false))
+        // It still decodes to the same record (layout checks only; its CRC was checked at ingest).
+        let stored = try DecodedRecord(stored: compact)
+        XCTAssertEqual(stored.blocks.map(\.block), insert.blocks.map(\.block))
+        XCTAssertEqual(stored.mainData, insert.mainData)
         XCTAssertEqual(try target.size(main), 5)
         XCTAssertEqual(try target.size(RelTag(node, .fsm)), 1)
         XCTAssertEqual(try target.relDir(db), [main.entry, RelTag(node, .fsm).entry])

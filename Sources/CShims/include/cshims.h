@@ -75,5 +75,13 @@ int cs_detect_stride(const uint8_t *payload, size_t n);
 void cs_delta_encode(uint8_t *dst, const uint8_t *src, size_t n, size_t stride);
 // Undoes cs_delta_encode in place: buf[i] += buf[i - stride] (mod 256) for i = stride ..< n, in order.
 void cs_delta_decode(uint8_t *buf, size_t n, size_t stride);
+// The index-entry transform of block compression 4 (format-spec.md section 3). `src` holds `count`
+// IndexEntry rows of 48 bytes (without the block's 4-byte count); `dst` gets 48 * count bytes: each
+// row's value_offset made relative to the previous row's value end when both rows name the same data
+// block, then the rows transposed into 48 columns of `count` bytes, each column delta-coded
+// (byte minus the byte above it, mod 256).
+void cs_index_transform_encode(uint8_t *dst, const uint8_t *src, size_t count);
+// Undoes cs_index_transform_encode: `src` (48 * count transformed bytes) back into the rows in `dst`.
+void cs_index_transform_decode(uint8_t *dst, const uint8_t *src, size_t count);
 
 #endif

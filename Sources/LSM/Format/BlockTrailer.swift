@@ -4,7 +4,8 @@ import CShims
 ///
 ///     [payload: size - 9 bytes] [compression: u8] [uncompressed_length: u32] [crc32c: u32]
 ///
-/// compression: 1 none, 2 LZ4 block format, 3 LZ4 after stride-delta passes (0 reserved). The
+/// compression: 1 none, 2 LZ4 block format, 3 LZ4 after stride-delta passes, 4 LZ4 after the
+/// index-entry transform (index blocks only; 0 reserved). The
 /// CRC-32C covers the payload, the compression byte and uncompressed_length. A block is stored raw
 /// when no compression shrinks it.
 public enum BlockTrailer {
@@ -16,6 +17,10 @@ public enum BlockTrailer {
         /// [pass_count: u8][stride: u16 big-endian] x pass_count [LZ4 block of the payload after
         /// those stride-delta passes, in that order]
         case lz4Delta = 3
+        /// An index block's payload after the index-entry transform (`cs_index_transform_encode`:
+        /// value offsets relative to the previous value's end in the same data block, entries
+        /// transposed into delta-coded columns), as one LZ4 block.
+        case lz4IndexTransform = 4
     }
 
     /// A compression-3 block has 1 to this many stride-delta passes.
@@ -89,6 +94,40 @@ public enum BlockTrailer {
         withUnsafeBytes(of: crc.bigEndian) { out.append(contentsOf: $0) }
     }
 
+    /// Appends an index block's payload (`[entry_count u32][entry_count x 48-byte IndexEntry]`) as a
+    /// block: compression 4 when `compress` and it is smaller than the payload, else raw (format-spec
+    /// section 3, writer rule for index blocks).
+    static func appendIndexBlock(_ payload: UnsafeRawBufferPointer, compress: Bool, to out: inout [UInt8]) {
+        let n = payload.count
+        let count = (n - 4) / IndexEntry.size
+        guard compress, n > 64, n == 4 + count * IndexEntry.size else {
+            appendBlock(payload, compress: false, to: &out)
+            return
+        }
+        let start = out.count
+        let bound = Int(LZ4_compressBound(Int32(n)))
+        var written = 0
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n + bound) { scratch in
+            let transformed = scratch.baseAddress!, target = transformed + n
+            let source = payload.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            transformed.update(from: source, count: 4)
+            cs_index_transform_encode(transformed + 4, source + 4, count)
+            let w = Int(cs_lz4_compress(transformed, target, Int32(n), Int32(bound)))
+            if w > 0 && w < n {
+                out.append(contentsOf: UnsafeBufferPointer(start: target, count: w))
+                written = w
+            }
+        }
+        guard written > 0 else {
+            appendBlock(payload, compress: false, to: &out)
+            return
+        }
+        out.append(Compression.lz4IndexTransform.rawValue)
+        withUnsafeBytes(of: UInt32(n).bigEndian) { out.append(contentsOf: $0) }
+        let crc = out[start...].withUnsafeBytes { crc32c(0, $0) }
+        withUnsafeBytes(of: crc.bigEndian) { out.append(contentsOf: $0) }
+    }
+
     /// Verifies the block in `raw` (exactly the handle's bytes) and returns its payload, decompressed.
     /// Throws `corruption` naming `file` and `offset` on any mismatch; never returns unverified bytes.
     static func decodeBlock(_ raw: UnsafeRawBufferPointer, file: String, offset: UInt64) throws -> [UInt8] {
@@ -150,6 +189,32 @@ public enum BlockTrailer {
             }
             guard decoded == Int32(length) else {
                 throw StorageError.corruption("stride-delta LZ4 block did not decompress to its \(length) bytes", file: file, offset: offset)
+            }
+            return out
+        case .lz4IndexTransform:
+            let count = (length - 4) / IndexEntry.size
+            guard length >= 4 + IndexEntry.size && length == 4 + count * IndexEntry.size else {
+                throw StorageError.corruption("index-transform block of \(length) bytes is not 4 + 48 x entries", file: file, offset: offset)
+            }
+            var decoded: Int32 = 0
+            var out: [UInt8] = []
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: length) { transformed in
+                decoded = LZ4_decompress_safe(raw.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                              UnsafeMutableRawPointer(transformed.baseAddress)?.assumingMemoryBound(to: CChar.self),
+                                              Int32(payloadCount), Int32(length))
+                guard decoded == Int32(length) else { return }
+                out = [UInt8](unsafeUninitializedCapacity: length) { dst, initialized in
+                    dst.baseAddress!.update(from: transformed.baseAddress!, count: 4)
+                    cs_index_transform_decode(dst.baseAddress! + 4, transformed.baseAddress! + 4, count)
+                    initialized = length
+                }
+            }
+            guard decoded == Int32(length) else {
+                throw StorageError.corruption("index-transform LZ4 block did not decompress to its \(length) bytes", file: file, offset: offset)
+            }
+            // The count must match what the length says (the transform keeps it verbatim).
+            guard Int(out[0]) << 24 | Int(out[1]) << 16 | Int(out[2]) << 8 | Int(out[3]) == count else {
+                throw StorageError.corruption("index-transform block's entry count differs from its length", file: file, offset: offset)
             }
             return out
         case nil:

@@ -3,7 +3,7 @@
 ///
 ///     directory:        12 bytes // BlockHandle of the IndexDirectory block
 ///     index_offset:     u64      // first byte of the index blocks (= end of the data blocks)
-///     format_version:   u16      // 1 or 2 (LayerFormat.currentVersion), equal to the header's
+///     format_version:   u16      // 1 to 3 (LayerFormat.currentVersion), equal to the header's
 ///     reserved:         u16      // 0
 ///     reserved:         u32      // 0
 ///     crc32c:           u32      // over bytes [0, 28) of the footer

@@ -1,7 +1,7 @@
 /// The fixed-size header at offset 0 of a layer file (format-spec.md, "LayerHeader").
 ///
 ///     magic:            8 bytes  // "SWPSLAYR"
-///     format_version:   u16      // 1 or 2 (LayerFormat.currentVersion)
+///     format_version:   u16      // 1 to 3 (LayerFormat.currentVersion)
 ///     layer_kind:       u8       // 1 image, 2 delta
 ///     reserved:         u8       // 0
 ///     chunk:            20 bytes // ChunkId

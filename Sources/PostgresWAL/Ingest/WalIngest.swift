@@ -138,6 +138,20 @@ public final class WalIngest {
         var segment: UInt32
     }
 
+    /// How WAL records are stored as values (format-spec 10.6).
+    public enum RecordEncoding: Sendable {
+        /// xl_prev and xl_crc zeroed (value encoding version 3): the page server's own encoding.
+        /// Neither field is read again once the decoder checked the CRC (a stored record is found by
+        /// its key and end LSN, and the layer format checks every block), and those 12 bytes were
+        /// the part of a small record that LZ4 cannot shrink.
+        case compact
+        /// The record exactly as in the WAL (what the seed's RocksDB design stores; benchmarks).
+        case verbatim
+    }
+
+    /// See `RecordEncoding`; `compact` unless a caller asks otherwise.
+    public var recordEncoding: RecordEncoding = .compact
+
     public init(target: any IngestTarget, pageSource: (any PageSource)? = nil) {
         self.target = target
         self.pageSource = pageSource
@@ -166,13 +180,28 @@ public final class WalIngest {
         }
         do {
             // What redo does to an applied image: it gets the record's end LSN as pd_lsn.
-            for i in record.blocks.indices where record.blocks[i].image?.apply == true {
-                PageLayout.stampPageLSN(&record.blocks[i].image!.page, record.endLSN.rawValue)
+            var storesRecord = false
+            for i in record.blocks.indices {
+                if record.blocks[i].image?.apply == true {
+                    PageLayout.stampPageLSN(&record.blocks[i].image!.page, record.endLSN.rawValue)
+                } else {
+                    storesRecord = true
+                }
             }
+            if storesRecord && recordEncoding == .compact { Self.compact(&record.bytes) }
             try process(record)
         } catch {
             failure = error
             throw error
+        }
+    }
+
+    /// Zeroes xl_prev (bytes 8..<16) and xl_crc (bytes 20..<24) of a record's bytes, in place.
+    static func compact(_ bytes: inout [UInt8]) {
+        guard bytes.count >= XLogRecordHeader.size else { return }
+        bytes.withUnsafeMutableBytes { b in
+            b.storeBytes(of: 0 as UInt64, toByteOffset: 8, as: UInt64.self)
+            b.storeBytes(of: 0 as UInt32, toByteOffset: 20, as: UInt32.self)
         }
     }
 

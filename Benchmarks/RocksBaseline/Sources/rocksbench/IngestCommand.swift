@@ -4,7 +4,8 @@
 // Untimed: the base backup (pg_basebackup -Ft's base.tar) is imported at the start LSN through
 // `BaseBackupImport` and made durable. Timed: the WAL from the start LSN is read from the segment
 // files and decoded by `WALDecoder` on one thread, ingested record by record through `WalIngest` on
-// another (every record that starts before the end LSN) and made durable (our checkpoint; RocksDB's flush with wait).
+// another (every record that starts before the end LSN; RocksDB gets each WAL record verbatim, as the
+// seed stored it, ours the daemon's compact form) and made durable (our checkpoint; RocksDB's flush with wait).
 // MB/s = (end - start) / seconds.
 import LSM
 import PostgresWAL
@@ -37,6 +38,9 @@ func ingestCommand(_ args: Arguments) throws {
 
     // Timed: decode + ingest + durable flush.
     let ingest = WalIngest(target: store.target, pageSource: store.pageSource)
+    // The seed's design stores each WAL record as it is in the WAL; ours stores it compact (xl_prev
+    // and xl_crc zeroed, format-spec 10.6), as the daemon does.
+    ingest.recordEncoding = kind == .rocksdb ? .verbatim : .compact
     let w0 = nowSeconds()
     // Decoding runs on a thread of its own, as in the daemon and `pagectl engine bench ingest`;
     // `decodeSeconds` is the time this (the ingest) thread waited for decoded records.
