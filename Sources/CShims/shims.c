@@ -329,15 +329,25 @@ void cs_index_transform_encode(uint8_t *dst, const uint8_t *src, size_t count) {
 }
 
 void cs_index_transform_decode(uint8_t *dst, const uint8_t *src, size_t count) {
-    uint8_t acc[IE_SIZE];
-    memset(acc, 0, sizeof acc);
-    for (size_t i = 0; i < count; i++) {
-        uint8_t *r = dst + i * IE_SIZE;
-        for (size_t c = 0; c < IE_SIZE; c++) {
-            acc[c] = (uint8_t)(acc[c] + src[c * count + i]);
-            r[c] = acc[c];
+    // Column by column: a running sum over the column's bytes (read in order), written into the
+    // rows (stride 48); then the value offsets, row by row.
+    // Eight columns at a time: eight independent sums per step instead of one dependent chain.
+    for (size_t c = 0; c < IE_SIZE; c += 8) {
+        const uint8_t *col = src + c * count;
+        uint8_t *out = dst + c;
+        uint8_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+        for (size_t i = 0; i < count; i++) {
+            a0 = (uint8_t)(a0 + col[i]);             a1 = (uint8_t)(a1 + col[count + i]);
+            a2 = (uint8_t)(a2 + col[2 * count + i]); a3 = (uint8_t)(a3 + col[3 * count + i]);
+            a4 = (uint8_t)(a4 + col[4 * count + i]); a5 = (uint8_t)(a5 + col[5 * count + i]);
+            a6 = (uint8_t)(a6 + col[6 * count + i]); a7 = (uint8_t)(a7 + col[7 * count + i]);
+            uint8_t *r = out + i * IE_SIZE;
+            r[0] = a0; r[1] = a1; r[2] = a2; r[3] = a3; r[4] = a4; r[5] = a5; r[6] = a6; r[7] = a7;
         }
-        if (i > 0 && memcmp(r + IE_HANDLE, r - IE_SIZE + IE_HANDLE, 12) == 0) {
+    }
+    for (size_t i = 1; i < count; i++) {
+        uint8_t *r = dst + i * IE_SIZE;
+        if (memcmp(r + IE_HANDLE, r - IE_SIZE + IE_HANDLE, 12) == 0) {
             const uint8_t *p = r - IE_SIZE;
             uint32_t end = ie_load32(p + IE_OFFSET) + ie_load32(p + IE_LENGTH);
             ie_store32(r + IE_OFFSET, ie_load32(r + IE_OFFSET) + end);
