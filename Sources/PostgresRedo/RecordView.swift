@@ -4,9 +4,10 @@ import PostgresWAL
 /// A WAL record's bytes taken apart in place for redo: offsets into the record, no copies.
 ///
 /// The bytes are a whole record as ingest stored it (`DecodedRecord.bytes`: the 24-byte header, the
-/// fragment headers, then the payloads; see `DecodedRecord` for the layout). The CRC was checked
-/// when the record was received, and the layer files checksum every block since, so this parser
-/// checks only what it needs to stay in bounds.
+/// fragment headers, then the payloads; see `DecodedRecord` for the layout), with xl_prev and xl_crc
+/// zeroed since value encoding 3 (format-spec 10.6). The CRC was checked when the record was
+/// received, and the layer files checksum every block since, so this parser checks only what it
+/// needs to stay in bounds, and `prevLSN` is 0 for a compact record.
 ///
 /// Invariant: after a successful `parse`, every range in `blocks` and `mainData` lies inside the
 /// record. The view is reusable: `parse` keeps the block array's capacity, so parsing the records of

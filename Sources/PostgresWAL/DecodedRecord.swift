@@ -41,7 +41,7 @@ public struct DecodedRecord: Sendable {
     /// with `mainData`).
     public var mainDataRange: Range<Int>
     /// The whole reassembled record, header included: what PostgreSQL's redo reads. Decode it again
-    /// with `init(parsing:at:)`.
+    /// with `init(parsing:at:)`, or with `init(stored:)` once ingest has stored it compact.
     public var bytes: [UInt8]
 
     /// The rmgr's main data, copied out of `bytes`.

@@ -28,8 +28,8 @@ public enum BlockTrailer {
 
     /// Appends `payload` as a block (compressed when `compress` and LZ4 helps) to `out`.
     ///
-    /// Writer rule (format-spec.md, "Blocks"): with `filter` (an index block, or a data block holding
-    /// a value of at least half a data block), a payload of at least 1024 bytes in which the stride detector finds a
+    /// Writer rule (format-spec.md, "Blocks"): with `filter` (a data block holding a value of at least
+    /// half a data block), a payload of at least 1024 bytes in which the stride detector finds a
     /// period `s` is LZ4-compressed after stride-delta passes (compression 3): [s];
     /// when that leaves more than 1/16 but at most 1/4 of the payload also [s, s], and when that is at
     /// most 1/4 also [s, s, 4]; the smallest is kept outright when it is at most 1/8 of the payload,

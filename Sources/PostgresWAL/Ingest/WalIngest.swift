@@ -9,7 +9,8 @@ import LSM
 ///
 /// What each record becomes:
 /// - Every block reference: a page image when it carries an image with BKPIMAGE_APPLY (pd_lsn set to
-///   the record's end unless the page is new, as redo does), else the whole record as a `walRecord`
+///   the record's end unless the page is new, as redo does), else the whole record (compact:
+///   xl_prev and xl_crc zeroed, unless `recordEncoding` says verbatim) as a `walRecord`
 ///   (`willInit` = BKPBLOCK_WILL_INIT). A block at or past the fork's size extends it: the gap (if any)
 ///   gets zero images, as PostgreSQL's redo zero-extends, and the size becomes block + 1. A fork not
 ///   in its database's RelDir is added (and the database to DbDir).
