@@ -15,8 +15,8 @@ public enum LayerFormat {
     /// Index blocks hold at most this many entries so that one fits a 4 KiB read.
     public static let indexEntriesPerBlock = (4096 - 4 - BlockTrailer.size) / IndexEntry.size
     /// Index blocks with a longer payload are compressed (compression 4) when compression is on and
-    /// that helps.
-    public static let indexCompressionMinimumPayload = 1024
+    /// that helps. (Version 2 writers left index blocks of up to 1024 bytes raw.)
+    public static let indexCompressionMinimumPayload = 64
     /// Largest block the reader accepts (a sanity bound for corrupt handles).
     public static let maxBlockBytes = 64 << 20
     /// Largest value the writer accepts: one value alone in a block stays within `maxBlockBytes`.
