@@ -13,6 +13,11 @@ public final class BlockCache: Sendable {
     public struct CacheKey: Hashable, Sendable {
         public var fileId: UInt64
         public var offset: UInt64
+
+        /// One word into the hasher instead of two: file ids are small and offsets below 2^48.
+        public func hash(into hasher: inout Hasher) {
+            hasher.combine(fileId &* 0x9E37_79B9_7F4A_7C15 ^ offset)
+        }
     }
 
     private struct Slot {
@@ -27,6 +32,10 @@ public final class BlockCache: Sendable {
         var free: [Int] = []
         var hand = 0
         var usedBytes = 0
+        /// Counted under the shard's lock: one shared atomic would be a cache line every reading
+        /// thread writes.
+        var hits = 0
+        var misses = 0
     }
 
     /// Up to 256 shards, fewer for small caches so that a shard holds at least `minimumShardBytes`.
@@ -38,8 +47,6 @@ public final class BlockCache: Sendable {
     private let shards: [ShardBox]
     private let shardCapacityBytes: Int
     public let capacityBytes: Int
-    private let hits = Atomic<Int>(0)
-    private let misses = Atomic<Int>(0)
 
     /// `minimumShardBytes`: the data cache keeps 4 MiB so that a shard still holds several large
     /// blocks; the index cache, whose blocks are 4 KiB and few of them hot, takes smaller shards and
@@ -59,13 +66,15 @@ public final class BlockCache: Sendable {
     }
 
     public func get(_ key: CacheKey) -> [UInt8]? {
-        let found = shards[shard(key)].lock.withLock { s -> [UInt8]? in
-            guard let i = s.map[key] else { return nil }
+        shards[shard(key)].lock.withLock { s -> [UInt8]? in
+            guard let i = s.map[key] else {
+                s.misses += 1
+                return nil
+            }
+            s.hits += 1
             s.slots[i]!.referenced = true
             return s.slots[i]!.bytes
         }
-        if found == nil { misses.add(1, ordering: .relaxed) } else { hits.add(1, ordering: .relaxed) }
-        return found
     }
 
     public func insert(_ key: CacheKey, _ bytes: [UInt8]) {
@@ -100,12 +109,18 @@ public final class BlockCache: Sendable {
     }
 
     public var usedBytes: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.usedBytes } } }
-    public var hitCount: Int { hits.load(ordering: .relaxed) }
-    public var missCount: Int { misses.load(ordering: .relaxed) }
+    public var hitCount: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.hits } } }
+    public var missCount: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.misses } } }
 
     /// Drops every block (benchmarks use it to measure cold reads).
     public func clear() {
-        for s in shards { s.lock.withLock { $0 = Shard() } }
+        for s in shards {
+            s.lock.withLock {
+                let (hits, misses) = ($0.hits, $0.misses)
+                $0 = Shard()
+                ($0.hits, $0.misses) = (hits, misses)
+            }
+        }
     }
 }
 

@@ -152,7 +152,7 @@ public final class InMemoryLayer: Sendable {
 
     /// Appends to `out`, newest first, the values of `key` with LSN in (floor, ceiling], stopping
     /// after the first that starts a chain. Returns true when it found such a value.
-    func collect(_ key: Key, floor: LSN?, ceiling: LSN, into out: inout [(LSN, Value)]) -> Bool {
+    func collect(_ key: Key, floor: LSN?, ceiling: LSN, into out: inout [RedoRecord]) -> Bool {
         if let frozen = state.withLock({ $0.frozen }) {
             return InMemoryLayer.collect(frozen.ordinals.value(for: key).map { frozen.heads[Int($0)] }, frozen.entries, frozen.pages, floor: floor, ceiling: ceiling, into: &out)
         }
@@ -168,14 +168,14 @@ public final class InMemoryLayer: Sendable {
     }
 
     private static func collect(_ newest: Int32?, _ entries: [Entry], _ pages: [[UInt8]], floor: LSN?, ceiling: LSN,
-                                into out: inout [(LSN, Value)]) -> Bool {
+                                into out: inout [RedoRecord]) -> Bool {
         guard var i = newest else { return false }
         while i >= 0 && entries[Int(i)].lsn > ceiling { i = entries[Int(i)].previous }
         while i >= 0 {
             let e = entries[Int(i)]
             if let floor, e.lsn <= floor { return false }
             let bytes = Array(pages[Int(e.page)][Int(e.offset)..<Int(e.offset + e.length)])
-            out.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
+            out.append(RedoRecord(lsn: e.lsn, value: Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
             if e.kind == .image || e.willInit { return true }
             i = e.previous
         }

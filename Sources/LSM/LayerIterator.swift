@@ -38,7 +38,7 @@ struct LayerEntryIterator {
             }
             guard nextBlock < layer.directory.lines.count else { return nil }
             let h = layer.directory.lines[nextBlock].handle
-            let payload = try fetcher.fetch([BlockRequest(layer: layer, handle: h, isIndex: true)])[0]
+            let payload = try fetcher.fetch([BlockRequest(layer: layer, handle: h, isIndex: true)])[0].bytes
             view = try IndexBlockView(payload: payload, file: layer.path, offset: h.offset)
             position = 0
             nextBlock += 1
@@ -60,7 +60,7 @@ struct LayerValueReader {
 
     mutating func value(_ e: IndexEntry) throws -> ArraySlice<UInt8> {
         if handle != e.block {
-            block = try fetcher.fetch([BlockRequest(layer: layer, handle: e.block, isIndex: false)])[0]
+            block = try fetcher.fetch([BlockRequest(layer: layer, handle: e.block, isIndex: false)])[0].bytes
             handle = e.block
         }
         let end = Int(e.valueOffset) + Int(e.valueLength)

@@ -73,22 +73,35 @@ final class LayerMap: Sendable {
     var allFiles: [LayerFile] { chunks.values.flatMap { $0.deltas + $0.images } }
 }
 
+/// An index entry a lookup chose, with the layer file whose data block holds its value.
+///
+/// (The read path's collections hold named structs, not tuples: a collection of tuples makes the
+/// Swift runtime look up the tuple's type metadata on every use, a measurable share of a cached read.)
+struct PlannedEntry {
+    let layer: LayerFile
+    let entry: IndexEntry
+}
+
 /// One lookup of a batch and what the read path has gathered for it so far.
 struct LookupState {
     var key: Key
     var lsn: LSN
     /// Values from in-memory layers, newest first.
-    var memoryValues: [(LSN, Value)] = []
+    var memoryValues: [RedoRecord] = []
     /// Entries chosen from layer files, newest first (the base image, if any, last).
-    var planned: [(LayerFile, IndexEntry)] = []
+    var planned: [PlannedEntry] = []
     var done = false
     var imageLayer: LayerFile?
     var deltas: [LayerFile] = []
     var layersVisited = 0
     /// A materialized value at this LSN is the base: only values above it are collected.
     var floor: LSN?
+    /// The materialized value itself (its LSN is `floor`), when there is one.
+    var base: (lsn: LSN, bytes: [UInt8])?
     /// Set when the lookup is below the GC cutoff (invariant 4); nothing else is gathered then.
     var refused: StorageError?
+    /// Why the lookup cannot be answered (its refusal, or a damaged value), once its values are read.
+    var failure: StorageError?
 }
 
 /// The larger of two optional LSNs (nil when both are).
@@ -105,12 +118,19 @@ private struct IndexBlockKey: Hashable {
     var block: Int
 }
 
+/// The lookup an index block was fetched for, and where the block is.
+private struct IndexOwner {
+    var state: Int
+    var layer: LayerFile
+    var block: Int
+}
+
 extension LayerMap {
     /// Runs the read path for `states` (see the type's comment). On return each state holds its
     /// values; data blocks are fetched by the caller.
     func plan(_ states: inout [LookupState], fetcher: BlockFetcher) throws {
         var indexRequests: [BlockRequest] = []
-        var indexOwners: [(state: Int, layer: LayerFile, block: Int)] = []
+        var indexOwners: [IndexOwner] = []
         for s in states.indices {
             let key = states[s].key, lsn = states[s].lsn
             if let refused = gc.refusal(lsn) {
@@ -159,7 +179,7 @@ extension LayerMap {
                 let ceiling = min(lsn, LSN(layer.descriptor.lsnEnd.rawValue - 1))
                 if let b = layer.directory.block(for: key, ceiling) {
                     indexRequests.append(BlockRequest(layer: layer, handle: layer.directory.lines[b].handle, isIndex: true))
-                    indexOwners.append((s, layer, b))
+                    indexOwners.append(IndexOwner(state: s, layer: layer, block: b))
                 }
             }
         }
@@ -171,11 +191,11 @@ extension LayerMap {
         func view(_ n: Int) throws -> IndexBlockView {
             let owner = indexOwners[n]
             guard states.count > 1 else {
-                return try IndexBlockView(payload: blocks[n], file: owner.layer.path, offset: indexRequests[n].handle.offset)
+                return try IndexBlockView(payload: blocks[n].bytes, file: owner.layer.path, offset: indexRequests[n].handle.offset)
             }
             let k = IndexBlockKey(layer: ObjectIdentifier(owner.layer), block: owner.block)
             if let v = parsed[k] { return v }
-            let v = try IndexBlockView(payload: blocks[n], file: owner.layer.path, offset: indexRequests[n].handle.offset)
+            let v = try IndexBlockView(payload: blocks[n].bytes, file: owner.layer.path, offset: indexRequests[n].handle.offset)
             parsed[k] = v
             return v
         }
@@ -199,7 +219,7 @@ extension LayerMap {
                     let i = view.lastAtOrBefore(key, ceiling)
                     if i >= 0 {
                         let e = try view.entry(i)
-                        if e.key == key { states[s].planned.append((layer, e)) }
+                        if e.key == key { states[s].planned.append(PlannedEntry(layer: layer, entry: e)) }
                     }
                     states[s].done = true
                     break
@@ -213,7 +233,7 @@ extension LayerMap {
                         if k != key { break scan }
                         if let floor, l <= floor { break scan }
                         let e = try v.entry(i)
-                        states[s].planned.append((layer, e))
+                        states[s].planned.append(PlannedEntry(layer: layer, entry: e))
                         if e.startsChain {
                             states[s].done = true
                             break scan
@@ -224,7 +244,7 @@ extension LayerMap {
                     guard block > 0 else { break }
                     block -= 1
                     let h = layer.directory.lines[block].handle
-                    let payload = try fetcher.fetch([BlockRequest(layer: layer, handle: h, isIndex: true)])[0]
+                    let payload = try fetcher.fetch([BlockRequest(layer: layer, handle: h, isIndex: true)])[0].bytes
                     v = try IndexBlockView(payload: payload, file: layer.path, offset: h.offset)
                     i = v.count - 1
                 }

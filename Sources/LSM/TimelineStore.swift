@@ -489,12 +489,13 @@ public final class TimelineStore: Sendable {
         // remembered at that record's LSN (the record's value for the key would then be skipped).
         let complete = LSN(completedRecordLSN.load(ordering: .acquiring))
         let snapshot = map.read { $0 }
-        var bases: [(lsn: LSN, bytes: [UInt8])?] = []
         var states = requests.map { LookupState(key: $0.0, lsn: $0.1) }
         let materialized = context.materialized
         if materialized.isEnabled {
-            bases = requests.map { materialized.lookup(storeId, $0.0, at: $0.1) }
-            for i in states.indices { states[i].floor = bases[i]?.lsn }
+            for i in states.indices {
+                states[i].base = materialized.lookup(storeId, states[i].key, at: states[i].lsn)
+                states[i].floor = states[i].base?.lsn
+            }
         }
         let fetcher = context.fetcher
         do {
@@ -505,8 +506,11 @@ public final class TimelineStore: Sendable {
             return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
         }
         var dataRequests: [BlockRequest] = []
-        for s in states { for (layer, e) in s.planned { dataRequests.append(BlockRequest(layer: layer, handle: e.block, isIndex: false)) } }
-        let blocks: [[UInt8]]
+        dataRequests.reserveCapacity(states.reduce(0) { $0 + $1.planned.count })
+        for n in states.indices {
+            for p in states[n].planned { dataRequests.append(BlockRequest(layer: p.layer, handle: p.entry.block, isIndex: false)) }
+        }
+        let blocks: [FetchedBlock]
         do {
             blocks = try fetcher.fetch(dataRequests)
         } catch let e as StorageError {
@@ -515,44 +519,39 @@ public final class TimelineStore: Sendable {
             return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
         }
         // Gather each lookup's chain; those with no base of their own go on to the ancestor.
-        var chains: [[(LSN, Value)]] = []
-        var failures: [StorageError?] = []
-        chains.reserveCapacity(states.count)
+        // Each lookup's chain (newest first), built in its `memoryValues`.
         var next = 0
-        for s in states {
-            if let refused = s.refused {
-                chains.append([])
-                failures.append(refused)
+        for n in states.indices {
+            if let refused = states[n].refused {
+                states[n].failure = refused
                 continue
             }
-            stats.layersVisited += s.layersVisited
-            var chain = s.memoryValues
-            var failure: StorageError?
-            for (layer, e) in s.planned {
-                let block = blocks[next]
+            stats.layersVisited += states[n].layersVisited
+            for p in states[n].planned {
+                let e = p.entry
+                let block = blocks[next].bytes
                 next += 1
                 let end = Int(e.valueOffset) + Int(e.valueLength)
                 guard end <= block.count else {
-                    failure = .corruption("value \(e.key)@\(e.lsn) lies outside its data block", file: layer.path, offset: e.block.offset)
+                    states[n].failure = .corruption("value \(e.key)@\(e.lsn) lies outside its data block", file: p.layer.path, offset: e.block.offset)
                     continue
                 }
                 // A value that fills its block (an image alone in its block) shares the block's
                 // storage instead of being copied.
                 let bytes = e.valueOffset == 0 && end == block.count ? block : Array(block[Int(e.valueOffset)..<end])
-                chain.append((e.lsn, Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
+                states[n].memoryValues.append(RedoRecord(lsn: e.lsn, value: Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
             }
-            chains.append(chain)
-            failures.append(failure)
+            states[n].planned = []
         }
-        var perLookup = states.map { $0.layersVisited }
+        var perLookup = stats.layersPerLookup == nil ? [] : states.map { $0.layersVisited }
         var inherited: [Int: Result<[UInt8]?, StorageError>] = [:]
         if let ancestor {
             var asks: [(Key, LSN)] = []
             var askers: [Int] = []
-            for (n, s) in states.enumerated() where failures[n] == nil {
+            for (n, s) in states.enumerated() where s.failure == nil {
                 // A key missing from an image layer of this store had no value of its own there
                 // (a branch's image layers hold only the keys it wrote), so it goes on too.
-                let hasBase = (chains[n].last?.1.startsChain ?? false) || (!bases.isEmpty && bases[n] != nil)
+                let hasBase = (s.memoryValues.last?.value.startsChain ?? false) || s.base != nil
                 if !hasBase {
                     asks.append((s.key, min(s.lsn, ancestor.lsn)))
                     askers.append(n)
@@ -566,30 +565,32 @@ public final class TimelineStore: Sendable {
                 stats.recordsApplied += ancestorStats.recordsApplied
                 for (i, n) in askers.enumerated() {
                     inherited[n] = answers[i]
-                    if let l = ancestorStats.layersPerLookup { perLookup[n] += l[i] }
+                    if let l = ancestorStats.layersPerLookup, !perLookup.isEmpty { perLookup[n] += l[i] }
                 }
             }
         }
         func answer(_ n: Int, _ stats: inout ReadStats) -> Result<[UInt8]?, StorageError> {
-            if let failure = failures[n] { return .failure(failure) }
-            let s = states[n]
-            var cached = bases.isEmpty ? nil : bases[n]
-            if let fromAncestor = inherited[n] {
+            if let failure = states[n].failure { return .failure(failure) }
+            let key = states[n].key, lsn = states[n].lsn
+            var cached = states[n].base
+            if !inherited.isEmpty, let fromAncestor = inherited[n] {
                 switch fromAncestor {
                 case .failure(let e): return .failure(e)
-                case .success(let bytes): if let bytes { cached = (min(s.lsn, ancestor!.lsn), bytes) }
+                case .success(let bytes): if let bytes { cached = (min(lsn, ancestor!.lsn), bytes) }
                 }
             }
-            return Result { try reconstruct(key: s.key, lsn: s.lsn, newestFirst: chains[n], materialized: cached, complete: complete,
+            return Result { try reconstruct(key: key, lsn: lsn, newestFirst: states[n].memoryValues, materialized: cached, complete: complete,
                                             redo: redo, stats: &stats) }
-                .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: s.lsn) }
+                .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: lsn) }
         }
         // Lookups whose newest value is a record need redo, the one costly step left; a batch with
         // several of them spreads them over `redoThreads` threads (a pipelining client's batch would
         // otherwise use one core). The others are answered here.
-        let needsRedo = chains.indices.filter { failures[$0] == nil && !(chains[$0].first.map { $0.1.kind == .image } ?? true) }
+        func needsRedo(_ n: Int) -> Bool { states[n].failure == nil && !(states[n].memoryValues.first.map { $0.value.kind == .image } ?? true) }
         var results: [Result<[UInt8]?, StorageError>]
-        if config.redoThreads > 1 && needsRedo.count >= config.parallelRedoMinimum {
+        let parallel = config.redoThreads > 1 && states.count >= config.parallelRedoMinimum
+        let needsRedo = parallel ? states.indices.filter(needsRedo) : []
+        if parallel && needsRedo.count >= config.parallelRedoMinimum {
             results = Array(repeating: .success(nil), count: states.count)
             let workers = min(config.redoThreads, needsRedo.count)
             var workerStats = Array(repeating: ReadStats(), count: workers)
@@ -614,7 +615,7 @@ public final class TimelineStore: Sendable {
         } else {
             results = states.indices.map { answer($0, &stats) }
         }
-        stats.layersPerLookup?.append(contentsOf: perLookup)
+        if !perLookup.isEmpty { stats.layersPerLookup?.append(contentsOf: perLookup) }
         return results
     }
 
@@ -633,46 +634,49 @@ public final class TimelineStore: Sendable {
         }
         var states = [state]
         do { try snapshot.plan(&states, fetcher: context.fetcher) } catch { return (lines + ["plan failed: \(error)"]).joined(separator: "\n") }
-        for (l, v) in states[0].memoryValues {
-            lines.append("  \(l) \(v.kind)\(v.willInit ? " will-init" : "") \(v.bytes.count) bytes, in memory")
+        for r in states[0].memoryValues {
+            lines.append("  \(r.lsn) \(r.value.kind)\(r.value.willInit ? " will-init" : "") \(r.value.bytes.count) bytes, in memory")
         }
-        for (layer, e) in states[0].planned {
-            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(layer.descriptor.fileName)")
+        for p in states[0].planned {
+            let e = p.entry
+            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(p.layer.descriptor.fileName)")
         }
         if states[0].memoryValues.isEmpty && states[0].planned.isEmpty { lines.append("  (no values)") }
         return lines.joined(separator: "\n")
     }
 
-    private func reconstruct(key: Key, lsn: LSN, newestFirst chain: [(LSN, Value)], materialized cached: (lsn: LSN, bytes: [UInt8])?,
+    private func reconstruct(key: Key, lsn: LSN, newestFirst chain: [RedoRecord], materialized cached: (lsn: LSN, bytes: [UInt8])?,
                              complete: LSN, redo: any Redo, stats: inout ReadStats) throws -> [UInt8]? {
         guard let oldest = chain.last else { return cached?.bytes }
-        if chain[0].1.kind == .image { return chain[0].1.bytes }
-        if !oldest.1.startsChain, let cached {
+        if chain[0].value.kind == .image { return chain[0].value.bytes }
+        if !oldest.value.startsChain, let cached {
             // The materialized value is the base; the chain holds only what came after it.
             guard chain.count <= config.maxChainLength else {
                 throw StorageError(.unsupported, "reconstructing key \(key) needs \(chain.count) records, more than max_chain_length \(config.maxChainLength)", lsn: lsn)
             }
-            let records = chain.reversed().map { RedoRecord(lsn: $0.0, value: $0.1) }
+            let records = Array(chain.reversed())
             stats.recordsApplied += records.count
             let page = try redo.reconstruct(key: key, lsn: lsn, base: (cached.lsn, cached.bytes), records: records)
-            remember(key, lsn: lsn, newest: chain[0].0, complete: complete, page)
+            remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page)
             return page
         }
-        guard oldest.1.startsChain else {
-            throw StorageError(.notFound, "no base image for key \(key): the oldest record, at LSN \(oldest.0), does not initialize the value", lsn: lsn)
+        guard oldest.value.startsChain else {
+            throw StorageError(.notFound, "no base image for key \(key): the oldest record, at LSN \(oldest.lsn), does not initialize the value", lsn: lsn)
         }
         guard chain.count <= config.maxChainLength + 1 else {
             throw StorageError(.unsupported, "reconstructing key \(key) needs \(chain.count) records, more than max_chain_length \(config.maxChainLength)", lsn: lsn)
         }
-        var records: [RedoRecord] = []
-        records.reserveCapacity(chain.count)
         var base: (lsn: LSN, bytes: [UInt8])?
-        for (i, (l, v)) in chain.enumerated().reversed() {
-            if i == chain.count - 1 && v.kind == .image { base = (l, v.bytes) } else { records.append(RedoRecord(lsn: l, value: v)) }
+        var records: [RedoRecord]
+        if oldest.value.kind == .image {
+            base = (oldest.lsn, oldest.value.bytes)
+            records = Array(chain.dropLast().reversed())
+        } else {
+            records = Array(chain.reversed())
         }
         stats.recordsApplied += records.count
         let page = try redo.reconstruct(key: key, lsn: lsn, base: base, records: records)
-        remember(key, lsn: lsn, newest: chain[0].0, complete: complete, page)
+        remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page)
         return page
     }
 

@@ -110,14 +110,17 @@ enum HeapRedo {
     /// in scratch memory and hands the finished bytes to `body`.
     ///
     /// `fill` writes the bytes that follow the 23-byte fixed header at the pointer it is given and
-    /// returns how many it wrote; the fixed header starts zeroed.
+    /// returns how many it wrote; the fixed header starts zeroed. `capacity` bounds the whole tuple
+    /// (header included); callers that know the tuple's length pass it, so that the scratch of a
+    /// small tuple is on the stack instead of one heap allocation per tuple.
     private static func withNewTuple<R>(
         _ what: String,
+        capacity: Int = Page.size,
         fill: (UnsafeMutableRawPointer) throws -> Int,
         header: (HeapTuple) -> Void,
         _ body: (UnsafeRawBufferPointer) throws -> R
     ) throws -> R {
-        try withUnsafeTemporaryAllocation(byteCount: Page.size, alignment: 8) { scratch in
+        try withUnsafeTemporaryAllocation(byteCount: capacity, alignment: 8) { scratch in
             let base = scratch.baseAddress!
             base.initializeMemory(as: UInt8.self, repeating: 0, count: HeapTuple.headerSize)
             let bodyLength = try fill(base + HeapTuple.headerSize)
@@ -169,7 +172,7 @@ enum HeapRedo {
         guard body.count > 0, HeapTuple.headerSize + body.count <= HeapTuple.maxSize else {
             throw RedoError.malformed(what, "tuple body of \(body.count) bytes")
         }
-        try withNewTuple(what, fill: { put(body, $0) }, header: { t in
+        try withNewTuple(what, capacity: HeapTuple.headerSize + body.count, fill: { put(body, $0) }, header: { t in
             t.infomask2 = infomask2
             t.infomask = infomask
             t.hoff = Int(hoff)
@@ -291,7 +294,7 @@ enum HeapRedo {
             }
         }
 
-        try withNewTuple(what, fill: { out in
+        try withNewTuple(what, capacity: HeapTuple.headerSize + tupleLength + prefix + suffix, fill: { out in
             var n = 0
             if prefix > 0, let old {
                 n += put(try data.bytes(bitmapLength), out)
@@ -504,7 +507,7 @@ enum HeapRedo {
             guard HeapTuple.headerSize + length <= HeapTuple.maxSize else {
                 throw RedoError.malformed(what, "tuple of \(HeapTuple.headerSize + length) bytes")
             }
-            try withNewTuple(what, fill: { put(body, $0) }, header: { t in
+            try withNewTuple(what, capacity: HeapTuple.headerSize + length, fill: { put(body, $0) }, header: { t in
                 t.infomask2 = infomask2
                 t.infomask = infomask
                 t.hoff = Int(hoff)

@@ -13,9 +13,9 @@ final class InMemoryLayerRaceTests: XCTestCase {
         // The freeze lands exactly between collect's check for frozen contents and its read.
         InMemoryLayer.betweenFrozenCheckAndLiveRead = { $0.freeze(endLSN: LSN(17)) }
         defer { InMemoryLayer.betweenFrozenCheckAndLiveRead = nil }
-        var out: [(LSN, Value)] = []
+        var out: [RedoRecord] = []
         XCTAssertTrue(layer.collect(key, floor: nil, ceiling: .max, into: &out), "the image starts the chain")
-        XCTAssertEqual(out.map(\.0), [LSN(16), LSN(8)])
+        XCTAssertEqual(out.map(\.lsn), [LSN(16), LSN(8)])
         XCTAssertEqual(layer.endLSN, LSN(17))
     }
 }
@@ -45,9 +45,9 @@ final class ArenaPageSupplyTests: XCTestCase {
             lsn += 8
         }
         for (key, bytes) in expected {
-            var out: [(LSN, Value)] = []
+            var out: [RedoRecord] = []
             XCTAssertTrue(layer.collect(key, floor: nil, ceiling: .max, into: &out))
-            XCTAssertEqual(out.first?.1.bytes, bytes, "key \(key)")
+            XCTAssertEqual(out.first?.value.bytes, bytes, "key \(key)")
         }
     }
 }
