@@ -16,7 +16,8 @@
 #    connections is reported too. MB/s = (Y - X) / seconds. A second row compares ours with the
 #    standby's replay rate once it accepts connections (its startup left out), for information.
 # Ours and the standby alternate REPS times; `sync` runs (untimed) after each so that neither pays
-# for the other's dirty pages.
+# for the other's dirty pages. The primary's autovacuum is turned off once the capture is done, so
+# that the primary sits idle while they run.
 #
 #   BENCH_DIR        work directory (default /tmp/pageserver-bench-ingest; removed at the end)
 #   REPS             repetitions of each contender (default 5: the per-repetition ratio spreads
@@ -145,6 +146,17 @@ def lsn(s):
     hi, lo = s.split('/'); return int(hi, 16) << 32 | int(lo, 16)
 print(round((lsn('$end_lsn') - lsn('$start_lsn')) / 1e6, 1))")
 echo "WAL: $start_lsn .. $end_lsn ($wal_mb MB, segments $first_seg..$last_seg)"
+
+# The primary stays up (the standby streams from it) but must sit idle while the contenders run:
+# right after pgbench, autovacuum would analyze and vacuum the tables for a while, taking CPU from
+# whichever contender runs then (on 2 cores it costs our ingest, which keeps both cores busy, more
+# than the standby's single replay process). So autovacuum is turned off and its workers stopped.
+psql_p -c "ALTER SYSTEM SET autovacuum = off" -c "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 600); do
+  psql_p -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'" >/dev/null
+  [ "$(psql_p -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 0 ] && break
+  sleep 0.1
+done
 echo "{\"bench\": \"ingest_capture\", \"start_lsn\": \"$start_lsn\", \"end_lsn\": \"$end_lsn\", \"scale\": $scale, \"pgbench_seconds\": $seconds, \"clients\": $clients}" >> "$out"
 
 run_ours() {
