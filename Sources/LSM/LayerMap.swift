@@ -86,8 +86,9 @@ struct PlannedEntry {
 struct LookupState {
     var key: Key
     var lsn: LSN
-    /// Values from in-memory layers, newest first.
-    var memoryValues: [RedoRecord] = []
+    /// The lookup's values, newest first: those of the in-memory layers (gathered while planning),
+    /// then those of `planned`, appended by `TimelineStore.get` once their data blocks are read.
+    var chain: [RedoRecord] = []
     /// Entries chosen from layer files, newest first (the base image, if any, last).
     var planned: [PlannedEntry] = []
     var done = false
@@ -142,12 +143,12 @@ extension LayerMap {
             let materialized = states[s].floor
             if open.startLSN <= lsn {
                 states[s].layersVisited += 1
-                states[s].done = open.collect(key, floor: materialized, ceiling: lsn, into: &states[s].memoryValues)
+                states[s].done = open.collect(key, floor: materialized, ceiling: lsn, into: &states[s].chain)
             }
             if !states[s].done {
                 for layer in frozen.reversed() where layer.startLSN <= lsn {
                     states[s].layersVisited += 1
-                    if layer.collect(key, floor: materialized, ceiling: lsn, into: &states[s].memoryValues) {
+                    if layer.collect(key, floor: materialized, ceiling: lsn, into: &states[s].chain) {
                         states[s].done = true
                         break
                     }

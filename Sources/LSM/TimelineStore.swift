@@ -518,8 +518,8 @@ public final class TimelineStore: Sendable {
         } catch {
             return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
         }
-        // Gather each lookup's chain; those with no base of their own go on to the ancestor.
-        // Each lookup's chain (newest first), built in its `memoryValues`.
+        // Complete each lookup's chain with its planned values; those with no base of their own go on
+        // to the ancestor.
         var next = 0
         for n in states.indices {
             if let refused = states[n].refused {
@@ -539,7 +539,7 @@ public final class TimelineStore: Sendable {
                 // A value that fills its block (an image alone in its block) shares the block's
                 // storage instead of being copied.
                 let bytes = e.valueOffset == 0 && end == block.count ? block : Array(block[Int(e.valueOffset)..<end])
-                states[n].memoryValues.append(RedoRecord(lsn: e.lsn, value: Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
+                states[n].chain.append(RedoRecord(lsn: e.lsn, value: Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
             }
             states[n].planned = []
         }
@@ -551,7 +551,7 @@ public final class TimelineStore: Sendable {
             for (n, s) in states.enumerated() where s.failure == nil {
                 // A key missing from an image layer of this store had no value of its own there
                 // (a branch's image layers hold only the keys it wrote), so it goes on too.
-                let hasBase = (s.memoryValues.last?.value.startsChain ?? false) || s.base != nil
+                let hasBase = (s.chain.last?.value.startsChain ?? false) || s.base != nil
                 if !hasBase {
                     asks.append((s.key, min(s.lsn, ancestor.lsn)))
                     askers.append(n)
@@ -579,14 +579,14 @@ public final class TimelineStore: Sendable {
                 case .success(let bytes): if let bytes { cached = (min(lsn, ancestor!.lsn), bytes) }
                 }
             }
-            return Result { try reconstruct(key: key, lsn: lsn, newestFirst: states[n].memoryValues, materialized: cached, complete: complete,
+            return Result { try reconstruct(key: key, lsn: lsn, newestFirst: states[n].chain, materialized: cached, complete: complete,
                                             redo: redo, stats: &stats) }
                 .mapError { $0 as? StorageError ?? StorageError(.redo, "\($0)", lsn: lsn) }
         }
         // Lookups whose newest value is a record need redo, the one costly step left; a batch with
         // several of them spreads them over `redoThreads` threads (a pipelining client's batch would
         // otherwise use one core). The others are answered here.
-        func needsRedo(_ n: Int) -> Bool { states[n].failure == nil && !(states[n].memoryValues.first.map { $0.value.kind == .image } ?? true) }
+        func needsRedo(_ n: Int) -> Bool { states[n].failure == nil && !(states[n].chain.first.map { $0.value.kind == .image } ?? true) }
         var results: [Result<[UInt8]?, StorageError>]
         let parallel = config.redoThreads > 1 && states.count >= config.parallelRedoMinimum
         let needsRedo = parallel ? states.indices.filter(needsRedo) : []
@@ -634,14 +634,14 @@ public final class TimelineStore: Sendable {
         }
         var states = [state]
         do { try snapshot.plan(&states, fetcher: context.fetcher) } catch { return (lines + ["plan failed: \(error)"]).joined(separator: "\n") }
-        for r in states[0].memoryValues {
+        for r in states[0].chain {
             lines.append("  \(r.lsn) \(r.value.kind)\(r.value.willInit ? " will-init" : "") \(r.value.bytes.count) bytes, in memory")
         }
         for p in states[0].planned {
             let e = p.entry
             lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(p.layer.descriptor.fileName)")
         }
-        if states[0].memoryValues.isEmpty && states[0].planned.isEmpty { lines.append("  (no values)") }
+        if states[0].chain.isEmpty && states[0].planned.isEmpty { lines.append("  (no values)") }
         return lines.joined(separator: "\n")
     }
 
