@@ -94,6 +94,32 @@ public final class LayerFile: Sendable {
 
     deinit { close(fd) }
 
+    /// Reads the file's index blocks (one read of the index region) and puts each that verifies into
+    /// `cache`, as the read path would on first use, until `budgetBytes` of payload are in. Returns
+    /// the payload bytes added. Best effort: a block that does not verify, or a failed read, is left
+    /// for the read path, which reports it when a lookup needs it.
+    func preloadIndex(into cache: BlockCache, budgetBytes: Int) -> Int {
+        let start = footer.indexOffset, end = footer.directory.offset
+        guard end > start, end - start <= UInt64(Int32.max) else { return 0 }
+        guard let fd = try? FileOps.openForRead(path) else { return 0 }
+        defer { close(fd) }
+        var region = [UInt8](repeating: 0, count: Int(end - start))
+        let read = (try? region.withUnsafeMutableBytes { try FileOps.readAll(fd, into: $0, at: start, path: path) }) ?? 0
+        guard read == region.count else { return 0 }
+        var added = 0
+        region.withUnsafeBytes { all in
+            for line in directory.lines where added < budgetBytes {
+                // A file opened now has a new file id, so none of its blocks is cached yet.
+                let key = BlockCache.CacheKey(fileId: fileId, offset: line.handle.offset)
+                let raw = UnsafeRawBufferPointer(rebasing: all[Int(line.handle.offset - start)..<Int(line.handle.end - start)])
+                guard let payload = try? BlockTrailer.decodeBlock(raw, file: path, offset: line.handle.offset) else { continue }
+                cache.insert(key, payload)
+                added += payload.count + 64
+            }
+        }
+        return added
+    }
+
     /// True when `key` is inside the key range this layer covers.
     @inline(__always)
     func covers(_ key: Key) -> Bool { header.entryCount > 0 && key >= header.keyMin && key <= header.keyMax }

@@ -24,6 +24,11 @@ public struct StoreConfig: Sendable {
     /// least `parallelRedoMinimum` of its lookups need redo; 1 reconstructs on the caller's thread.
     public var redoThreads = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     public var parallelRedoMinimum = 4
+    /// On open, read every layer file's index blocks into the index cache, while the cache is under
+    /// 3/4 full (`LayerFile.preloadIndex`). A lookup that misses every cache then costs one read
+    /// (its data block) instead of two. RocksDB does the same by default: it loads each table's index
+    /// when it opens the table.
+    public var preloadIndexBlocks = true
     /// Test seam: called at each step of a flush; throwing simulates a crash at that step.
     public var failpoint: (@Sendable (FlushStep) throws -> Void)?
     /// Test seam: called at each step of a compaction or GC (Compaction.swift).
@@ -187,6 +192,13 @@ public final class TimelineStore: Sendable {
                 throw StorageError.corruption("layer file is \(file.fileSize) bytes, the manifest says \(entry.fileSize)", file: path, offset: nil)
             }
             chunks[entry.layer.chunk, default: .init()].add(file)
+        }
+        if config.preloadIndexBlocks {
+            let budget = context.indexCache.capacityBytes / 4 * 3
+            var loaded = context.indexCache.usedBytes
+            for file in chunks.values.flatMap({ $0.images.reversed() + $0.deltas.reversed() }) where loaded < budget {
+                loaded += file.preloadIndex(into: context.indexCache, budgetBytes: budget - loaded)
+            }
         }
         let open = InMemoryLayer(startLSN: manifest.diskConsistentLSN.advanced(by: 1))
         if let ancestor, manifest.diskConsistentLSN < ancestor.lsn {
