@@ -95,8 +95,8 @@ public final class LayerFile: Sendable {
     deinit { close(fd) }
 
     /// Reads the file's index blocks (one read of the index region) and puts each that verifies into
-    /// `cache`, as the read path would on first use, until `budgetBytes` of payload are in. Returns
-    /// the payload bytes added. Best effort: a block that does not verify, or a failed read, is left
+    /// `cache`, as the read path would on first use, until `budgetBytes` are in (counted as the cache
+    /// counts them). Returns the bytes added. Best effort: a block that does not verify, or a failed read, is left
     /// for the read path, which reports it when a lookup needs it.
     func preloadIndex(into cache: BlockCache, budgetBytes: Int) -> Int {
         let start = footer.indexOffset, end = footer.directory.offset

@@ -194,6 +194,7 @@ public final class TimelineStore: Sendable {
             chunks[entry.layer.chunk, default: .init()].add(file)
         }
         if config.preloadIndexBlocks {
+            // Each chunk's newest layers first: they are what reads at recent LSNs visit.
             let budget = context.indexCache.capacityBytes / 4 * 3
             var loaded = context.indexCache.usedBytes
             for file in chunks.values.flatMap({ $0.images.reversed() + $0.deltas.reversed() }) where loaded < budget {
