@@ -1,14 +1,27 @@
 import Synchronization
 
-/// A bounded cache of verified, decompressed blocks, keyed by (open file, block offset).
+/// A bounded cache of verified blocks, keyed by (open file, block offset).
 ///
 /// Design: `shardCount` shards, each a CLOCK ring under its own mutex, so that concurrent lookups
-/// rarely contend. Invariants:
+/// rarely contend. Two caches can share one budget through a `CacheLoan`: the borrower (the
+/// compressed tier of the data cache) charges the bytes it holds to the loan, and the lender (the
+/// decoded tier) has that much less room. So the compressed tier costs the decoded tier only what
+/// it actually holds. Invariants:
 /// 1. Only blocks whose checksum verified are inserted (callers insert after `decodeBlock`).
-/// 2. The bytes held by a shard never exceed `capacityBytes / shardCount` after an insert returns
-///    (a block larger than a shard's budget is not cached at all).
+/// 2. The bytes held by a shard never exceed `(capacityBytes - loan) / shardCount` after an insert
+///    returns, the loan read at that insert (a block larger than that is not cached at all). A
+///    lender's shard that a grown loan has put over budget shrinks at its next insert.
 /// 3. A file's blocks are keyed by a process-unique file id, never reused, so a deleted file's
 ///    stale blocks cannot be found by a new file; they age out.
+/// 4. A borrower's loan equals the bytes its shards hold (updated after each insert or clear).
+
+/// Bytes that one cache holds out of another's capacity (see `BlockCache`).
+public final class CacheLoan: Sendable {
+    let bytes = Atomic<Int>(0)
+    public init() {}
+    public var borrowedBytes: Int { bytes.load(ordering: .relaxed) }
+}
+
 public final class BlockCache: Sendable {
     public struct CacheKey: Hashable, Sendable {
         public var fileId: UInt64
@@ -20,15 +33,16 @@ public final class BlockCache: Sendable {
         }
     }
 
-    private struct Slot {
-        var key: CacheKey
-        var bytes: [UInt8]
-        var referenced: Bool
-    }
-
+    /// One CLOCK ring as parallel arrays: the sweep reads only `referenced` and `sizes`, never the
+    /// blocks themselves, so passing over a slot touches no block's memory (with an array of slots,
+    /// each slot the hand passed was copied out, retaining its block: a cache miss per slot).
     private struct Shard: ~Copyable {
         var map: [CacheKey: Int] = [:]
-        var slots: [Slot?] = []
+        var keys: [CacheKey] = []
+        var blocks: [[UInt8]] = []
+        /// Charged bytes of the slot's block; 0 marks a free slot.
+        var sizes: [Int] = []
+        var referenced: [Bool] = []
         var free: [Int] = []
         var hand = 0
         var usedBytes = 0
@@ -51,8 +65,15 @@ public final class BlockCache: Sendable {
     /// `minimumShardBytes`: the data cache keeps 4 MiB so that a shard still holds several large
     /// blocks; the index cache, whose blocks are 4 KiB and few of them hot, takes smaller shards and
     /// more of them, so that concurrent lookups of hot index blocks rarely meet on one lock.
-    public init(capacityBytes: Int, minimumShardBytes: Int = 4 << 20) {
+    /// The loan this cache's capacity shrinks by (it is the lender), or nil.
+    private let lentTo: CacheLoan?
+    /// The loan this cache's bytes are charged to (it is the borrower), or nil.
+    private let borrowedFrom: CacheLoan?
+
+    public init(capacityBytes: Int, minimumShardBytes: Int = 4 << 20, lending: CacheLoan? = nil, borrowing: CacheLoan? = nil) {
         self.capacityBytes = capacityBytes
+        self.lentTo = lending
+        self.borrowedFrom = borrowing
         var shards = 256
         while shards > 1 && capacityBytes / shards < minimumShardBytes { shards /= 2 }
         self.shardCount = shards
@@ -72,40 +93,58 @@ public final class BlockCache: Sendable {
                 return nil
             }
             s.hits += 1
-            s.slots[i]!.referenced = true
-            return s.slots[i]!.bytes
+            s.referenced[i] = true
+            return s.blocks[i]
         }
     }
 
     public func insert(_ key: CacheKey, _ bytes: [UInt8]) {
         let size = bytes.count + 64
-        guard size <= shardCapacityBytes else { return }
-        let cap = shardCapacityBytes
-        shards[shard(key)].lock.withLock { s in
-            if s.map[key] != nil { return }
-            while s.usedBytes + size > cap {
+        var cap = shardCapacityBytes
+        if let lentTo { cap = max(0, capacityBytes - lentTo.bytes.load(ordering: .relaxed)) / shardCount }
+        guard size <= cap else { return }
+        let change = shards[shard(key)].lock.withLock { s -> Int in
+            if s.map[key] != nil { return 0 }
+            let before = s.usedBytes
+            let count = s.sizes.count
+            var steps = 0
+            while s.usedBytes + size > cap && steps < 2 * count + 1 {
                 // CLOCK: clear reference bits until an unreferenced slot comes round, then evict it.
-                if s.slots.isEmpty { break }
-                s.hand %= s.slots.count
-                if var slot = s.slots[s.hand] {
-                    if slot.referenced {
-                        slot.referenced = false
-                        s.slots[s.hand] = slot
+                if s.hand >= count { s.hand = 0 }
+                let h = s.hand
+                if s.sizes[h] != 0 {
+                    if s.referenced[h] {
+                        s.referenced[h] = false
                     } else {
-                        s.map[slot.key] = nil
-                        s.usedBytes -= slot.bytes.count + 64
-                        s.slots[s.hand] = nil
-                        s.free.append(s.hand)
+                        s.map[s.keys[h]] = nil
+                        s.usedBytes -= s.sizes[h]
+                        s.sizes[h] = 0
+                        s.blocks[h] = []
+                        s.free.append(h)
                     }
                 }
                 s.hand += 1
+                steps += 1
             }
-            let slot = Slot(key: key, bytes: bytes, referenced: false)
             let i: Int
-            if let f = s.free.popLast() { s.slots[f] = slot; i = f } else { s.slots.append(slot); i = s.slots.count - 1 }
+            if let f = s.free.popLast() {
+                i = f
+                s.keys[i] = key
+                s.blocks[i] = bytes
+                s.sizes[i] = size
+                s.referenced[i] = false
+            } else {
+                i = count
+                s.keys.append(key)
+                s.blocks.append(bytes)
+                s.sizes.append(size)
+                s.referenced.append(false)
+            }
             s.map[key] = i
             s.usedBytes += size
+            return s.usedBytes - before
         }
+        if let borrowedFrom, change != 0 { borrowedFrom.bytes.add(change, ordering: .relaxed) }
     }
 
     public var usedBytes: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.usedBytes } } }
@@ -115,11 +154,13 @@ public final class BlockCache: Sendable {
     /// Drops every block (benchmarks use it to measure cold reads).
     public func clear() {
         for s in shards {
-            s.lock.withLock {
-                let (hits, misses) = ($0.hits, $0.misses)
+            let freed = s.lock.withLock {
+                let (hits, misses, used) = ($0.hits, $0.misses, $0.usedBytes)
                 $0 = Shard()
                 ($0.hits, $0.misses) = (hits, misses)
+                return used
             }
+            if let borrowedFrom, freed != 0 { borrowedFrom.bytes.subtract(freed, ordering: .relaxed) }
         }
     }
 }

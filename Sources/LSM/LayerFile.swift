@@ -141,11 +141,16 @@ struct FetchedBlock {
     var bytes: [UInt8]
 }
 
-/// Reads blocks for many lookups at once: cache first, then one batch of reads for every miss
+/// Reads blocks for many lookups at once: caches first, then one batch of reads for every miss
 /// (one io_uring submission), each block verified before use and then cached.
+///
+/// A data block is looked up in `dataCache` (decoded), then in `compressedDataCache` (the block's
+/// bytes as on disk, verified and decoded again on each hit), then read. A block read from disk goes
+/// into `dataCache`, and also into `compressedDataCache` when it is at most half its decoded size.
 struct BlockFetcher {
     let io: any BlockIO
     let dataCache: BlockCache
+    let compressedDataCache: BlockCache
     let indexCache: BlockCache
     let buffers: AlignedBufferPool
     static let directAlignment = AlignedBufferPool.alignment
@@ -159,6 +164,10 @@ struct BlockFetcher {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if let b = (r.isIndex ? indexCache : dataCache).get(key) {
                 out[i] = FetchedBlock(bytes: b)
+            } else if !r.isIndex, let raw = compressedDataCache.get(key) {
+                let payload = try raw.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: r.layer.path, offset: r.handle.offset) }
+                dataCache.insert(key, payload)
+                out[i] = FetchedBlock(bytes: payload)
             } else if let n = missKeys.firstIndex(of: key) {
                 // Batches are small (a pipeline's worth), so a linear scan beats a hash map here.
                 duplicates.append((i, missIndex[n]))
@@ -207,7 +216,15 @@ struct BlockFetcher {
             }
             let raw = UnsafeRawBufferPointer(start: arena + spans[n].arenaOffset + skip, count: Int(r.handle.size))
             let payload = try BlockTrailer.decodeBlock(raw, file: r.layer.path, offset: r.handle.offset)
-            (r.isIndex ? indexCache : dataCache).insert(.init(fileId: r.layer.fileId, offset: r.handle.offset), payload)
+            let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
+            if r.isIndex {
+                indexCache.insert(key, payload)
+            } else {
+                dataCache.insert(key, payload)
+                if raw.count * 2 <= payload.count && compressedDataCache.capacityBytes > 0 {
+                    compressedDataCache.insert(key, Array(raw))
+                }
+            }
             out[i] = FetchedBlock(bytes: payload)
         }
         for (i, j) in duplicates { out[i] = out[j] }

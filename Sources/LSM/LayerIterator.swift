@@ -75,6 +75,6 @@ extension BlockFetcher {
     /// A fetcher over `io` whose caches keep nothing (a zero-byte cache refuses every insert).
     static func uncached(io: any BlockIO, buffers: AlignedBufferPool) -> BlockFetcher {
         let none = BlockCache(capacityBytes: 0)
-        return BlockFetcher(io: io, dataCache: none, indexCache: none, buffers: buffers)
+        return BlockFetcher(io: io, dataCache: none, compressedDataCache: none, indexCache: none, buffers: buffers)
     }
 }

@@ -45,7 +45,15 @@ public enum FlushStep: String, Sendable, CaseIterable {
 /// What a store shares with the other stores of the process: the IO engine and the caches.
 public final class StorageContext: Sendable {
     public let io: any BlockIO
+    /// Decoded data blocks: a hit is a copy-free array share.
     public let dataCache: BlockCache
+    /// Data blocks as they are on disk (verified, still compressed), for blocks that compress at
+    /// least 2:1. A read that misses `dataCache` but hits here decompresses instead of reading from
+    /// the file: where the database outgrows the decoded tier, this tier still holds most of it (an
+    /// 8 KiB heap page image is a few hundred bytes on disk). It holds at most
+    /// `compressedCacheFraction` of the data cache's bytes, and `dataCache` has the rest of the
+    /// budget: what this tier does not use stays with the decoded tier (`CacheLoan`).
+    public let compressedDataCache: BlockCache
     public let indexCache: BlockCache
     /// Open layer files with O_DIRECT (data reads bypass the kernel's page cache).
     public let directIO: Bool
@@ -55,10 +63,14 @@ public final class StorageContext: Sendable {
     let buffers = AlignedBufferPool()
     private let nextStoreId = Atomic<UInt32>(0)
 
+    /// `dataCacheBytes` is the whole budget for data blocks, decoded and compressed together.
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
-                materializedCacheBytes: Int = 64 << 20) {
+                materializedCacheBytes: Int = 64 << 20, compressedCacheFraction: Double = 0.5) {
         self.io = io
-        self.dataCache = BlockCache(capacityBytes: dataCacheBytes, minimumShardBytes: 1 << 20)
+        let compressedBytes = Int(Double(max(0, dataCacheBytes)) * min(max(compressedCacheFraction, 0), 1))
+        let loan = CacheLoan()
+        self.dataCache = BlockCache(capacityBytes: dataCacheBytes, minimumShardBytes: 1 << 20, lending: loan)
+        self.compressedDataCache = BlockCache(capacityBytes: compressedBytes, minimumShardBytes: 256 << 10, borrowing: loan)
         self.indexCache = BlockCache(capacityBytes: indexCacheBytes, minimumShardBytes: 256 << 10)
         self.directIO = directIO
         self.materialized = MaterializedPageCache(capacity: materializedCacheBytes / 8192)
@@ -67,7 +79,8 @@ public final class StorageContext: Sendable {
     /// A number that tells this process's stores apart in the shared caches.
     func newStoreId() -> UInt32 { nextStoreId.add(1, ordering: .relaxed).newValue }
 
-    var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, indexCache: indexCache, buffers: buffers) }
+    var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, compressedDataCache: compressedDataCache,
+                                               indexCache: indexCache, buffers: buffers) }
 }
 
 /// The values of one timeline: an in-memory layer in front of immutable layer files, listed by a

@@ -23,7 +23,8 @@ final class Repository: Sendable {
         self.metrics = metrics
         self.context = StorageContext(io: makeBlockIO(config.ioEngine), dataCacheBytes: config.pageCacheBytes,
                                       indexCacheBytes: config.indexCacheBytes, directIO: config.directIO,
-                                      materializedCacheBytes: config.materializedPageCacheBytes)
+                                      materializedCacheBytes: config.materializedPageCacheBytes,
+                                      compressedCacheFraction: config.compressedPageCacheShare)
     }
 
     var tenantsDirectory: String { config.workdir + "/tenants" }

@@ -18,6 +18,10 @@ struct ServerConfig: Sendable {
     var ioEngine: IOEngineKind = .ioUring
     /// Data block cache ("page cache") size.
     var pageCacheBytes = 512 << 20
+    /// At most this share of `pageCacheBytes` holds data blocks as they are on disk (compressed);
+    /// the decoded blocks have the rest, and what the compressed ones do not use
+    /// (StorageContext.compressedDataCache).
+    var compressedPageCacheShare = 0.5
     var indexCacheBytes = 128 << 20
     var directIO = false
     /// How long a GetPage above last_record_lsn waits for the WAL.
@@ -62,7 +66,7 @@ struct ServerConfig: Sendable {
 
     static let knownKeys: Set<String> = [
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
-        "page_cache_size", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length", "redo_threads",
+        "page_cache_size", "compressed_page_cache_share", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length", "redo_threads",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_threads",
         "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
         "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
@@ -110,6 +114,12 @@ struct ServerConfig: Sendable {
             ioEngine = k
         }
         if let v = try size("page_cache_size") { pageCacheBytes = v }
+        if let v = table["compressed_page_cache_share"] {
+            guard let d = v.double ?? v.int.map(Double.init), d >= 0, d <= 1 else {
+                throw ConfigError("config file \(path): compressed_page_cache_share must be a number from 0 to 1")
+            }
+            compressedPageCacheShare = d
+        }
         if let v = try size("index_cache_size") { indexCacheBytes = v }
         if let v = table["direct_io"] {
             guard let b = v.bool else { throw ConfigError("config file \(path): direct_io must be true or false") }

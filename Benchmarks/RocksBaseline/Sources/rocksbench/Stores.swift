@@ -69,7 +69,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
     let pageSource: any PageSource
 
     init(directory: String, cacheBytes: Int, backgroundFlush: Bool) throws {
-        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes)
+        let fraction = ProcessInfo.processInfo.environment["OURS_COMPRESSED_FRACTION"].flatMap(Double.init) ?? 0.5
+        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, compressedCacheFraction: fraction)
         var config = StoreConfig()
         config.backgroundFlush = backgroundFlush
         config.maxChainLength = benchMaxChainLength

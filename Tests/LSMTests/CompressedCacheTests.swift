@@ -1,0 +1,92 @@
+import Foundation
+@testable import LSM
+import Synchronization
+import XCTest
+
+/// The data cache's two tiers: decoded blocks, and blocks as on disk (`compressedDataCache`) for
+/// those that compress at least 2:1, both within one budget (`CacheLoan`).
+final class CompressedCacheTests: XCTestCase {
+    /// Counts the reads that reach the real engine underneath.
+    private final class CountingIO: BlockIO {
+        let inner = PreadEngine()
+        let reads = Atomic<Int>(0)
+        var kind: IOEngineKind { inner.kind }
+        func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
+            reads.add(ops.count, ordering: .relaxed)
+            inner.read(ops)
+        }
+    }
+
+    func testLoanShrinksTheLenderAndIsReturnedOnClear() {
+        let loan = CacheLoan()
+        let lender = BlockCache(capacityBytes: 64 << 10, minimumShardBytes: 64 << 10, lending: loan)
+        let borrower = BlockCache(capacityBytes: 32 << 10, minimumShardBytes: 32 << 10, borrowing: loan)
+        for i in 0..<16 {
+            lender.insert(.init(fileId: 1, offset: UInt64(i) * 4096), [UInt8](repeating: 1, count: 4000))
+        }
+        XCTAssertLessThanOrEqual(lender.usedBytes, 64 << 10)
+        XCTAssertGreaterThan(lender.usedBytes, 48 << 10, "the lender filled its whole budget while nothing was lent")
+        for i in 0..<6 {
+            borrower.insert(.init(fileId: 2, offset: UInt64(i) * 4096), [UInt8](repeating: 2, count: 4000))
+        }
+        XCTAssertEqual(loan.borrowedBytes, borrower.usedBytes, "the loan is what the borrower holds")
+        XCTAssertGreaterThan(loan.borrowedBytes, 20 << 10)
+        // The lender's next insert brings it under its capacity minus the loan.
+        lender.insert(.init(fileId: 1, offset: 1 << 30), [UInt8](repeating: 3, count: 4000))
+        XCTAssertLessThanOrEqual(lender.usedBytes + loan.borrowedBytes, 64 << 10, "both tiers together stay within one budget")
+        XCTAssertNotNil(lender.get(.init(fileId: 1, offset: 1 << 30)), "the new block is in")
+        // The borrower never exceeds its own cap, whatever the lender has.
+        for i in 0..<40 {
+            borrower.insert(.init(fileId: 3, offset: UInt64(i) * 4096), [UInt8](repeating: 4, count: 4000))
+        }
+        XCTAssertLessThanOrEqual(borrower.usedBytes, 32 << 10)
+        XCTAssertEqual(loan.borrowedBytes, borrower.usedBytes)
+        borrower.clear()
+        XCTAssertEqual(loan.borrowedBytes, 0, "clearing the borrower returns the loan")
+    }
+
+    func testReadsThatMissTheDecodedTierAreServedFromTheCompressedTier() throws {
+        let seed = testSeed("CompressedCacheTests")
+        var rng = SeededRandom(seed: seed)
+        let dir = makeTempDir("compressed-cache")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        var model = Model()
+        var lsn: UInt64 = 0x1000
+        do {
+            let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
+            // 400 page images that compress well (mostly zeros), one data block each.
+            for block in 0..<400 {
+                lsn += 8
+                var page = [UInt8](repeating: 0, count: 8192)
+                for i in 0..<64 { page[100 + i] = UInt8.random(in: 0...255, using: &rng) }
+                let key = relKey(rel: 16384, block: UInt32(block))
+                try store.put(key, LSN(lsn), .image(page))
+                model.put(key, LSN(lsn), .image(page))
+            }
+            store.advance(to: LSN(lsn))
+            _ = try store.checkpoint()
+            store.close()
+        }
+        // A decoded tier far smaller than the 3.2 MB of pages; compressed, they all fit.
+        let io = CountingIO()
+        let context = StorageContext(io: io, dataCacheBytes: 1 << 20, materializedCacheBytes: 0, compressedCacheFraction: 0.5)
+        let store = try TimelineStore.open(directory: dir, config: config, context: context)
+        defer { store.close() }
+        let keys = (0..<400).map { relKey(rel: 16384, block: UInt32($0)) }
+        for key in keys {
+            XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), first pass")
+        }
+        XCTAssertGreaterThan(context.compressedDataCache.usedBytes, 0, "seed \(seed): blocks read from disk went into the compressed tier")
+        XCTAssertLessThanOrEqual(context.dataCache.usedBytes + context.compressedDataCache.usedBytes, 1 << 20, "seed \(seed): one budget")
+        let readsAfterFirstPass = io.reads.load(ordering: .relaxed)
+        let compressedHitsBefore = context.compressedDataCache.hitCount
+        for key in keys.shuffled(using: &rng) {
+            XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), second pass")
+        }
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), readsAfterFirstPass, "seed \(seed): the second pass read nothing from the files")
+        XCTAssertGreaterThan(context.compressedDataCache.hitCount - compressedHitsBefore, 200,
+                             "seed \(seed): most of the second pass came from the compressed tier")
+    }
+}
