@@ -69,6 +69,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
     let pageSource: any PageSource
 
     init(directory: String, cacheBytes: Int, backgroundFlush: Bool) throws {
+        // The daemon's default share of the data cache for compressed blocks; OURS_COMPRESSED_FRACTION
+        // overrides it for A/B runs (0 turns the compressed tier off).
         let fraction = ProcessInfo.processInfo.environment["OURS_COMPRESSED_FRACTION"].flatMap(Double.init) ?? 0.5
         let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, compressedCacheFraction: fraction)
         var config = StoreConfig()
