@@ -65,6 +65,10 @@ public final class BlockCache: Sendable {
     /// `minimumShardBytes`: the data cache keeps 4 MiB so that a shard still holds several large
     /// blocks; the index cache, whose blocks are 4 KiB and few of them hot, takes smaller shards and
     /// more of them, so that concurrent lookups of hot index blocks rarely meet on one lock.
+    /// Set by the first insert that had to evict: the cache has been full.
+    private let evicted = Atomic<Bool>(false)
+    /// True once an insert has had to evict a block (the cache filled up at least once).
+    public var hasEvicted: Bool { evicted.load(ordering: .relaxed) }
     /// The loan this cache's capacity shrinks by (it is the lender), or nil.
     private let lentTo: CacheLoan?
     /// The loan this cache's bytes are charged to (it is the borrower), or nil.
@@ -98,6 +102,23 @@ public final class BlockCache: Sendable {
         }
     }
 
+    /// As `get`, and says whether the block had been hit since it was inserted or last reported so:
+    /// the second hit reports true and starts the count again. (The compressed tier promotes a
+    /// block to the decoded tier on every second hit, so that a block read once in a while does not
+    /// push a hot decoded one out.)
+    public func getCountingReuse(_ key: CacheKey) -> (bytes: [UInt8], reused: Bool)? {
+        shards[shard(key)].lock.withLock { s -> (bytes: [UInt8], reused: Bool)? in
+            guard let i = s.map[key] else {
+                s.misses += 1
+                return nil
+            }
+            s.hits += 1
+            let reused = s.referenced[i]
+            s.referenced[i] = !reused
+            return (s.blocks[i], reused)
+        }
+    }
+
     public func insert(_ key: CacheKey, _ bytes: [UInt8]) {
         let size = bytes.count + 64
         var cap = shardCapacityBytes
@@ -107,6 +128,7 @@ public final class BlockCache: Sendable {
             if s.map[key] != nil { return 0 }
             let before = s.usedBytes
             let count = s.sizes.count
+            if s.usedBytes + size > cap && !evicted.load(ordering: .relaxed) { evicted.store(true, ordering: .relaxed) }
             var steps = 0
             while s.usedBytes + size > cap && steps < 2 * count + 1 {
                 // CLOCK: clear reference bits until an unreferenced slot comes round, then evict it.

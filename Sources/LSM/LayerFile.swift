@@ -146,7 +146,13 @@ struct FetchedBlock {
 ///
 /// A data block is looked up in `dataCache` (decoded), then in `compressedDataCache` (the block's
 /// bytes as on disk, verified and decoded again on each hit), then read. A block read from disk goes
-/// into `dataCache`, and also into `compressedDataCache` when it is at most half its decoded size.
+/// into `dataCache`, and also into `compressedDataCache` when it is at most half its decoded size
+/// and `dataCache` has been full (until then the compressed tier stays empty and lends nothing, so a
+/// database that fits the decoded tier keeps all of it).
+/// A compressed hit goes into `dataCache` on every second hit only: a block read once in a while
+/// then costs a decompression but no eviction from the decoded tier (where the data outgrows the
+/// decoded tier, inserting every hit evicted a decoded block per read, and the churn of 8 KiB
+/// allocations showed in the profile).
 struct BlockFetcher {
     let io: any BlockIO
     let dataCache: BlockCache
@@ -164,9 +170,9 @@ struct BlockFetcher {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if let b = (r.isIndex ? indexCache : dataCache).get(key) {
                 out[i] = FetchedBlock(bytes: b)
-            } else if !r.isIndex, let raw = compressedDataCache.get(key) {
-                let payload = try raw.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: r.layer.path, offset: r.handle.offset) }
-                dataCache.insert(key, payload)
+            } else if !r.isIndex, let hit = compressedDataCache.getCountingReuse(key) {
+                let payload = try hit.bytes.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: r.layer.path, offset: r.handle.offset) }
+                if hit.reused { dataCache.insert(key, payload) }
                 out[i] = FetchedBlock(bytes: payload)
             } else if let n = missKeys.firstIndex(of: key) {
                 // Batches are small (a pipeline's worth), so a linear scan beats a hash map here.
@@ -221,7 +227,7 @@ struct BlockFetcher {
                 indexCache.insert(key, payload)
             } else {
                 dataCache.insert(key, payload)
-                if raw.count * 2 <= payload.count && compressedDataCache.capacityBytes > 0 {
+                if raw.count * 2 <= payload.count && compressedDataCache.capacityBytes > 0 && dataCache.hasEvicted {
                     compressedDataCache.insert(key, Array(raw))
                 }
             }

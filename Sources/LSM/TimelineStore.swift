@@ -52,7 +52,8 @@ public final class StorageContext: Sendable {
     /// the file: where the database outgrows the decoded tier, this tier still holds most of it (an
     /// 8 KiB heap page image is a few hundred bytes on disk). It holds at most
     /// `compressedCacheFraction` of the data cache's bytes, and `dataCache` has the rest of the
-    /// budget: what this tier does not use stays with the decoded tier (`CacheLoan`).
+    /// budget: what this tier does not use stays with the decoded tier (`CacheLoan`). Blocks enter
+    /// it only once the decoded tier has been full (see `BlockFetcher`).
     public let compressedDataCache: BlockCache
     public let indexCache: BlockCache
     /// Open layer files with O_DIRECT (data reads bypass the kernel's page cache).

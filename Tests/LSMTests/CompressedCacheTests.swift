@@ -45,6 +45,32 @@ final class CompressedCacheTests: XCTestCase {
         XCTAssertEqual(loan.borrowedBytes, 0, "clearing the borrower returns the loan")
     }
 
+    func testAStoreThatFitsTheDecodedTierLeavesTheCompressedTierEmpty() throws {
+        let seed = testSeed("CompressedCacheTests.fits")
+        var rng = SeededRandom(seed: seed)
+        let dir = makeTempDir("compressed-cache-fits")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        let store = try TimelineStore.open(directory: dir, config: config,
+                                           context: StorageContext(io: PreadEngine(), dataCacheBytes: 8 << 20, materializedCacheBytes: 0))
+        defer { store.close() }
+        var lsn: UInt64 = 0x1000
+        for block in 0..<100 {
+            lsn += 8
+            var page = [UInt8](repeating: 0, count: 8192)
+            for i in 0..<64 { page[100 + i] = UInt8.random(in: 0...255, using: &rng) }
+            try store.put(relKey(rel: 16384, block: UInt32(block)), LSN(lsn), .image(page))
+        }
+        store.advance(to: LSN(lsn))
+        _ = try store.checkpoint()
+        for _ in 0..<2 {
+            for block in 0..<100 { _ = try store.get(relKey(rel: 16384, block: UInt32(block)), at: LSN(lsn), redo: AppendRedo()) }
+        }
+        XCTAssertFalse(store.context.dataCache.hasEvicted, "seed \(seed)")
+        XCTAssertEqual(store.context.compressedDataCache.usedBytes, 0, "seed \(seed): nothing lent while the decoded tier has room")
+    }
+
     func testReadsThatMissTheDecodedTierAreServedFromTheCompressedTier() throws {
         let seed = testSeed("CompressedCacheTests")
         var rng = SeededRandom(seed: seed)
@@ -78,15 +104,21 @@ final class CompressedCacheTests: XCTestCase {
         for key in keys {
             XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), first pass")
         }
-        XCTAssertGreaterThan(context.compressedDataCache.usedBytes, 0, "seed \(seed): blocks read from disk went into the compressed tier")
+        XCTAssertTrue(context.dataCache.hasEvicted, "seed \(seed): the decoded tier filled up")
+        XCTAssertGreaterThan(context.compressedDataCache.usedBytes, 0, "seed \(seed): blocks read from disk after that went into the compressed tier")
         XCTAssertLessThanOrEqual(context.dataCache.usedBytes + context.compressedDataCache.usedBytes, 1 << 20, "seed \(seed): one budget")
-        let readsAfterFirstPass = io.reads.load(ordering: .relaxed)
-        let compressedHitsBefore = context.compressedDataCache.hitCount
+        // The blocks read before the decoded tier was full come from disk once more, and go into
+        // the compressed tier then; after that, nothing is read from the files.
         for key in keys.shuffled(using: &rng) {
             XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), second pass")
         }
-        XCTAssertEqual(io.reads.load(ordering: .relaxed), readsAfterFirstPass, "seed \(seed): the second pass read nothing from the files")
+        let readsBeforeThirdPass = io.reads.load(ordering: .relaxed)
+        let compressedHitsBefore = context.compressedDataCache.hitCount
+        for key in keys.shuffled(using: &rng) {
+            XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), third pass")
+        }
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), readsBeforeThirdPass, "seed \(seed): the third pass read nothing from the files")
         XCTAssertGreaterThan(context.compressedDataCache.hitCount - compressedHitsBefore, 200,
-                             "seed \(seed): most of the second pass came from the compressed tier")
+                             "seed \(seed): most of the third pass came from the compressed tier")
     }
 }
