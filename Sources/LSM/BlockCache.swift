@@ -50,7 +50,15 @@ public final class BlockCache: Sendable {
         /// thread writes.
         var hits = 0
         var misses = 0
+        /// Lookups and misses of the current window, and the miss share of the last full one (per
+        /// mille; a shard's window is `missWindow` lookups).
+        var windowLookups = 0
+        var windowMisses = 0
+        var missPermille = 0
     }
+
+    /// Lookups per shard over which `recentMissPermille` is taken.
+    static let missWindow = 128
 
     /// Up to 256 shards, fewer for small caches so that a shard holds at least `minimumShardBytes`.
     private let shardCount: Int
@@ -92,14 +100,28 @@ public final class BlockCache: Sendable {
 
     public func get(_ key: CacheKey) -> [UInt8]? {
         shards[shard(key)].lock.withLock { s -> [UInt8]? in
+            s.windowLookups += 1
+            if s.windowLookups == BlockCache.missWindow {
+                s.missPermille = s.windowMisses * 1000 / BlockCache.missWindow
+                s.windowLookups = 0
+                s.windowMisses = 0
+            }
             guard let i = s.map[key] else {
                 s.misses += 1
+                s.windowMisses += 1
                 return nil
             }
             s.hits += 1
             s.referenced[i] = true
             return s.blocks[i]
         }
+    }
+
+    /// The share of `get`s that missed (per mille) over the last full window of `missWindow`
+    /// lookups of the shard that holds `key` (0 before one is full): a cheap sample of how well the
+    /// cache holds what is read now.
+    public func recentMissPermille(near key: CacheKey) -> Int {
+        shards[shard(key)].lock.withLock { $0.missPermille }
     }
 
     /// As `get`, and says whether the block had been hit since it was inserted or last reported so:

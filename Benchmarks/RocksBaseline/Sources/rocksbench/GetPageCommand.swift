@@ -85,7 +85,7 @@ func getpageCommand(_ args: Arguments) throws {
               ("warm", "\(warmup)"),
               ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
               ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
-              ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")])
+              ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")] + store.cacheFigures())
 }
 
 /// Every relation fork with blocks at `lsn` and its size, from the store's metadata keys. The reader is

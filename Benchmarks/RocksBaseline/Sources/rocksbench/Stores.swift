@@ -39,6 +39,12 @@ protocol ReadStore: Sendable {
     func latestLSN() throws -> LSN
     func reader() -> any PageReader
     func close()
+    /// Figures of the store's own caches for the JSON line (name, JSON value); none by default.
+    func cacheFigures() -> [(String, String)]
+}
+
+extension ReadStore {
+    func cacheFigures() -> [(String, String)] { [] }
 }
 
 /// The reads of one thread.
@@ -65,6 +71,7 @@ extension PageReader {
 final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
     // @unchecked: TimelineStore is Sendable; `target` is used by the one ingest thread only.
     let store: TimelineStore
+    let context: StorageContext
     let target: any IngestTarget
     let pageSource: any PageSource
 
@@ -73,6 +80,7 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         // overrides it for A/B runs (0 turns the compressed tier off).
         let fraction = ProcessInfo.processInfo.environment["OURS_COMPRESSED_FRACTION"].flatMap(Double.init) ?? 0.5
         let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, compressedCacheFraction: fraction)
+        self.context = context
         var config = StoreConfig()
         config.backgroundFlush = backgroundFlush
         config.maxChainLength = benchMaxChainLength
@@ -102,6 +110,14 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
     }
 
     func close() { store.close() }
+
+    /// The data cache's two tiers: bytes held, and hits and misses since the store opened (the
+    /// warm-up's included).
+    func cacheFigures() -> [(String, String)] {
+        let d = context.dataCache, c = context.compressedDataCache
+        return [("decoded_cache_mb", "\(d.usedBytes >> 20)"), ("decoded_hits", "\(d.hitCount)"), ("decoded_misses", "\(d.missCount)"),
+                ("compressed_cache_mb", "\(c.usedBytes >> 20)"), ("compressed_hits", "\(c.hitCount)")]
+    }
 }
 
 struct OurReader: PageReader {
