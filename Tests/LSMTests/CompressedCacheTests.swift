@@ -45,27 +45,44 @@ final class CompressedCacheTests: XCTestCase {
         XCTAssertEqual(loan.borrowedBytes, 0, "clearing the borrower returns the loan")
     }
 
+    /// A store in `dir` of `pages` page images that compress well (mostly zeros), one data block
+    /// each, all in layer files; returns the LSN of the last and the model of what was written.
+    private func writePages(_ pages: Int, in dir: String, _ rng: inout SeededRandom) throws -> (lsn: LSN, model: Model) {
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
+        defer { store.close() }
+        var model = Model()
+        var lsn: UInt64 = 0x1000
+        for block in 0..<pages {
+            lsn += 8
+            var page = [UInt8](repeating: 0, count: 8192)
+            for i in 0..<64 { page[100 + i] = UInt8.random(in: 0...255, using: &rng) }
+            let key = relKey(rel: 16384, block: UInt32(block))
+            try store.put(key, LSN(lsn), .image(page))
+            model.put(key, LSN(lsn), .image(page))
+        }
+        store.advance(to: LSN(lsn))
+        _ = try store.checkpoint()
+        return (LSN(lsn), model)
+    }
+
     func testAStoreThatFitsTheDecodedTierLeavesTheCompressedTierEmpty() throws {
         let seed = testSeed("CompressedCacheTests.fits")
         var rng = SeededRandom(seed: seed)
         let dir = makeTempDir("compressed-cache-fits")
         defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (lsn, model) = try writePages(100, in: dir, &rng)
         var config = StoreConfig()
         config.backgroundFlush = false
         let store = try TimelineStore.open(directory: dir, config: config,
                                            context: StorageContext(io: PreadEngine(), dataCacheBytes: 8 << 20, materializedCacheBytes: 0))
         defer { store.close() }
-        var lsn: UInt64 = 0x1000
-        for block in 0..<100 {
-            lsn += 8
-            var page = [UInt8](repeating: 0, count: 8192)
-            for i in 0..<64 { page[100 + i] = UInt8.random(in: 0...255, using: &rng) }
-            try store.put(relKey(rel: 16384, block: UInt32(block)), LSN(lsn), .image(page))
-        }
-        store.advance(to: LSN(lsn))
-        _ = try store.checkpoint()
         for _ in 0..<2 {
-            for block in 0..<100 { _ = try store.get(relKey(rel: 16384, block: UInt32(block)), at: LSN(lsn), redo: AppendRedo()) }
+            for block in 0..<100 {
+                let key = relKey(rel: 16384, block: UInt32(block))
+                XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key)")
+            }
         }
         XCTAssertFalse(store.context.dataCache.hasEvicted, "seed \(seed)")
         XCTAssertEqual(store.context.compressedDataCache.usedBytes, 0, "seed \(seed): nothing lent while the decoded tier has room")
@@ -76,25 +93,9 @@ final class CompressedCacheTests: XCTestCase {
         var rng = SeededRandom(seed: seed)
         let dir = makeTempDir("compressed-cache")
         defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (lsn, model) = try writePages(400, in: dir, &rng)
         var config = StoreConfig()
         config.backgroundFlush = false
-        var model = Model()
-        var lsn: UInt64 = 0x1000
-        do {
-            let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
-            // 400 page images that compress well (mostly zeros), one data block each.
-            for block in 0..<400 {
-                lsn += 8
-                var page = [UInt8](repeating: 0, count: 8192)
-                for i in 0..<64 { page[100 + i] = UInt8.random(in: 0...255, using: &rng) }
-                let key = relKey(rel: 16384, block: UInt32(block))
-                try store.put(key, LSN(lsn), .image(page))
-                model.put(key, LSN(lsn), .image(page))
-            }
-            store.advance(to: LSN(lsn))
-            _ = try store.checkpoint()
-            store.close()
-        }
         // A decoded tier far smaller than the 3.2 MB of pages; compressed, they all fit.
         let io = CountingIO()
         let context = StorageContext(io: io, dataCacheBytes: 1 << 20, materializedCacheBytes: 0, compressedCacheFraction: 0.5)
@@ -102,7 +103,7 @@ final class CompressedCacheTests: XCTestCase {
         defer { store.close() }
         let keys = (0..<400).map { relKey(rel: 16384, block: UInt32($0)) }
         for key in keys {
-            XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), first pass")
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), first pass")
         }
         XCTAssertTrue(context.dataCache.hasEvicted, "seed \(seed): the decoded tier filled up")
         XCTAssertGreaterThan(context.compressedDataCache.usedBytes, 0, "seed \(seed): blocks read from disk after that went into the compressed tier")
@@ -110,12 +111,12 @@ final class CompressedCacheTests: XCTestCase {
         // The blocks read before the decoded tier was full come from disk once more, and go into
         // the compressed tier then; after that, nothing is read from the files.
         for key in keys.shuffled(using: &rng) {
-            XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), second pass")
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), second pass")
         }
         let readsBeforeThirdPass = io.reads.load(ordering: .relaxed)
         let compressedHitsBefore = context.compressedDataCache.hitCount
         for key in keys.shuffled(using: &rng) {
-            XCTAssertEqual(try store.get(key, at: LSN(lsn), redo: AppendRedo()), model.get(key, at: LSN(lsn)), "seed \(seed): \(key), third pass")
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), third pass")
         }
         XCTAssertEqual(io.reads.load(ordering: .relaxed), readsBeforeThirdPass, "seed \(seed): the third pass read nothing from the files")
         XCTAssertGreaterThan(context.compressedDataCache.hitCount - compressedHitsBefore, 200,
