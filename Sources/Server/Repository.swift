@@ -176,6 +176,11 @@ struct APIError: Error, CustomStringConvertible {
 extension Repository {
     /// Refreshes the per-timeline gauges before `/metrics` is rendered.
     func updateGauges() {
+        for (tier, cache) in [("decoded", context.dataCache), ("compressed", context.compressedDataCache), ("index", context.indexCache)] {
+            metrics.cacheGauge("pageserver_page_cache_bytes", tier: tier, help: "Bytes the block caches hold, by tier").set(Int64(cache.usedBytes))
+            metrics.cacheGauge("pageserver_page_cache_hits", tier: tier, help: "Block cache hits since start, by tier").set(Int64(cache.hitCount))
+            metrics.cacheGauge("pageserver_page_cache_misses", tier: tier, help: "Block cache misses since start, by tier").set(Int64(cache.missCount))
+        }
         for t in allTimelines() {
             let tid = "\(t.tenantId)", tlid = "\(t.timelineId)"
             metrics.lsnGauge("pageserver_last_record_lsn", tid, tlid, help: "Last WAL record ingested (LSN as a number)")

@@ -47,6 +47,11 @@ final class ServerMetrics: Sendable {
         registry.makeGauge(name: name, labels: [("tenant_id", tenant), ("timeline_id", timeline)], help: help)
     }
 
+    /// A gauge of one tier of the block caches ("decoded", "compressed" or "index").
+    func cacheGauge(_ name: String, tier: String, help: String) -> Gauge {
+        registry.makeGauge(name: name, labels: [("tier", tier)], help: help)
+    }
+
     /// The exposition text for `GET /metrics`.
     func render() -> String {
         var buffer: [UInt8] = []

@@ -134,6 +134,14 @@ final class PageServiceTests: XCTestCase {
 
         let metrics = String(data: try Data(contentsOf: URL(string: ps.baseURL + "/metrics")!), encoding: .utf8) ?? ""
         XCTAssertTrue(metrics.contains("pageserver_getpage_seconds_bucket"), metrics)
+        func gauge(_ name: String, _ tier: String) -> Double? {
+            metrics.split(separator: "\n").first { $0.hasPrefix(name + "{tier=\"\(tier)\"}") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        print("page cache: decoded \(gauge("pageserver_page_cache_bytes", "decoded") ?? -1) bytes, compressed \(gauge("pageserver_page_cache_bytes", "compressed") ?? -1) bytes, \(gauge("pageserver_page_cache_hits", "compressed") ?? -1) compressed hits")
+        XCTAssertNotNil(gauge("pageserver_page_cache_bytes", "decoded"), metrics)
+        XCTAssertLessThanOrEqual(gauge("pageserver_page_cache_bytes", "decoded") ?? 0, Double(2 << 20), "within page_cache_size")
+        XCTAssertLessThanOrEqual(gauge("pageserver_page_cache_bytes", "compressed") ?? 0, Double(1 << 20),
+                                 "within compressed_page_cache_share (0.5) of page_cache_size")
         XCTAssertTrue(metrics.contains("pageserver_page_service_requests_total{type=\"get_page\"}"), metrics)
     }
 
