@@ -20,10 +20,14 @@ public struct StoreConfig: Sendable {
     public var backgroundFlush = true
     /// Threads that write one flush's layer files (one file per chunk) at once.
     public var flushWriters = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-    /// Threads that reconstruct the pages of one batched read at once (`get([(Key, LSN)])`), when at
-    /// least `parallelRedoMinimum` of its lookups need redo; 1 reconstructs on the caller's thread.
+    /// Threads that answer one batched read (`get([(Key, LSN)])`): a batch of at least
+    /// 2 x `lookupsPerReadThread` lookups is split into contiguous parts, one per thread, each
+    /// planned, read and reconstructed on its own; a smaller one is answered on the caller's thread
+    /// but spreads its redo when at least `parallelRedoMinimum` of its lookups need it. 1: everything
+    /// on the caller's thread.
     public var redoThreads = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     public var parallelRedoMinimum = 4
+    public var lookupsPerReadThread = 8
     /// On open, read every layer file's index blocks into the index cache, while the cache is under
     /// 3/4 full (`LayerFile.preloadIndex`). A lookup that misses every cache then costs one read
     /// (its data block) instead of two. RocksDB does the same by default: it loads each table's index
@@ -509,6 +513,39 @@ public final class TimelineStore: Sendable {
     }
 
     public func get(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats) -> [Result<[UInt8]?, StorageError>] {
+        get(requests, redo: redo, stats: &stats, spread: true)
+    }
+
+    /// `spread`: a large batch may be split over `redoThreads` threads, each answering a contiguous
+    /// part of it from its own plan, reads and redo. A pipelining client's batch would otherwise use
+    /// one core for everything but its redo. Parts are answered exactly as the whole would be: every
+    /// lookup is independent of the others, and each part takes its own snapshot.
+    func get(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats, spread: Bool) -> [Result<[UInt8]?, StorageError>] {
+        let parts = spread ? min(config.redoThreads, requests.count / max(1, config.lookupsPerReadThread)) : 1
+        guard parts > 1 else { return lookUp(requests, redo: redo, stats: &stats, parallelRedo: spread) }
+        var partResults = Array(repeating: [Result<[UInt8]?, StorageError>](), count: parts)
+        var partStats = Array(repeating: ReadStats(), count: parts)
+        if stats.layersPerLookup != nil { for p in partStats.indices { partStats[p].layersPerLookup = [] } }
+        partResults.withUnsafeMutableBufferPointer { out in
+            partStats.withUnsafeMutableBufferPointer { ps in
+                // Each part writes only its own element of `out` and `ps`.
+                nonisolated(unsafe) let out = out, ps = ps
+                DispatchQueue.concurrentPerform(iterations: parts) { p in
+                    let range = (requests.count * p / parts)..<(requests.count * (p + 1) / parts)
+                    out[p] = lookUp(Array(requests[range]), redo: redo, stats: &ps[p], parallelRedo: false)
+                }
+            }
+        }
+        for part in partStats {
+            stats.layersVisited += part.layersVisited
+            stats.recordsApplied += part.recordsApplied
+            if let l = part.layersPerLookup { stats.layersPerLookup?.append(contentsOf: l) }
+        }
+        return Array(partResults.joined())
+    }
+
+    /// One batch on the calling thread; with `parallelRedo`, its redo may still use `redoThreads`.
+    private func lookUp(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats, parallelRedo: Bool) -> [Result<[UInt8]?, StorageError>] {
         // Taken before the snapshot: every value at or below it is in the snapshot (invariant 1 of
         // MaterializedPageCache).
         // Only completed records count: `lastRecordLSN` also covers the puts of a record still in
@@ -587,7 +624,7 @@ public final class TimelineStore: Sendable {
             if !asks.isEmpty {
                 var ancestorStats = ReadStats()
                 if stats.layersPerLookup != nil { ancestorStats.layersPerLookup = [] }
-                let answers = ancestor.store.get(asks, redo: redo, stats: &ancestorStats)
+                let answers = ancestor.store.get(asks, redo: redo, stats: &ancestorStats, spread: parallelRedo)
                 stats.layersVisited += ancestorStats.layersVisited
                 stats.recordsApplied += ancestorStats.recordsApplied
                 for (i, n) in askers.enumerated() {
@@ -615,7 +652,7 @@ public final class TimelineStore: Sendable {
         // otherwise use one core). The others are answered here.
         func needsRedo(_ n: Int) -> Bool { states[n].failure == nil && !(states[n].chain.first.map { $0.value.kind == .image } ?? true) }
         var results: [Result<[UInt8]?, StorageError>]
-        let parallel = config.redoThreads > 1 && states.count >= config.parallelRedoMinimum
+        let parallel = parallelRedo && config.redoThreads > 1 && states.count >= config.parallelRedoMinimum
         let needsRedo = parallel ? states.indices.filter(needsRedo) : []
         if parallel && needsRedo.count >= config.parallelRedoMinimum {
             results = Array(repeating: .success(nil), count: states.count)

@@ -28,7 +28,7 @@ struct ServerConfig: Sendable {
     var waitLsnTimeoutSeconds: Double = 300
     /// Longest record chain one reconstruction may apply.
     var maxChainLength = 10_000
-    /// Threads that reconstruct one batch of pipelined GetPage requests (StoreConfig.redoThreads).
+    /// Threads that answer one batch of pipelined GetPage requests (StoreConfig.redoThreads).
     var redoThreads = StoreConfig().redoThreads
     /// Reconnect backoff of the WAL receiver.
     var walReceiverBackoffMaxSeconds: Double = 10

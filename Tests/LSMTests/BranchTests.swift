@@ -24,6 +24,10 @@ final class BranchTests: XCTestCase {
         var config = StoreConfig()
         config.backgroundFlush = false
         config.checkpointDistanceBytes = 1 << 30
+        // Batched reads of 4 or more lookups are split over 2 threads (each part asks the ancestors
+        // for its own lookups).
+        config.redoThreads = 2
+        config.lookupsPerReadThread = 2
         var keys: [Key] = []
         for rel in UInt32(16384)..<16388 { for blk in [0, 1, 2, 131_072] as [UInt32] { keys.append(relKey(rel: rel, block: blk)) } }
         keys.append(Key(field1: 3, field2: 0, field3: 0, field4: 0, field5: 0, field6: 1))

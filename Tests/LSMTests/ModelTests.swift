@@ -18,6 +18,8 @@ final class ModelTests: XCTestCase {
         // Batched reads with two or more lookups that need redo reconstruct them on several threads.
         config.redoThreads = 3
         config.parallelRedoMinimum = 2
+        // Batches of 6 or more lookups are split into parts answered on up to 3 threads.
+        config.lookupsPerReadThread = 3
         var store = try TimelineStore.open(directory: dir, config: config, context: context)
         var model = Model()
         var lsn: UInt64 = 0x100
@@ -74,7 +76,10 @@ final class ModelTests: XCTestCase {
                     let at = Int.random(in: 0..<4, using: &rng) == 0 ? LSN(lsn) : LSN(UInt64.random(in: 0x100...lsn, using: &rng))
                     reqs.append((keys.randomElement(using: &rng)!, at))
                 }
-                let got = store.get(reqs, redo: redo)
+                var stats = ReadStats()
+                stats.layersPerLookup = []
+                let got = store.get(reqs, redo: redo, stats: &stats)
+                XCTAssertEqual(stats.layersPerLookup?.count, reqs.count, "seed \(seed) step \(step): layers per lookup")
                 for (i, (k, at)) in reqs.enumerated() {
                     let expected = model.get(k, at: at)
                     switch got[i] {
