@@ -13,8 +13,12 @@
 //    read that produced it took its layer-map snapshot, so every value at or below L existed in that
 //    snapshot and the entry is complete. (A read "at latest" beyond last_record_lsn is never cached.)
 // 2. An entry is replaced only by one at a higher LSN.
-// 3. Memory is bounded by `capacity` entries; a full shard evicts by a CLOCK sweep (recently used
-//    entries get a second chance).
+// 3. Memory is bounded by `capacity` entries; a full shard evicts by a CLOCK sweep weighted by cost:
+//    an entry's `level` grows with the log2 of the records its reconstruction applied (the most seen
+//    for the key), a hit restores its `credit` to that level, and the sweep takes one credit per pass
+//    and evicts an entry with none left. A page rebuilt from thousands of records (a hot table's
+//    page between checkpoints) then outlives many passes, and one rebuilt from a few survives as
+//    under plain CLOCK: evicted on the first pass unless hit since.
 
 import Synchronization
 
@@ -22,7 +26,15 @@ public final class MaterializedPageCache: Sendable {
     private struct Entry {
         var lsn: LSN
         var bytes: [UInt8]
-        var referenced: Bool
+        /// 1 + log2 of the records applied to rebuild it, at most 15 (`level(records:)`).
+        var level: UInt8
+        /// Passes of the sweep it survives; a hit restores it to `level`.
+        var credit: UInt8
+    }
+
+    /// A reconstruction's cost class: 1 for one record, 2 for 2-3, ... 14 for 8192-16383, capped at 15.
+    static func level(records: Int) -> UInt8 {
+        UInt8(min(15, Int.bitWidth - max(1, records).leadingZeroBitCount))
     }
 
     private struct CacheKey: Hashable {
@@ -70,34 +82,41 @@ public final class MaterializedPageCache: Sendable {
         let key = CacheKey(store: store, key: k)
         return shard(key).state.withLock { s in
             guard let i = s.index[key], s.slots[i].entry.lsn <= lsn else { return nil }
-            s.slots[i].entry.referenced = true
+            s.slots[i].entry.credit = s.slots[i].entry.level
             hitCount.add(1, ordering: .relaxed)
             return (s.slots[i].entry.lsn, s.slots[i].entry.bytes)
         }
     }
 
-    /// Remembers `bytes` as the value of `key` at `lsn` (see invariant 1 for who may call this).
-    func insert(_ store: UInt32, _ k: Key, at lsn: LSN, _ bytes: [UInt8]) {
+    /// Remembers `bytes` as the value of `key` at `lsn`, rebuilt by applying `records` records (see
+    /// invariant 1 for who may call this).
+    func insert(_ store: UInt32, _ k: Key, at lsn: LSN, _ bytes: [UInt8], records: Int = 1) {
         guard isEnabled else { return }
         let key = CacheKey(store: store, key: k)
         let capacity = perShardCapacity
+        let level = MaterializedPageCache.level(records: records)
         shard(key).state.withLock { s in
             if let i = s.index[key] {
-                if s.slots[i].entry.lsn < lsn { s.slots[i].entry = Entry(lsn: lsn, bytes: bytes, referenced: true) }
+                if s.slots[i].entry.lsn < lsn {
+                    // Rebuilt from the cached value plus a few records: without the entry, the next
+                    // read would pay what the key cost before, so the entry keeps the higher level.
+                    let kept = max(level, s.slots[i].entry.level)
+                    s.slots[i].entry = Entry(lsn: lsn, bytes: bytes, level: kept, credit: kept)
+                }
                 return
             }
             insertCount.add(1, ordering: .relaxed)
             if s.slots.count < capacity {
                 s.index[key] = s.slots.count
-                s.slots.append((key, Entry(lsn: lsn, bytes: bytes, referenced: false)))
+                s.slots.append((key, Entry(lsn: lsn, bytes: bytes, level: level, credit: level - 1)))
                 return
             }
-            while s.slots[s.hand].entry.referenced {
-                s.slots[s.hand].entry.referenced = false
+            while s.slots[s.hand].entry.credit > 0 {
+                s.slots[s.hand].entry.credit -= 1
                 s.hand = (s.hand + 1) % s.slots.count
             }
             s.index.removeValue(forKey: s.slots[s.hand].key)
-            s.slots[s.hand] = (key, Entry(lsn: lsn, bytes: bytes, referenced: false))
+            s.slots[s.hand] = (key, Entry(lsn: lsn, bytes: bytes, level: level, credit: level - 1))
             s.index[key] = s.hand
             s.hand = (s.hand + 1) % s.slots.count
         }

@@ -721,7 +721,7 @@ public final class TimelineStore: Sendable {
             let records = Array(chain.reversed())
             stats.recordsApplied += records.count
             let page = try redo.reconstruct(key: key, lsn: lsn, base: (cached.lsn, cached.bytes), records: records)
-            remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page)
+            remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page, records: records.count)
             return page
         }
         guard oldest.value.startsChain else {
@@ -740,18 +740,18 @@ public final class TimelineStore: Sendable {
         }
         stats.recordsApplied += records.count
         let page = try redo.reconstruct(key: key, lsn: lsn, base: base, records: records)
-        remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page)
+        remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page, records: records.count)
         return page
     }
 
     /// Puts a reconstructed value into the materialized cache at the highest LSN it is known complete
     /// for: the read LSN when that is at or below `complete`, else `complete` when the chain had
     /// nothing above it.
-    private func remember(_ key: Key, lsn: LSN, newest: LSN, complete: LSN, _ page: [UInt8]) {
+    private func remember(_ key: Key, lsn: LSN, newest: LSN, complete: LSN, _ page: [UInt8], records: Int) {
         if lsn <= complete {
-            context.materialized.insert(storeId, key, at: lsn, page)
+            context.materialized.insert(storeId, key, at: lsn, page, records: records)
         } else if newest <= complete {
-            context.materialized.insert(storeId, key, at: complete, page)
+            context.materialized.insert(storeId, key, at: complete, page, records: records)
         }
     }
 }

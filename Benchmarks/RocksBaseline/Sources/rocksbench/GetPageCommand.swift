@@ -209,3 +209,27 @@ private func verifyBlocks(_ ours: any ReadStore, _ rocks: any ReadStore, forks: 
         if x == nil { absent += 1 } else { compared += 1 }
     }
 }
+
+/// `rocksbench explain`: how our store would answer `--requests` random blocks (drawn as `getpage`
+/// draws them), for profiling read amplification: each read's values, newest first, with the layer
+/// file each comes from (`TimelineStore.explain`; reads no data blocks).
+func explainCommand(_ args: Arguments) throws {
+    let path = args.string("db")
+    let ours = try OurStore(directory: path, cacheBytes: args.int("cache-mb", default: 256) << 20, backgroundFlush: false)
+    defer { ours.close() }
+    let lsnText = args.string("lsn", default: "latest")
+    let lsn = lsnText == "latest" ? try ours.latestLSN() : (LSN(parsing: lsnText) ?? { fail("--lsn \(lsnText) is neither latest nor an LSN (HI/LO)") }())
+    let forks = try relationForks(ours, at: lsn, path: path)
+    var rng = SeededRandom(seed: UInt64(args.int("seed", default: 1)))
+    let total = forks.reduce(0) { $0 + Int($1.blocks) }
+    for _ in 0..<args.int("requests", default: 10) {
+        var b = Int.random(in: 0..<total, using: &rng)
+        for f in forks {
+            if b < Int(f.blocks) {
+                print(ours.store.explain(KeySpace.relationBlock(f.tag, UInt32(b)), at: lsn))
+                break
+            }
+            b -= Int(f.blocks)
+        }
+    }
+}

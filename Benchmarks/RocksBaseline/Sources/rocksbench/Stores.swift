@@ -1,6 +1,7 @@
 // The two stores the driver measures, behind one interface so that ingest and GetPage run the very
 // same code against both: ours (`TimelineStore`, layer files) and the seed's design (`RocksStore`).
 import Foundation
+import Synchronization
 import LSM
 import PostgresRedo
 import PostgresWAL
@@ -74,6 +75,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
     let context: StorageContext
     let target: any IngestTarget
     let pageSource: any PageSource
+    /// Read amplification of every lookup since the store opened (the warm-up's included).
+    let lookups = Atomic<Int>(0), layersVisited = Atomic<Int>(0), recordsApplied = Atomic<Int>(0)
 
     init(directory: String, cacheBytes: Int, backgroundFlush: Bool) throws {
         // The daemon's default share of the data cache for compressed blocks; OURS_COMPRESSED_FRACTION
@@ -106,25 +109,36 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
 
     func reader() -> any PageReader {
         store.prepareReaderThread()  // the thread's io_uring ring, before any timed read
-        return OurReader(store: store)
+        return OurReader(store: store, counters: self)
     }
 
     func close() { store.close() }
 
     /// The data cache's two tiers: bytes held, and hits and misses since the store opened (the
-    /// warm-up's included).
+    /// warm-up's included); layers visited and records applied per lookup.
     func cacheFigures() -> [(String, String)] {
         let d = context.dataCache, c = context.compressedDataCache
-        return [("decoded_cache_mb", "\(d.usedBytes >> 20)"), ("decoded_hits", "\(d.hitCount)"), ("decoded_misses", "\(d.missCount)"),
+        let n = max(1, lookups.load(ordering: .relaxed))
+        func per(_ total: Int) -> String { String(format: "%.2f", Double(total) / Double(n)) }
+        return [("layers_per_lookup", per(layersVisited.load(ordering: .relaxed))), ("records_per_lookup", per(recordsApplied.load(ordering: .relaxed))),
+                ("data_blocks_per_lookup", String(format: "%.2f", Double(d.hitCount + d.missCount) / Double(n))),("decoded_cache_mb", "\(d.usedBytes >> 20)"), ("decoded_hits", "\(d.hitCount)"), ("decoded_misses", "\(d.missCount)"),
                 ("compressed_cache_mb", "\(c.usedBytes >> 20)"), ("compressed_hits", "\(c.hitCount)")]
     }
 }
 
 struct OurReader: PageReader {
     let store: TimelineStore
+    let counters: OurStore
     let redo = benchRedo
-    func get(_ key: Key, at lsn: LSN) throws -> [UInt8]? { try store.get(key, at: lsn, redo: redo) }
-    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>] { store.get(keys.map { ($0, lsn) }, redo: redo) }
+    func get(_ key: Key, at lsn: LSN) throws -> [UInt8]? { try get([key], at: lsn)[0].get() }
+    func get(_ keys: [Key], at lsn: LSN) -> [Result<[UInt8]?, StorageError>] {
+        var stats = ReadStats()
+        let results = store.get(keys.map { ($0, lsn) }, redo: redo, stats: &stats)
+        counters.lookups.add(keys.count, ordering: .relaxed)
+        counters.layersVisited.add(stats.layersVisited, ordering: .relaxed)
+        counters.recordsApplied.add(stats.recordsApplied, ordering: .relaxed)
+        return results
+    }
 }
 
 // MARK: - RocksDB

@@ -8,6 +8,7 @@ usage:
   rocksbench getpage --store ours|rocksdb --db PATH --lsn latest|X --requests N --depth D [--batch B] --seed S [--cache-mb N] [--warmup 0|1]
   rocksbench verify  --ours DIR --rocksdb PATH [--lsn latest|X] [--requests N] [--seed S]
   rocksbench images  --db PATH [--cache-mb N]     (ours: image layers at the end LSN, as compaction makes them)
+  rocksbench explain --db PATH [--lsn latest|X] [--requests N] [--seed S]   (ours: how random reads would be answered)
   rocksbench gc      --store ours|rocksdb --db PATH [--horizon latest|X] [--cache-mb N]   (compaction + GC keeping reads >= X)
 --store defaults to rocksdb; --cache-mb (default 256) is RocksDB's block cache or our data cache.
 """
@@ -27,6 +28,8 @@ do {
         try imagesCommand(Arguments(argv[2...], known: ["db", "cache-mb"]))
     case "gc":
         try gcCommand(Arguments(argv[2...], known: ["store", "db", "horizon", "cache-mb"]))
+    case "explain":
+        try explainCommand(Arguments(argv[2...], known: ["db", "lsn", "requests", "seed", "cache-mb"]))
     case "verify":
         try verifyCommand(Arguments(argv[2...], known: ["ours", "rocksdb", "lsn", "requests", "seed"]))
     default:
