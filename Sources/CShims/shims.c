@@ -216,7 +216,56 @@ int cs_lz4_compress(const void *src, void *dst, int n, int capacity) {
 
 // ---- stride-delta filter ----
 
+// The pick from the equal-byte counts per stride: the smallest stride within 5% of the best count,
+// none unless the best matches half the window.
+static int stride_from_counts(const uint32_t *eq, uint32_t best) {
+    if (best < 128) return 0;
+    for (size_t s = 16; s <= 256; s++) {
+        if ((uint64_t)eq[s] * 20 >= (uint64_t)best * 19) return (int)s;
+    }
+    return 0;
+}
+
+#if defined(__x86_64__)
+static int cpu_has_avx2(void);
+
+// The same counts as cs_detect_stride's SSE2 loop, 32 bytes at a time: half the loads and compares.
+__attribute__((target("avx2")))
+static int detect_stride_avx2(const uint8_t *window) {
+    __m256i w[8];
+    for (int k = 0; k < 8; k++) w[k] = _mm256_loadu_si256((const __m256i *)(window + 32 * k));
+    uint32_t eq[257] = {0};
+    uint32_t best = 0;
+    for (size_t s = 16; s <= 256; s++) {
+        const uint8_t *back = window - s;
+        // Two sums, so that the additions form two chains of four instead of one of eight.
+        __m256i even = _mm256_setzero_si256(), odd = _mm256_setzero_si256();
+        for (int k = 0; k < 8; k += 2) {
+            even = _mm256_sub_epi8(even, _mm256_cmpeq_epi8(w[k], _mm256_loadu_si256((const __m256i *)(back + 32 * k))));
+            odd = _mm256_sub_epi8(odd, _mm256_cmpeq_epi8(w[k + 1], _mm256_loadu_si256((const __m256i *)(back + 32 * k + 32))));
+        }
+        __m256i sums = _mm256_sad_epu8(_mm256_add_epi8(even, odd), _mm256_setzero_si256());
+        __m128i half = _mm_add_epi64(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+        uint32_t count = (uint32_t)(_mm_cvtsi128_si32(half) + _mm_extract_epi16(half, 4));
+        eq[s] = count;
+        if (count > best) best = count;
+    }
+    return stride_from_counts(eq, best);
+}
+#endif
+
+int cs_detect_stride_portable(const uint8_t *p, size_t n);
+
 int cs_detect_stride(const uint8_t *p, size_t n) {
+    if (n < 1024) return 0;
+#if defined(__x86_64__)
+    if (cpu_has_avx2()) return detect_stride_avx2(p + n / 2 - 128);
+#endif
+    return cs_detect_stride_portable(p, n);
+}
+
+// Without AVX2 (and the reference the AVX2 form is tested against).
+int cs_detect_stride_portable(const uint8_t *p, size_t n) {
     if (n < 1024) return 0;
 #if defined(__x86_64__)
     const uint8_t *window = p + n / 2 - 128;
@@ -249,11 +298,7 @@ int cs_detect_stride(const uint8_t *p, size_t n) {
         if (count > best) best = count;
     }
 #endif
-    if (best < 128) return 0;
-    for (size_t s = 16; s <= 256; s++) {
-        if ((uint64_t)eq[s] * 20 >= (uint64_t)best * 19) return (int)s;
-    }
-    return 0;
+    return stride_from_counts(eq, best);
 }
 
 void cs_delta_encode(uint8_t *dst, const uint8_t *src, size_t n, size_t stride) {

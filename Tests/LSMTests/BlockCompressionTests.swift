@@ -93,6 +93,28 @@ final class BlockCompressionTests: XCTestCase {
         }
     }
 
+    /// The stride detector's AVX2 form (used where the CPU has it) picks what the portable one
+    /// picks: periodic payloads at every stride with noise, runs of one byte, and random bytes.
+    func testStrideDetectorFormsAgree() {
+        let seed = testSeed("BlockCompressionTests.strideDetector")
+        var rng = SeededRandom(seed: seed)
+        var found = 0
+        for trial in 0..<3000 {
+            let n = Int.random(in: 1024...16384, using: &rng)
+            let stride = Int.random(in: 1...300, using: &rng)
+            let period = (0..<stride).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let noise = [0, 1, 5, 20, 60][trial % 5]
+            // Rows of `stride` bytes; in every fourth row one byte counts up, as row ids do.
+            var page = (0..<n).map { i in period[i % stride] &+ (i % stride == 0 && (i / stride) % 4 == 0 ? UInt8(truncatingIfNeeded: i / stride) : 0) }
+            for _ in 0..<(n * noise / 100) { page[Int.random(in: 0..<n, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+            if trial % 50 == 0 { page = [UInt8](repeating: UInt8(trial & 0xFF), count: n) }
+            let fast = Int(cs_detect_stride(page, n)), portable = Int(cs_detect_stride_portable(page, n))
+            XCTAssertEqual(fast, portable, "seed \(seed) trial \(trial): n \(n), period \(stride), noise \(noise)%")
+            if fast != 0 { found += 1 }
+        }
+        XCTAssertGreaterThan(found, 1000, "seed \(seed): most periodic payloads get a stride")
+    }
+
     func testPeriodicPayloadTakesTheStrideDeltaFormAndRoundTrips() throws {
         let page = btreeLikePage()
         // One pass already leaves less than 1/16 of the payload.

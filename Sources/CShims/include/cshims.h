@@ -71,6 +71,8 @@ int cs_lz4_compress(const void *src, void *dst, int n, int capacity);
 // in 16...256 (see format-spec.md for the exact rule; it reads the 256 bytes at n/2 - 128 and the
 // 256 bytes before them).
 int cs_detect_stride(const uint8_t *payload, size_t n);
+// cs_detect_stride without AVX2 (the reference the AVX2 form is tested against).
+int cs_detect_stride_portable(const uint8_t *payload, size_t n);
 // dst[i] = src[i] for i < stride, src[i] - src[i - stride] (mod 256) after; dst and src do not overlap.
 void cs_delta_encode(uint8_t *dst, const uint8_t *src, size_t n, size_t stride);
 // Undoes cs_delta_encode in place: buf[i] += buf[i - stride] (mod 256) for i = stride ..< n, in order.
