@@ -8,29 +8,51 @@
 // One cache serves every store of a process (`StorageContext`); entries are keyed by the store's
 // number and the key.
 //
+// Memory: entries are kept LZ4-compressed when that saves at least a quarter of their bytes (a heap
+// page of short rows is often a fifth of its size), so the same bytes hold several times the pages;
+// a hit decompresses (a few microseconds), which is far less than the plan, block reads and redo it
+// saves. The cache's bytes may be charged to the data cache's budget through a `CacheLoan`: the
+// decoded data blocks then have that much less room, so the page memory of the process is one
+// budget however it is split.
+//
 // Invariants:
 // 1. An entry is only inserted for an LSN at or below the store's last_record_lsn as it was before the
 //    read that produced it took its layer-map snapshot, so every value at or below L existed in that
 //    snapshot and the entry is complete. (A read "at latest" beyond last_record_lsn is never cached.)
 // 2. An entry is replaced only by one at a higher LSN.
-// 3. Memory is bounded by `capacity` entries; a full shard evicts by a CLOCK sweep weighted by cost:
-//    an entry's `level` grows with the log2 of the records its reconstruction applied (the most seen
-//    for the key), a hit restores its `credit` to that level, and the sweep takes one credit per pass
-//    and evicts an entry with none left. A page rebuilt from thousands of records (a hot table's
-//    page between checkpoints) then outlives many passes, and one rebuilt from a few survives as
-//    under plain CLOCK: evicted on the first pass unless hit since.
+// 3. A shard's charged bytes (stored bytes + `entryOverhead` per entry) never exceed
+//    `capacityBytes / shardCount` after an insert returns; a full shard evicts by a CLOCK sweep
+//    weighted by cost: an entry's `level` grows with the log2 of the records its reconstruction
+//    applied (the most seen for the key), a hit restores its `credit` to that level, and the sweep
+//    takes one credit per pass and evicts an entry with none left. A page rebuilt from thousands of
+//    records (a hot table's page between checkpoints) then outlives many passes, and one rebuilt
+//    from a few survives as under plain CLOCK: evicted on the first pass unless hit since.
+// 4. With a loan, the loan includes exactly the bytes the shards charge (updated under each
+//    shard's lock, by the change).
+// 5. A lookup returns exactly the bytes inserted (compression is lossless and checked: an entry
+//    that does not decompress to its recorded length is dropped, never returned).
 
+import CShims
 import Synchronization
 
 public final class MaterializedPageCache: Sendable {
     private struct Entry {
         var lsn: LSN
-        var bytes: [UInt8]
+        /// The value, LZ4-compressed when `rawLength > 0`, else as it is.
+        var stored: [UInt8]
+        /// The value's length when `stored` is compressed; 0 when it is stored as it is.
+        var rawLength: Int32
         /// 1 + log2 of the records applied to rebuild it, at most 15 (`level(records:)`).
         var level: UInt8
         /// Passes of the sweep it survives; a hit restores it to `level`.
         var credit: UInt8
+
+        var charge: Int { stored.count + MaterializedPageCache.entryOverhead }
     }
+
+    /// Bytes charged per entry besides its stored bytes: the slot, the index entry and the array
+    /// header, roughly.
+    static let entryOverhead = 96
 
     /// A reconstruction's cost class: 1 for one record, 2 for 2-3, ... 14 for 8192-16383, capped at 15.
     static func level(records: Int) -> UInt8 {
@@ -54,36 +76,46 @@ public final class MaterializedPageCache: Sendable {
         func hash(into hasher: inout Hasher) { hasher.combine(mixed) }
     }
 
+    /// One CLOCK ring. Evicted slots are kept as holes (`free`) and reused by later inserts, so that
+    /// no surviving entry moves under the hand.
     private struct Shard {
         var index: [CacheKey: Int] = [:]
-        var slots: [(key: CacheKey, entry: Entry)] = []
+        var slots: [(key: CacheKey, entry: Entry)?] = []
+        var free: [Int] = []
         var hand = 0
+        var usedBytes = 0
     }
 
     private final class LockedShard: Sendable {
         let state = Mutex(Shard())
     }
 
-    /// Up to 256 shards, fewer for small caches (at least 32 entries a shard, and 16 shards). Many
-    /// shards because every GetPage looks here first, from as many threads as there are clients.
+    /// Up to 256 shards, fewer for small caches (at least 32 pages' worth of bytes a shard, and 16
+    /// shards). Many shards because every GetPage looks here first, from as many threads as there
+    /// are clients.
     private let shardCount: Int
     private let shards: [LockedShard]
-    private let perShardCapacity: Int
+    private let perShardBytes: Int
+    private let loan: CacheLoan?
     private let hitCount = Atomic<Int>(0)
     private let insertCount = Atomic<Int>(0)
+    private let heldBytes = Atomic<Int>(0)
 
-    /// A cache of at most `capacity` values (0 disables it).
-    public init(capacity: Int) {
+    /// A cache of at most `capacityBytes` (0 disables it), charged to `loan` when one is given.
+    public init(capacityBytes: Int, borrowing loan: CacheLoan? = nil) {
         var n = 256
-        while n > 16 && capacity / n < 32 { n /= 2 }
+        while n > 16 && capacityBytes / n < 32 * 8192 { n /= 2 }
         shardCount = n
-        perShardCapacity = capacity <= 0 ? 0 : max(1, capacity / n)
+        perShardBytes = capacityBytes <= 0 ? 0 : max(1, capacityBytes / n)
         shards = (0..<n).map { _ in LockedShard() }
+        self.loan = loan
     }
 
-    public var isEnabled: Bool { perShardCapacity > 0 }
+    public var isEnabled: Bool { perShardBytes > 0 }
     public var hits: Int { hitCount.load(ordering: .relaxed) }
     public var inserts: Int { insertCount.load(ordering: .relaxed) }
+    /// Bytes charged by all entries now (stored bytes and overhead).
+    public var usedBytes: Int { heldBytes.load(ordering: .relaxed) }
 
     private func shard(_ key: CacheKey) -> LockedShard {
         shards[Int((key.mixed >> 40) % UInt64(shardCount))]
@@ -93,12 +125,73 @@ public final class MaterializedPageCache: Sendable {
     func lookup(_ store: UInt32, _ k: Key, at lsn: LSN) -> (lsn: LSN, bytes: [UInt8])? {
         guard isEnabled else { return nil }
         let key = CacheKey(store: store, key: k)
-        return shard(key).state.withLock { s in
-            guard let i = s.index[key], s.slots[i].entry.lsn <= lsn else { return nil }
-            s.slots[i].entry.credit = s.slots[i].entry.level
-            hitCount.add(1, ordering: .relaxed)
-            return (s.slots[i].entry.lsn, s.slots[i].entry.bytes)
+        let box = shard(key)
+        let found: Entry? = box.state.withLock { s in
+            guard let i = s.index[key], let slot = s.slots[i], slot.entry.lsn <= lsn else { return nil }
+            s.slots[i]!.entry.credit = slot.entry.level
+            return slot.entry
         }
+        guard let found else { return nil }
+        if found.rawLength == 0 {
+            hitCount.add(1, ordering: .relaxed)
+            return (found.lsn, found.stored)
+        }
+        // Decompressed outside the lock; the entry's array is shared, not copied.
+        let n = Int(found.rawLength)
+        var ok = false
+        let bytes = [UInt8](unsafeUninitializedCapacity: n) { out, count in
+            let got = found.stored.withUnsafeBufferPointer { src in
+                LZ4_decompress_safe(UnsafeRawPointer(src.baseAddress!).assumingMemoryBound(to: CChar.self),
+                                    UnsafeMutableRawPointer(out.baseAddress!).assumingMemoryBound(to: CChar.self),
+                                    Int32(src.count), Int32(n))
+            }
+            ok = got == Int32(n)
+            count = ok ? n : 0
+        }
+        guard ok else {
+            // Cannot happen for bytes this cache compressed; never hand out a wrong page.
+            drop(key, lsn: found.lsn)
+            return nil
+        }
+        hitCount.add(1, ordering: .relaxed)
+        return (found.lsn, bytes)
+    }
+
+    private func drop(_ key: CacheKey, lsn: LSN) {
+        shard(key).state.withLock { s in
+            guard let i = s.index[key], let slot = s.slots[i], slot.entry.lsn == lsn else { return }
+            remove(&s, at: i)
+        }
+    }
+
+    private func remove(_ s: inout Shard, at i: Int) {
+        guard let slot = s.slots[i] else { return }
+        s.index.removeValue(forKey: slot.key)
+        s.slots[i] = nil
+        s.free.append(i)
+        s.usedBytes -= slot.entry.charge
+        account(-slot.entry.charge)
+    }
+
+    private func account(_ change: Int) {
+        guard change != 0 else { return }
+        heldBytes.add(change, ordering: .relaxed)
+        loan?.bytes.add(change, ordering: .relaxed)
+    }
+
+    /// `bytes` as the cache stores them: LZ4-compressed when that saves a quarter or more.
+    private static func encode(_ bytes: [UInt8]) -> (stored: [UInt8], rawLength: Int32) {
+        let n = bytes.count
+        guard n >= 256 else { return (bytes, 0) }
+        let limit = n - n / 4
+        let compressed: [UInt8] = withUnsafeTemporaryAllocation(of: UInt8.self, capacity: limit) { out in
+            let count = bytes.withUnsafeBufferPointer { src in
+                Int(cs_lz4_compress(src.baseAddress!, out.baseAddress!, Int32(n), Int32(limit)))
+            }
+            return count > 0 ? Array(out[0..<count]) : []
+        }
+        guard !compressed.isEmpty else { return (bytes, 0) }  // did not fit in `limit`: stored as is
+        return (compressed, Int32(n))
     }
 
     /// Remembers `bytes` as the value of `key` at `lsn`, rebuilt by applying `records` records (see
@@ -106,32 +199,50 @@ public final class MaterializedPageCache: Sendable {
     func insert(_ store: UInt32, _ k: Key, at lsn: LSN, _ bytes: [UInt8], records: Int = 1) {
         guard isEnabled else { return }
         let key = CacheKey(store: store, key: k)
-        let capacity = perShardCapacity
+        let box = shard(key)
+        // Skip the compression when the shard already holds this LSN or a newer one.
+        let current: LSN? = box.state.withLock { s in s.index[key].flatMap { s.slots[$0]?.entry.lsn } }
+        if let current, current >= lsn { return }
+        let (stored, rawLength) = MaterializedPageCache.encode(bytes)
+        let capacity = perShardBytes
         let level = MaterializedPageCache.level(records: records)
-        shard(key).state.withLock { s in
-            if let i = s.index[key] {
-                if s.slots[i].entry.lsn < lsn {
-                    // Rebuilt from the cached value plus a few records: without the entry, the next
-                    // read would pay what the key cost before, so the entry keeps the higher level.
-                    let kept = max(level, s.slots[i].entry.level)
-                    s.slots[i].entry = Entry(lsn: lsn, bytes: bytes, level: kept, credit: kept)
-                }
-                return
+        box.state.withLock { s in
+            var entry = Entry(lsn: lsn, stored: stored, rawLength: rawLength, level: level, credit: level - 1)
+            if let i = s.index[key], let old = s.slots[i] {
+                guard old.entry.lsn < lsn else { return }
+                // Rebuilt from the cached value plus a few records: without the entry, the next
+                // read would pay what the key cost before, so the entry keeps the higher level.
+                let kept = max(level, old.entry.level)
+                entry.level = kept
+                entry.credit = kept
+                remove(&s, at: i)
+            } else {
+                insertCount.add(1, ordering: .relaxed)
             }
-            insertCount.add(1, ordering: .relaxed)
-            if s.slots.count < capacity {
-                s.index[key] = s.slots.count
-                s.slots.append((key, Entry(lsn: lsn, bytes: bytes, level: level, credit: level - 1)))
-                return
-            }
-            while s.slots[s.hand].entry.credit > 0 {
-                s.slots[s.hand].entry.credit -= 1
+            let charge = entry.charge
+            guard charge <= capacity else { return }
+            // CLOCK sweep over the occupied slots until the entry fits.
+            while s.usedBytes + charge > capacity {
+                let h = s.hand
                 s.hand = (s.hand + 1) % s.slots.count
+                guard let slot = s.slots[h] else { continue }
+                if slot.entry.credit > 0 {
+                    s.slots[h]!.entry.credit -= 1
+                } else {
+                    remove(&s, at: h)
+                }
             }
-            s.index.removeValue(forKey: s.slots[s.hand].key)
-            s.slots[s.hand] = (key, Entry(lsn: lsn, bytes: bytes, level: level, credit: level - 1))
-            s.index[key] = s.hand
-            s.hand = (s.hand + 1) % s.slots.count
+            let i: Int
+            if let f = s.free.popLast() {
+                i = f
+                s.slots[i] = (key, entry)
+            } else {
+                i = s.slots.count
+                s.slots.append((key, entry))
+            }
+            s.index[key] = i
+            s.usedBytes += charge
+            account(charge)
         }
     }
 }

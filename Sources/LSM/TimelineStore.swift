@@ -63,22 +63,29 @@ public final class StorageContext: Sendable {
     /// Open layer files with O_DIRECT (data reads bypass the kernel's page cache).
     public let directIO: Bool
     /// Reconstructed values of every store (MaterializedPageCache), so that hot pages are not rebuilt
-    /// from their base on every read.
+    /// from their base on every read. Its bytes are part of the data cache's budget (`CacheLoan`).
     public let materialized: MaterializedPageCache
     let buffers = AlignedBufferPool()
     private let nextStoreId = Atomic<UInt32>(0)
 
-    /// `dataCacheBytes` is the whole budget for data blocks, decoded and compressed together.
+    /// `dataCacheBytes` is the whole budget of page memory: decoded data blocks, compressed data
+    /// blocks and materialized pages together. The materialized pages may take up to
+    /// `materializedCacheBytes` of it (half when nil), at most half; the compressed blocks up to
+    /// `compressedCacheFraction` of it, but never so much that the decoded blocks could be left with
+    /// less than a quarter; the decoded blocks have whatever the other two do not hold.
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
-                materializedCacheBytes: Int = 64 << 20, compressedCacheFraction: Double = 0.5) {
+                materializedCacheBytes: Int? = nil, compressedCacheFraction: Double = 0.5) {
         self.io = io
-        let compressedBytes = Int(Double(max(0, dataCacheBytes)) * min(max(compressedCacheFraction, 0), 1))
+        let budget = max(0, dataCacheBytes)
+        let materializedBytes = min(max(0, materializedCacheBytes ?? budget / 2), budget / 2)
+        let compressedBytes = max(0, min(Int(Double(budget) * min(max(compressedCacheFraction, 0), 1)),
+                                         budget - budget / 4 - materializedBytes))
         let loan = CacheLoan()
-        self.dataCache = BlockCache(capacityBytes: dataCacheBytes, minimumShardBytes: 1 << 20, lending: loan)
+        self.dataCache = BlockCache(capacityBytes: budget, minimumShardBytes: 1 << 20, lending: loan)
         self.compressedDataCache = BlockCache(capacityBytes: compressedBytes, minimumShardBytes: 256 << 10, borrowing: loan)
         self.indexCache = BlockCache(capacityBytes: indexCacheBytes, minimumShardBytes: 256 << 10)
         self.directIO = directIO
-        self.materialized = MaterializedPageCache(capacity: materializedCacheBytes / 8192)
+        self.materialized = MaterializedPageCache(capacityBytes: materializedBytes, borrowing: loan)
     }
 
     /// A number that tells this process's stores apart in the shared caches.

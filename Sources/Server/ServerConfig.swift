@@ -44,7 +44,8 @@ struct ServerConfig: Sendable {
     var pagestreamThreads = 2 * ProcessInfo.processInfo.activeProcessorCount
     /// Store a page image instead of the record that would make a key's chain this long (0: never).
     var ingestImageThreshold = 128
-    /// Reconstructed pages kept in memory for all timelines (MaterializedPageCache), 8 KiB a page.
+    /// At most this much of `pageCacheBytes` (never more than half) holds reconstructed pages for
+    /// all timelines (MaterializedPageCache), compressed where that pays.
     var materializedPageCacheBytes = 256 << 20
     /// Compaction (TimelineMaintenance): how often a pass runs per timeline (0: never in the
     /// background); a chunk gets a new image layer once it has `imageCreationThreshold` delta layers

@@ -206,6 +206,11 @@ private func verifyBlocks(_ ours: any ReadStore, _ rocks: any ReadStore, forks: 
         guard x == y else {
             fail("block \(key) at \(lsn) differs: ours \(x.map { "\($0.count) bytes" } ?? "absent"), RocksDB \(y.map { "\($0.count) bytes" } ?? "absent")")
         }
+        // Read again: a page the first read rebuilt now comes from the materialized cache.
+        let again = try a.get(key, at: lsn)
+        guard again == y else {
+            fail("block \(key) at \(lsn) differs on our second read (materialized cache): \(again.map { "\($0.count) bytes" } ?? "absent")")
+        }
         if x == nil { absent += 1 } else { compared += 1 }
     }
 }

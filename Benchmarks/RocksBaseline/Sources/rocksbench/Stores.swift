@@ -82,7 +82,11 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         // The daemon's default share of the data cache for compressed blocks; OURS_COMPRESSED_FRACTION
         // overrides it for A/B runs (0 turns the compressed tier off).
         let fraction = ProcessInfo.processInfo.environment["OURS_COMPRESSED_FRACTION"].flatMap(Double.init) ?? 0.5
-        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, compressedCacheFraction: fraction)
+        // The materialized pages' share of the same budget: half, as the daemon's defaults give them
+        // (OURS_MATERIALIZED_MB overrides it for A/B runs; 0 turns them off).
+        let materialized = ProcessInfo.processInfo.environment["OURS_MATERIALIZED_MB"].flatMap(Int.init).map { $0 << 20 }
+        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, materializedCacheBytes: materialized,
+                                     compressedCacheFraction: fraction)
         self.context = context
         var config = StoreConfig()
         config.backgroundFlush = backgroundFlush
@@ -122,7 +126,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         func per(_ total: Int) -> String { String(format: "%.2f", Double(total) / Double(n)) }
         return [("layers_per_lookup", per(layersVisited.load(ordering: .relaxed))), ("records_per_lookup", per(recordsApplied.load(ordering: .relaxed))),
                 ("data_blocks_per_lookup", String(format: "%.2f", Double(d.hitCount + d.missCount) / Double(n))),("decoded_cache_mb", "\(d.usedBytes >> 20)"), ("decoded_hits", "\(d.hitCount)"), ("decoded_misses", "\(d.missCount)"),
-                ("compressed_cache_mb", "\(c.usedBytes >> 20)"), ("compressed_hits", "\(c.hitCount)")]
+                ("compressed_cache_mb", "\(c.usedBytes >> 20)"), ("compressed_hits", "\(c.hitCount)"),
+                ("materialized_mb", "\(context.materialized.usedBytes >> 20)"), ("materialized_hits", "\(context.materialized.hits)")]
     }
 }
 
