@@ -142,7 +142,8 @@ struct FetchedBlock {
 }
 
 /// Reads blocks for many lookups at once: caches first, then one batch of reads for every miss
-/// (one io_uring submission), each block verified before use and then cached.
+/// (one io_uring submission; misses in the same file within `mergeGapBytes` of each other share one
+/// read), each block verified before use and then cached.
 ///
 /// A data block is looked up in `dataCache` (decoded), then in `compressedDataCache` (the block's
 /// bytes as on disk, verified and decoded again on each hit), then read. A block read from disk goes
@@ -160,6 +161,11 @@ struct FetchedBlock {
 struct BlockFetcher {
     /// The decoded tier's recent miss share (per mille) from which blocks also go to the compressed tier.
     static let compressedTierMissPermille = 500
+    /// Misses in one file at most this far apart are read together (the bytes between are read and
+    /// dropped: on a device, a few KiB more cost less than another round trip) ...
+    static let mergeGapBytes: UInt64 = 16 << 10
+    /// ... into reads of at most this many bytes.
+    static let mergedReadBytes: UInt64 = 256 << 10
     let io: any BlockIO
     let dataCache: BlockCache
     let compressedDataCache: BlockCache
@@ -190,10 +196,13 @@ struct BlockFetcher {
         }
         if missIndex.isEmpty { return out }
 
-        // Lay out one aligned arena for all misses; O_DIRECT reads are widened to aligned ranges.
+        // One read per run of nearby misses in the same file (a key's values in a delta layer often
+        // sit in neighbouring blocks: a large record's block, then the block of its small ones), so
+        // a cold lookup pays one device round trip per file instead of one per block. O_DIRECT
+        // reads are widened to aligned ranges. One aligned arena holds every read.
         let align = BlockFetcher.directAlignment
-        var spans: [(readOffset: UInt64, readLength: Int, arenaOffset: Int)] = []
-        var arenaSize = 0
+        var spans: [(start: UInt64, end: UInt64)] = []
+        spans.reserveCapacity(missIndex.count)
         for i in missIndex {
             let r = requests[i]
             var start = r.handle.offset, end = r.handle.end
@@ -201,8 +210,33 @@ struct BlockFetcher {
                 start &= ~UInt64(align - 1)
                 end = (end + UInt64(align - 1)) & ~UInt64(align - 1)
             }
-            spans.append((start, Int(end - start), arenaSize))
-            arenaSize += (Int(end - start) + align - 1) & ~(align - 1)
+            spans.append((start, end))
+        }
+        var order = Array(missIndex.indices)
+        if order.count > 1 {
+            order.sort { a, b in
+                let fa = requests[missIndex[a]].layer.fileId, fb = requests[missIndex[b]].layer.fileId
+                return fa != fb ? fa < fb : spans[a].start < spans[b].start
+            }
+        }
+        // reads[k]: one read; readOf[n]: the read that covers miss n.
+        var reads: [(fd: Int32, fileId: UInt64, start: UInt64, end: UInt64, arenaOffset: Int)] = []
+        var readOf = [Int](repeating: 0, count: missIndex.count)
+        for n in order {
+            let layer = requests[missIndex[n]].layer
+            if let last = reads.last, last.fileId == layer.fileId,
+               spans[n].start <= last.end + BlockFetcher.mergeGapBytes,
+               max(last.end, spans[n].end) - last.start <= BlockFetcher.mergedReadBytes {
+                reads[reads.count - 1].end = max(last.end, spans[n].end)
+            } else {
+                reads.append((layer.fd, layer.fileId, spans[n].start, spans[n].end, 0))
+            }
+            readOf[n] = reads.count - 1
+        }
+        var arenaSize = 0
+        for k in reads.indices {
+            reads[k].arenaOffset = arenaSize
+            arenaSize += (Int(reads[k].end - reads[k].start) + align - 1) & ~(align - 1)
         }
         guard let buffer = buffers.take(arenaSize) else {
             throw StorageError(.io, "cannot allocate \(arenaSize) bytes for block reads")
@@ -210,23 +244,23 @@ struct BlockFetcher {
         defer { buffers.give(buffer) }
         let arena = buffer.pointer
         var ops = [ReadOp]()
-        ops.reserveCapacity(missIndex.count)
-        for (n, i) in missIndex.enumerated() {
-            ops.append(ReadOp(fd: requests[i].layer.fd, offset: spans[n].readOffset, length: spans[n].readLength,
-                              buffer: arena + spans[n].arenaOffset))
+        ops.reserveCapacity(reads.count)
+        for read in reads {
+            ops.append(ReadOp(fd: read.fd, offset: read.start, length: Int(read.end - read.start), buffer: arena + read.arenaOffset))
         }
         ops.withUnsafeMutableBufferPointer { io.read($0) }
         for (n, i) in missIndex.enumerated() {
             let r = requests[i]
-            let result = Int(ops[n].result)
+            let read = reads[readOf[n]]
+            let result = Int(ops[readOf[n]].result)
             if result < 0 {
                 throw ioError("read", errno: Int32(-result), file: r.layer.path, offset: r.handle.offset)
             }
-            let skip = Int(r.handle.offset - spans[n].readOffset)
+            let skip = Int(r.handle.offset - read.start)
             guard result >= skip + Int(r.handle.size) else {
                 throw StorageError.corruption("block of \(r.handle.size) bytes extends past the end of the file", file: r.layer.path, offset: r.handle.offset)
             }
-            let raw = UnsafeRawBufferPointer(start: arena + spans[n].arenaOffset + skip, count: Int(r.handle.size))
+            let raw = UnsafeRawBufferPointer(start: arena + read.arenaOffset + skip, count: Int(r.handle.size))
             let payload = try BlockTrailer.decodeBlock(raw, file: r.layer.path, offset: r.handle.offset)
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if r.isIndex {

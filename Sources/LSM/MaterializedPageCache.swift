@@ -90,9 +90,9 @@ public final class MaterializedPageCache: Sendable {
         let state = Mutex(Shard())
     }
 
-    /// Up to 256 shards, fewer for small caches (at least 32 pages' worth of bytes a shard, and 16
-    /// shards). Many shards because every GetPage looks here first, from as many threads as there
-    /// are clients.
+    /// Up to 256 shards, fewer for small caches (at least 32 pages' worth of bytes a shard where the
+    /// capacity allows). Many shards because every GetPage looks here first, from as many threads as
+    /// there are clients.
     private let shardCount: Int
     private let shards: [LockedShard]
     private let perShardBytes: Int
@@ -104,7 +104,7 @@ public final class MaterializedPageCache: Sendable {
     /// A cache of at most `capacityBytes` (0 disables it), charged to `loan` when one is given.
     public init(capacityBytes: Int, borrowing loan: CacheLoan? = nil) {
         var n = 256
-        while n > 16 && capacityBytes / n < 32 * 8192 { n /= 2 }
+        while n > 1 && capacityBytes / n < 32 * 8192 { n /= 2 }
         shardCount = n
         perShardBytes = capacityBytes <= 0 ? 0 : max(1, capacityBytes / n)
         shards = (0..<n).map { _ in LockedShard() }

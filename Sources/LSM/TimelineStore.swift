@@ -710,7 +710,7 @@ public final class TimelineStore: Sendable {
         }
         for p in states[0].planned {
             let e = p.entry
-            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(p.layer.descriptor.fileName)")
+            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(p.layer.descriptor.fileName) block (\(e.block.offset), \(e.block.size))")
         }
         if states[0].chain.isEmpty && states[0].planned.isEmpty { lines.append("  (no values)") }
         return lines.joined(separator: "\n")

@@ -29,14 +29,14 @@ final class MaterializedPageCacheTests: XCTestCase {
     /// A page rebuilt from 10,000 records outlives pages rebuilt from one record that came after it;
     /// one rebuilt from one record that came before them is gone.
     func testExpensiveEntriesOutliveCheapOnes() {
-        // 16 shards of 16 one-byte entries (each charged 1 + entryOverhead bytes).
+        // One shard of 256 one-byte entries (each charged 1 + entryOverhead bytes).
         let perEntry = 1 + MaterializedPageCache.entryOverhead
         let capacity = 256
         let cache = MaterializedPageCache(capacityBytes: capacity * perEntry)
         cache.insert(1, key(0), at: LSN(0x100), [0], records: 10_000)
         cache.insert(1, key(1), at: LSN(0x100), [1], records: 1)
-        // Three times the capacity of cheap entries: about 48 evictions a shard, while the expensive
-        // entry survives 14 passes of its shard's hand (about 14 x 16 evictions).
+        // Three times the capacity of cheap entries: about three passes of the hand, while the
+        // expensive entry survives 14.
         for n in 2..<(2 + 3 * capacity) { cache.insert(1, key(n), at: LSN(0x100), [UInt8(truncatingIfNeeded: n)], records: 1) }
         XCTAssertEqual(cache.lookup(1, key(0), at: LSN(0x100))?.bytes, [0], "the expensive entry survived")
         XCTAssertNil(cache.lookup(1, key(1), at: LSN(0x100)), "the cheap entry of the same age was evicted")
