@@ -14,6 +14,10 @@ import Synchronization
 /// 3. A file's blocks are keyed by a process-unique file id, never reused, so a deleted file's
 ///    stale blocks cannot be found by a new file; they age out.
 /// 4. A borrower's loan equals the bytes its shards hold (updated after each insert or clear).
+/// 5. A borrower's capacity may be changed while it runs (`setCapacity`); a shard over its new share
+///    shrinks at its next insert, as in 2.
+/// 6. With `ghostBytes > 0`, each shard remembers the keys it evicted last, up to its share of those
+///    bytes (`GhostList`); a miss on one of them counts in `ghostHits`.
 
 /// Bytes that one cache holds out of another's capacity (see `BlockCache`).
 public final class CacheLoan: Sendable {
@@ -55,6 +59,7 @@ public final class BlockCache: Sendable {
         var windowLookups = 0
         var windowMisses = 0
         var missPermille = 0
+        var ghost = GhostList()
     }
 
     /// Lookups per shard over which `recentMissPermille` is taken.
@@ -67,8 +72,15 @@ public final class BlockCache: Sendable {
     }
 
     private let shards: [ShardBox]
-    private let shardCapacityBytes: Int
-    public let capacityBytes: Int
+    /// The capacity now (`setCapacity`); the lender's shrinks by its loan besides.
+    private let capacity: Atomic<Int>
+    public var capacityBytes: Int { capacity.load(ordering: .relaxed) }
+    private let ghostBytesPerShard: Int
+    private let ghostHitCount = Atomic<Int>(0)
+    /// Misses on recently evicted keys since the last `takeGhostHits`.
+    public func takeGhostHits() -> Int { ghostHitCount.exchange(0, ordering: .relaxed) }
+    /// The same, without taking them.
+    var pendingGhostHits: Int { ghostHitCount.load(ordering: .relaxed) }
 
     /// `minimumShardBytes`: the data cache keeps 4 MiB so that a shard still holds several large
     /// blocks; the index cache, whose blocks are 4 KiB and few of them hot, takes smaller shards and
@@ -82,15 +94,23 @@ public final class BlockCache: Sendable {
     /// The loan this cache's bytes are charged to (it is the borrower), or nil.
     private let borrowedFrom: CacheLoan?
 
-    public init(capacityBytes: Int, minimumShardBytes: Int = 4 << 20, lending: CacheLoan? = nil, borrowing: CacheLoan? = nil) {
-        self.capacityBytes = capacityBytes
+    /// `ghostBytes`: how many bytes of recently evicted blocks to remember the keys of (0: none).
+    public init(capacityBytes: Int, minimumShardBytes: Int = 4 << 20, lending: CacheLoan? = nil, borrowing: CacheLoan? = nil,
+                ghostBytes: Int = 0) {
+        self.capacity = Atomic(capacityBytes)
         self.lentTo = lending
         self.borrowedFrom = borrowing
         var shards = 256
         while shards > 1 && capacityBytes / shards < minimumShardBytes { shards /= 2 }
         self.shardCount = shards
-        self.shardCapacityBytes = capacityBytes / shards
+        self.ghostBytesPerShard = max(0, ghostBytes) / shards
         self.shards = (0..<shards).map { _ in ShardBox() }
+    }
+
+    @inline(__always)
+    private static func ghostHash(_ key: CacheKey) -> UInt64 {
+        let h = (key.fileId &* 0x9E37_79B9_7F4A_7C15 ^ key.offset) &* 0xC2B2_AE3D_27D4_EB4F
+        return h ^ (h >> 31)
     }
 
     @inline(__always)
@@ -109,6 +129,9 @@ public final class BlockCache: Sendable {
             guard let i = s.map[key] else {
                 s.misses += 1
                 s.windowMisses += 1
+                if ghostBytesPerShard > 0 && s.ghost.take(BlockCache.ghostHash(key)) {
+                    ghostHitCount.add(1, ordering: .relaxed)
+                }
                 return nil
             }
             s.hits += 1
@@ -143,7 +166,7 @@ public final class BlockCache: Sendable {
 
     public func insert(_ key: CacheKey, _ bytes: [UInt8]) {
         let size = bytes.count + 64
-        var cap = shardCapacityBytes
+        var cap = capacityBytes / shardCount
         if let lentTo { cap = max(0, capacityBytes - lentTo.bytes.load(ordering: .relaxed)) / shardCount }
         guard size <= cap else { return }
         let change = shards[shard(key)].lock.withLock { s -> Int in
@@ -151,25 +174,7 @@ public final class BlockCache: Sendable {
             let before = s.usedBytes
             let count = s.sizes.count
             if s.usedBytes + size > cap && !evicted.load(ordering: .relaxed) { evicted.store(true, ordering: .relaxed) }
-            var steps = 0
-            while s.usedBytes + size > cap && steps < 2 * count + 1 {
-                // CLOCK: clear reference bits until an unreferenced slot comes round, then evict it.
-                if s.hand >= count { s.hand = 0 }
-                let h = s.hand
-                if s.sizes[h] != 0 {
-                    if s.referenced[h] {
-                        s.referenced[h] = false
-                    } else {
-                        s.map[s.keys[h]] = nil
-                        s.usedBytes -= s.sizes[h]
-                        s.sizes[h] = 0
-                        s.blocks[h] = []
-                        s.free.append(h)
-                    }
-                }
-                s.hand += 1
-                steps += 1
-            }
+            evict(&s, toHold: cap - size)
             let i: Int
             if let f = s.free.popLast() {
                 i = f
@@ -189,6 +194,49 @@ public final class BlockCache: Sendable {
             return s.usedBytes - before
         }
         if let borrowedFrom, change != 0 { borrowedFrom.bytes.add(change, ordering: .relaxed) }
+    }
+
+    /// CLOCK: clears reference bits until an unreferenced block comes round, then evicts it, until
+    /// the shard holds at most `limit` bytes (two passes at most: the first clears every bit).
+    private func evict(_ s: inout Shard, toHold limit: Int) {
+        let count = s.sizes.count
+        var steps = 0
+        while s.usedBytes > limit && steps < 2 * count + 1 {
+            if s.hand >= count { s.hand = 0 }
+            let h = s.hand
+            if s.sizes[h] != 0 {
+                if s.referenced[h] {
+                    s.referenced[h] = false
+                } else {
+                    if ghostBytesPerShard > 0 {
+                        s.ghost.add(BlockCache.ghostHash(s.keys[h]), charge: s.sizes[h], limit: ghostBytesPerShard)
+                    }
+                    s.map[s.keys[h]] = nil
+                    s.usedBytes -= s.sizes[h]
+                    s.sizes[h] = 0
+                    s.blocks[h] = []
+                    s.free.append(h)
+                }
+            }
+            s.hand += 1
+            steps += 1
+        }
+    }
+
+    /// Sets the capacity (the shard count stays what the first capacity gave). A lower capacity
+    /// evicts at once, so that a borrower's loan falls with it.
+    public func setCapacity(_ bytes: Int) {
+        let old = capacity.exchange(max(0, bytes), ordering: .relaxed)
+        guard bytes < old else { return }
+        let cap = max(0, bytes) / shardCount
+        for box in shards {
+            let change = box.lock.withLock { s -> Int in
+                let before = s.usedBytes
+                evict(&s, toHold: cap)
+                return s.usedBytes - before
+            }
+            if let borrowedFrom, change != 0 { borrowedFrom.bytes.add(change, ordering: .relaxed) }
+        }
     }
 
     public var usedBytes: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.usedBytes } } }

@@ -171,6 +171,8 @@ struct BlockFetcher {
     let compressedDataCache: BlockCache
     let indexCache: BlockCache
     let buffers: AlignedBufferPool
+    /// Told what decoded-tier misses cost (nil: not measured).
+    var balance: PageMemoryBalance? = nil
     static let directAlignment = AlignedBufferPool.alignment
 
     func fetch(_ requests: [BlockRequest]) throws -> [FetchedBlock] {
@@ -178,11 +180,15 @@ struct BlockFetcher {
         var missIndex: [Int] = []
         var missKeys: [BlockCache.CacheKey] = []
         var duplicates: [(Int, Int)] = []
+        var compressedHits = 0
+        var started: UInt64 = 0
         for (i, r) in requests.enumerated() {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if let b = (r.isIndex ? indexCache : dataCache).get(key) {
                 out[i] = FetchedBlock(bytes: b)
             } else if !r.isIndex, let hit = compressedDataCache.getCountingReuse(key) {
+                if compressedHits == 0 && started == 0, balance?.adaptive == true { started = monotonicNanos() }
+                compressedHits += 1
                 let payload = try hit.bytes.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: r.layer.path, offset: r.handle.offset) }
                 if hit.reused { dataCache.insert(key, payload) }
                 out[i] = FetchedBlock(bytes: payload)
@@ -194,7 +200,13 @@ struct BlockFetcher {
                 missIndex.append(i)
             }
         }
-        if missIndex.isEmpty { return out }
+        if missIndex.isEmpty {
+            if compressedHits > 0, let balance, balance.adaptive {
+                balance.noteBlockMisses(compressedHits, nanos: Int(monotonicNanos() &- started))
+            }
+            return out
+        }
+        if started == 0, balance?.adaptive == true { started = monotonicNanos() }
 
         // One read per run of nearby misses in the same file (a key's values in a delta layer often
         // sit in neighbouring blocks: a large record's block, then the block of its small ones), so
@@ -275,6 +287,10 @@ struct BlockFetcher {
             out[i] = FetchedBlock(bytes: payload)
         }
         for (i, j) in duplicates { out[i] = out[j] }
+        if let balance, balance.adaptive {
+            let dataMisses = compressedHits + missIndex.reduce(0) { $0 + (requests[$1].isIndex ? 0 : 1) }
+            balance.noteBlockMisses(dataMisses, nanos: Int(monotonicNanos() &- started))
+        }
         return out
     }
 }

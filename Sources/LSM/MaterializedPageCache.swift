@@ -31,6 +31,11 @@
 //    shard's lock, by the change).
 // 5. A lookup returns exactly the bytes inserted (compression is lossless and checked: an entry
 //    that does not decompress to its recorded length is dropped, never returned).
+// 6. The capacity may change while the cache runs (`setCapacity`, up to the capacity it was made
+//    with): a lower one evicts at once, by the same sweep.
+// 7. Each shard remembers the keys it evicted last, up to its share of `ghostBytes` (`GhostList`);
+//    a lookup that finds no entry for such a key counts in `takeGhostHits` (a larger cache would
+//    have had it).
 
 import CShims
 import Synchronization
@@ -84,6 +89,7 @@ public final class MaterializedPageCache: Sendable {
         var free: [Int] = []
         var hand = 0
         var usedBytes = 0
+        var ghost = GhostList()
     }
 
     private final class LockedShard: Sendable {
@@ -95,23 +101,46 @@ public final class MaterializedPageCache: Sendable {
     /// there are clients.
     private let shardCount: Int
     private let shards: [LockedShard]
-    private let perShardBytes: Int
+    /// The most the capacity may be set to, as made.
+    public let maximumBytes: Int
+    private let perShardBytes: Atomic<Int>
+    private let ghostBytesPerShard: Int
+    private let ghostHitCount = Atomic<Int>(0)
     private let loan: CacheLoan?
     private let hitCount = Atomic<Int>(0)
     private let insertCount = Atomic<Int>(0)
     private let heldBytes = Atomic<Int>(0)
 
-    /// A cache of at most `capacityBytes` (0 disables it), charged to `loan` when one is given.
-    public init(capacityBytes: Int, borrowing loan: CacheLoan? = nil) {
+    /// A cache of at most `capacityBytes` (0 disables it), charged to `loan` when one is given, that
+    /// remembers the keys of up to `ghostBytes` of evicted entries.
+    public init(capacityBytes: Int, borrowing loan: CacheLoan? = nil, ghostBytes: Int = 0) {
         var n = 256
         while n > 1 && capacityBytes / n < 32 * 8192 { n /= 2 }
         shardCount = n
-        perShardBytes = capacityBytes <= 0 ? 0 : max(1, capacityBytes / n)
+        maximumBytes = max(0, capacityBytes)
+        perShardBytes = Atomic(capacityBytes <= 0 ? 0 : max(1, capacityBytes / n))
+        ghostBytesPerShard = max(0, ghostBytes) / n
         shards = (0..<n).map { _ in LockedShard() }
         self.loan = loan
     }
 
-    public var isEnabled: Bool { perShardBytes > 0 }
+    public var isEnabled: Bool { maximumBytes > 0 }
+    /// The capacity now.
+    public var capacityBytes: Int { perShardBytes.load(ordering: .relaxed) * shardCount }
+    /// Lookups that found no entry for a key evicted recently, since the last call.
+    public func takeGhostHits() -> Int { ghostHitCount.exchange(0, ordering: .relaxed) }
+    /// The same, without taking them.
+    var pendingGhostHits: Int { ghostHitCount.load(ordering: .relaxed) }
+
+    /// Sets the capacity, at most `maximumBytes` and at least one page's worth a shard; a lower
+    /// one evicts at once.
+    public func setCapacity(_ bytes: Int) {
+        guard isEnabled else { return }
+        let perShard = max(8192 + MaterializedPageCache.entryOverhead, min(bytes, maximumBytes) / shardCount)
+        let old = perShardBytes.exchange(perShard, ordering: .relaxed)
+        guard perShard < old else { return }
+        for box in shards { box.state.withLock { s in evict(&s, toHold: perShard) } }
+    }
     public var hits: Int { hitCount.load(ordering: .relaxed) }
     public var inserts: Int { insertCount.load(ordering: .relaxed) }
     /// Bytes charged by all entries now (stored bytes and overhead).
@@ -127,7 +156,11 @@ public final class MaterializedPageCache: Sendable {
         let key = CacheKey(store: store, key: k)
         let box = shard(key)
         let found: Entry? = box.state.withLock { s in
-            guard let i = s.index[key], let slot = s.slots[i], slot.entry.lsn <= lsn else { return nil }
+            guard let i = s.index[key] else {
+                if ghostBytesPerShard > 0 && s.ghost.take(key.mixed) { ghostHitCount.add(1, ordering: .relaxed) }
+                return nil
+            }
+            guard let slot = s.slots[i], slot.entry.lsn <= lsn else { return nil }
             s.slots[i]!.entry.credit = slot.entry.level
             return slot.entry
         }
@@ -161,6 +194,22 @@ public final class MaterializedPageCache: Sendable {
         shard(key).state.withLock { s in
             guard let i = s.index[key], let slot = s.slots[i], slot.entry.lsn == lsn else { return }
             remove(&s, at: i)
+        }
+    }
+
+    /// The cost-weighted CLOCK sweep (invariant 3) until the shard charges at most `limit` bytes;
+    /// evicted keys go to the ghost list.
+    private func evict(_ s: inout Shard, toHold limit: Int) {
+        while s.usedBytes > limit && !s.slots.isEmpty {
+            let h = s.hand
+            s.hand = (s.hand + 1) % s.slots.count
+            guard let slot = s.slots[h] else { continue }
+            if slot.entry.credit > 0 {
+                s.slots[h]!.entry.credit -= 1
+            } else {
+                if ghostBytesPerShard > 0 { s.ghost.add(slot.key.mixed, charge: slot.entry.charge, limit: ghostBytesPerShard) }
+                remove(&s, at: h)
+            }
         }
     }
 
@@ -204,7 +253,7 @@ public final class MaterializedPageCache: Sendable {
         let current: LSN? = box.state.withLock { s in s.index[key].flatMap { s.slots[$0]?.entry.lsn } }
         if let current, current >= lsn { return }
         let (stored, rawLength) = MaterializedPageCache.encode(bytes)
-        let capacity = perShardBytes
+        let capacity = perShardBytes.load(ordering: .relaxed)
         let level = MaterializedPageCache.level(records: records)
         box.state.withLock { s in
             var entry = Entry(lsn: lsn, stored: stored, rawLength: rawLength, level: level, credit: level - 1)
@@ -221,17 +270,7 @@ public final class MaterializedPageCache: Sendable {
             }
             let charge = entry.charge
             guard charge <= capacity else { return }
-            // CLOCK sweep over the occupied slots until the entry fits.
-            while s.usedBytes + charge > capacity {
-                let h = s.hand
-                s.hand = (s.hand + 1) % s.slots.count
-                guard let slot = s.slots[h] else { continue }
-                if slot.entry.credit > 0 {
-                    s.slots[h]!.entry.credit -= 1
-                } else {
-                    remove(&s, at: h)
-                }
-            }
+            evict(&s, toHold: capacity - charge)
             let i: Int
             if let f = s.free.popLast() {
                 i = f

@@ -65,34 +65,48 @@ public final class StorageContext: Sendable {
     /// Reconstructed values of every store (MaterializedPageCache), so that hot pages are not rebuilt
     /// from their base on every read. Its bytes are part of the data cache's budget (`CacheLoan`).
     public let materialized: MaterializedPageCache
+    /// The split of the budget between materialized pages and data blocks (`PageMemoryBalance`).
+    public let balance: PageMemoryBalance
     let buffers = AlignedBufferPool()
     private let nextStoreId = Atomic<UInt32>(0)
 
     /// `dataCacheBytes` is the whole budget of page memory: decoded data blocks, compressed data
     /// blocks and materialized pages together. The materialized pages may take up to
-    /// `materializedCacheBytes` of it (half when nil), at most half; the compressed blocks up to
-    /// `compressedCacheFraction` of it, but never so much that the decoded blocks could be left with
-    /// less than a quarter; the decoded blocks have whatever the other two do not hold.
+    /// `materializedCacheBytes` of it (7/8 when nil, never more). They start with that share (an
+    /// empty cache holds nothing, so the blocks have all of it until pages are rebuilt); with
+    /// `adaptiveSplit`, `PageMemoryBalance` moves it within [1/16, the maximum] as the reads show
+    /// what each tier is worth. The compressed blocks take up to `compressedCacheFraction` of the budget, never so
+    /// much that the decoded blocks could be left with less than 1/8; the decoded blocks have
+    /// whatever the other two do not hold.
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
-                materializedCacheBytes: Int? = nil, compressedCacheFraction: Double = 0.5) {
+                materializedCacheBytes: Int? = nil, compressedCacheFraction: Double = 0.5, adaptiveSplit: Bool = true) {
         self.io = io
         let budget = max(0, dataCacheBytes)
-        let materializedBytes = min(max(0, materializedCacheBytes ?? budget / 2), budget / 2)
-        let compressedBytes = max(0, min(Int(Double(budget) * min(max(compressedCacheFraction, 0), 1)),
-                                         budget - budget / 4 - materializedBytes))
+        let maximumMaterialized = min(max(0, materializedCacheBytes ?? budget - budget / 8), budget - budget / 8)
+        let compressedMaximum = Int(Double(budget) * min(max(compressedCacheFraction, 0), 1))
+        // Each ghost list covers one step of the split.
+        let step = budget / 32
         let loan = CacheLoan()
-        self.dataCache = BlockCache(capacityBytes: budget, minimumShardBytes: 1 << 20, lending: loan)
-        self.compressedDataCache = BlockCache(capacityBytes: compressedBytes, minimumShardBytes: 256 << 10, borrowing: loan)
+        self.dataCache = BlockCache(capacityBytes: budget, minimumShardBytes: 1 << 20, lending: loan,
+                                    ghostBytes: adaptiveSplit ? step : 0)
+        self.compressedDataCache = BlockCache(capacityBytes: compressedMaximum, minimumShardBytes: 256 << 10, borrowing: loan)
         self.indexCache = BlockCache(capacityBytes: indexCacheBytes, minimumShardBytes: 256 << 10)
         self.directIO = directIO
-        self.materialized = MaterializedPageCache(capacityBytes: materializedBytes, borrowing: loan)
+        self.materialized = MaterializedPageCache(capacityBytes: maximumMaterialized, borrowing: loan,
+                                                  ghostBytes: adaptiveSplit ? step : 0)
+        self.balance = PageMemoryBalance(budget: budget, materialized: materialized, decoded: dataCache,
+                                         compressed: compressedDataCache, compressedMaximum: compressedMaximum,
+                                         step: step, adaptive: adaptiveSplit)
+        // Without the balance, the compressed tier leaves room for all the materialized pages may
+        // take; with it, for what they hold (updated at each rebalance).
+        compressedDataCache.setCapacity(balance.compressedCapacity(materialized: adaptiveSplit ? 0 : maximumMaterialized))
     }
 
     /// A number that tells this process's stores apart in the shared caches.
     func newStoreId() -> UInt32 { nextStoreId.add(1, ordering: .relaxed).newValue }
 
     var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, compressedDataCache: compressedDataCache,
-                                               indexCache: indexCache, buffers: buffers) }
+                                               indexCache: indexCache, buffers: buffers, balance: balance) }
 }
 
 /// The values of one timeline: an in-memory layer in front of immutable layer files, listed by a
@@ -559,6 +573,7 @@ public final class TimelineStore: Sendable {
         // progress, and a value read while its record's other puts are pending must not be
         // remembered at that record's LSN (the record's value for the key would then be skipped).
         let complete = LSN(completedRecordLSN.load(ordering: .acquiring))
+        let started = monotonicNanos()
         let snapshot = map.read { $0 }
         var states = requests.map { LookupState(key: $0.0, lsn: $0.1) }
         let materialized = context.materialized
@@ -687,6 +702,19 @@ public final class TimelineStore: Sendable {
             results = states.indices.map { answer($0, &stats) }
         }
         if !perLookup.isEmpty { stats.layersPerLookup?.append(contentsOf: perLookup) }
+        if context.balance.adaptive {
+            // What each kind of lookup costs here, for the split of page memory.
+            var hits = 0, rebuilds = 0
+            for n in states.indices where states[n].failure == nil {
+                if states[n].base != nil {
+                    hits += 1
+                } else if let newest = states[n].chain.first, newest.value.kind != .image {
+                    rebuilds += 1
+                }
+            }
+            context.balance.noteLookups(hits: hits, rebuilds: rebuilds, plain: states.count - hits - rebuilds,
+                                        nanos: Int(monotonicNanos() &- started))
+        }
         return results
     }
 

@@ -24,7 +24,8 @@ final class Repository: Sendable {
         self.context = StorageContext(io: makeBlockIO(config.ioEngine), dataCacheBytes: config.pageCacheBytes,
                                       indexCacheBytes: config.indexCacheBytes, directIO: config.directIO,
                                       materializedCacheBytes: config.materializedPageCacheBytes,
-                                      compressedCacheFraction: config.compressedPageCacheShare)
+                                      compressedCacheFraction: config.compressedPageCacheShare,
+                                      adaptiveSplit: config.adaptivePageCacheSplit)
     }
 
     var tenantsDirectory: String { config.workdir + "/tenants" }
@@ -180,6 +181,14 @@ extension Repository {
             metrics.cacheGauge("pageserver_page_cache_bytes", tier: tier, help: "Bytes the block caches hold, by tier").set(Int64(cache.usedBytes))
             metrics.cacheGauge("pageserver_page_cache_hits", tier: tier, help: "Block cache hits since start, by tier").set(Int64(cache.hitCount))
             metrics.cacheGauge("pageserver_page_cache_misses", tier: tier, help: "Block cache misses since start, by tier").set(Int64(cache.missCount))
+        }
+        let materialized = context.materialized
+        metrics.cacheGauge("pageserver_page_cache_bytes", tier: "materialized", help: "Bytes the block caches hold, by tier").set(Int64(materialized.usedBytes))
+        metrics.cacheGauge("pageserver_page_cache_hits", tier: "materialized", help: "Block cache hits since start, by tier").set(Int64(materialized.hits))
+        // The split of page_cache_size as PageMemoryBalance has moved it.
+        for (tier, capacity) in [("materialized", materialized.capacityBytes), ("compressed", context.compressedDataCache.capacityBytes)] {
+            metrics.cacheGauge("pageserver_page_cache_capacity_bytes", tier: tier,
+                               help: "The most the tier may hold now, out of page_cache_size").set(Int64(capacity))
         }
         for t in allTimelines() {
             let tid = "\(t.tenantId)", tlid = "\(t.timelineId)"

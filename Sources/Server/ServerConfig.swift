@@ -44,9 +44,12 @@ struct ServerConfig: Sendable {
     var pagestreamThreads = 2 * ProcessInfo.processInfo.activeProcessorCount
     /// Store a page image instead of the record that would make a key's chain this long (0: never).
     var ingestImageThreshold = 128
-    /// At most this much of `pageCacheBytes` (never more than half) holds reconstructed pages for
-    /// all timelines (MaterializedPageCache), compressed where that pays.
-    var materializedPageCacheBytes = 256 << 20
+    /// At most this much of `pageCacheBytes` (nil: 7/8 of it, the most it may be) holds
+    /// reconstructed pages for all timelines (MaterializedPageCache), compressed where that pays.
+    var materializedPageCacheBytes: Int? = nil
+    /// Move the materialized pages' share of `pageCacheBytes` as the reads show what it is worth
+    /// (PageMemoryBalance); false: they keep `materializedPageCacheBytes`.
+    var adaptivePageCacheSplit = true
     /// Compaction (TimelineMaintenance): how often a pass runs per timeline (0: never in the
     /// background); a chunk gets a new image layer once it has `imageCreationThreshold` delta layers
     /// above its newest image; more than `compactionThreshold` delta layers of a chunk are merged.
@@ -69,7 +72,7 @@ struct ServerConfig: Sendable {
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "compressed_page_cache_share", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length", "redo_threads",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_threads",
-        "ingest_image_threshold", "materialized_page_cache_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
+        "ingest_image_threshold", "materialized_page_cache_size", "adaptive_page_cache_split", "compaction_period", "image_creation_threshold", "image_creation_bytes",
         "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
     ]
 
@@ -145,6 +148,10 @@ struct ServerConfig: Sendable {
             pagestreamThreads = i
         }
         if let v = try size("materialized_page_cache_size") { materializedPageCacheBytes = v }
+        if let v = table["adaptive_page_cache_split"] {
+            guard let b = v.bool else { throw ConfigError("config file \(path): adaptive_page_cache_split must be true or false") }
+            adaptivePageCacheSplit = b
+        }
         if let v = table["ingest_image_threshold"] {
             guard let i = v.int, i >= 0 else { throw ConfigError("config file \(path): ingest_image_threshold must be an integer >= 0") }
             ingestImageThreshold = i

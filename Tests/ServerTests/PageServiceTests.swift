@@ -142,6 +142,10 @@ final class PageServiceTests: XCTestCase {
         XCTAssertLessThanOrEqual(gauge("pageserver_page_cache_bytes", "decoded") ?? 0, Double(2 << 20), "within page_cache_size")
         XCTAssertLessThanOrEqual(gauge("pageserver_page_cache_bytes", "compressed") ?? 0, Double(1 << 20),
                                  "within compressed_page_cache_share (0.5) of page_cache_size")
+        // The materialized pages' share: at most 7/8 of page_cache_size, and what they hold within it.
+        let materializedCapacity = gauge("pageserver_page_cache_capacity_bytes", "materialized") ?? .infinity
+        XCTAssertLessThanOrEqual(materializedCapacity, Double(2 << 20) * 7 / 8, metrics)
+        XCTAssertLessThanOrEqual(gauge("pageserver_page_cache_bytes", "materialized") ?? .infinity, materializedCapacity, metrics)
         XCTAssertTrue(metrics.contains("pageserver_page_service_requests_total{type=\"get_page\"}"), metrics)
     }
 

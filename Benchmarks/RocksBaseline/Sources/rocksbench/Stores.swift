@@ -82,11 +82,13 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         // The daemon's default share of the data cache for compressed blocks; OURS_COMPRESSED_FRACTION
         // overrides it for A/B runs (0 turns the compressed tier off).
         let fraction = ProcessInfo.processInfo.environment["OURS_COMPRESSED_FRACTION"].flatMap(Double.init) ?? 0.5
-        // The materialized pages' share of the same budget: half, as the daemon's defaults give them
-        // (OURS_MATERIALIZED_MB overrides it for A/B runs; 0 turns them off).
+        // The materialized pages' share of the same budget, as the daemon's defaults give it: at most
+        // 7/8, moved by the reads (OURS_MATERIALIZED_MB overrides the most for A/B runs, 0 turns them
+        // off; OURS_ADAPTIVE_SPLIT=0 fixes the share at that most).
         let materialized = ProcessInfo.processInfo.environment["OURS_MATERIALIZED_MB"].flatMap(Int.init).map { $0 << 20 }
+        let adaptive = ProcessInfo.processInfo.environment["OURS_ADAPTIVE_SPLIT"] != "0"
         let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, materializedCacheBytes: materialized,
-                                     compressedCacheFraction: fraction)
+                                     compressedCacheFraction: fraction, adaptiveSplit: adaptive)
         self.context = context
         var config = StoreConfig()
         config.backgroundFlush = backgroundFlush
@@ -127,7 +129,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         return [("layers_per_lookup", per(layersVisited.load(ordering: .relaxed))), ("records_per_lookup", per(recordsApplied.load(ordering: .relaxed))),
                 ("data_blocks_per_lookup", String(format: "%.2f", Double(d.hitCount + d.missCount) / Double(n))),("decoded_cache_mb", "\(d.usedBytes >> 20)"), ("decoded_hits", "\(d.hitCount)"), ("decoded_misses", "\(d.missCount)"),
                 ("compressed_cache_mb", "\(c.usedBytes >> 20)"), ("compressed_hits", "\(c.hitCount)"),
-                ("materialized_mb", "\(context.materialized.usedBytes >> 20)"), ("materialized_hits", "\(context.materialized.hits)")]
+                ("materialized_mb", "\(context.materialized.usedBytes >> 20)"), ("materialized_hits", "\(context.materialized.hits)"),
+                ("materialized_capacity_mb", "\(context.materialized.capacityBytes >> 20)"), ("split_moves", "\(context.balance.moveCount)")]
     }
 }
 
