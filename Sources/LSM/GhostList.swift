@@ -15,17 +15,18 @@ struct GhostList {
     private var order: [(hash: UInt64, seq: UInt32)] = []
     private var head = 0
     /// The live hashes: charge and the sequence number of their newest copy in `order`.
-    private var charges: [UInt64: (charge: Int, seq: UInt32)] = [:]
+    private var charges: [UInt64: (charge: Int, seq: UInt32, tag: UInt8)] = [:]
     private var nextSeq: UInt32 = 0
     private(set) var heldBytes = 0
 
     var count: Int { charges.count }
 
-    /// Remembers an evicted entry of `charge` bytes, forgetting the oldest ones beyond `limit` bytes.
-    mutating func add(_ hash: UInt64, charge: Int, limit: Int) {
+    /// Remembers an evicted entry of `charge` bytes, with a tag of the caller's (what kind of entry
+    /// it was), forgetting the oldest ones beyond `limit` bytes.
+    mutating func add(_ hash: UInt64, charge: Int, limit: Int, tag: UInt8 = 0) {
         guard limit > 0, charge <= limit else { return }
         nextSeq &+= 1
-        if let old = charges.updateValue((charge, nextSeq), forKey: hash) { heldBytes -= old.charge }
+        if let old = charges.updateValue((charge, nextSeq, tag), forKey: hash) { heldBytes -= old.charge }
         heldBytes += charge
         order.append((hash, nextSeq))
         while heldBytes > limit && head < order.count {
@@ -48,9 +49,12 @@ struct GhostList {
     }
 
     /// True when `hash` was evicted recently (and forgets it: its key is about to be cached again).
-    mutating func take(_ hash: UInt64) -> Bool {
-        guard let live = charges.removeValue(forKey: hash) else { return false }
+    mutating func take(_ hash: UInt64) -> Bool { takeTag(hash) != nil }
+
+    /// The tag `hash` was added with, when it was evicted recently (and forgets it).
+    mutating func takeTag(_ hash: UInt64) -> UInt8? {
+        guard let live = charges.removeValue(forKey: hash) else { return nil }
         heldBytes -= live.charge
-        return true
+        return live.tag
     }
 }

@@ -1,5 +1,6 @@
 // The materialized page cache: values the read path had to reconstruct (a base plus records run
-// through redo), kept so that the next read of the same key starts from them instead of from the base.
+// through redo), kept so that the next read of the same key starts from them instead of from the base;
+// and pages read from image layers, kept compressed one by one (see invariant 8).
 //
 // An entry (key, L, bytes) is the key's value at LSN L: every record with LSN <= L applied. A read at
 // LSN R >= L then collects only the values in (L, R] (usually none, or a few new records) and applies
@@ -36,6 +37,9 @@
 // 7. Each shard remembers the keys it evicted last, up to its share of `ghostBytes` (`GhostList`);
 //    a lookup that finds no entry for such a key counts in `takeGhostHits` (a larger cache would
 //    have had it).
+// 8. Pages read as images (no redo) may be remembered too, at the lowest cost level: a hit then
+//    costs a decompression of the page alone instead of a data block's lookup or read. Where the
+//    decoded blocks would serve them as well, the balance (PageMemoryBalance) takes the room back.
 
 import CShims
 import Synchronization
@@ -49,6 +53,8 @@ public final class MaterializedPageCache: Sendable {
         var rawLength: Int32
         /// 1 + log2 of the records applied to rebuild it, at most 15 (`level(records:)`).
         var level: UInt8
+        /// Read as an image (no redo): a miss on it costs a block read, not a rebuild.
+        var image: Bool
         /// Passes of the sweep it survives; a hit restores it to `level`.
         var credit: UInt8
 
@@ -106,6 +112,7 @@ public final class MaterializedPageCache: Sendable {
     private let perShardBytes: Atomic<Int>
     private let ghostBytesPerShard: Int
     private let ghostHitCount = Atomic<Int>(0)
+    private let imageGhostHitCount = Atomic<Int>(0)
     private let loan: CacheLoan?
     private let hitCount = Atomic<Int>(0)
     private let insertCount = Atomic<Int>(0)
@@ -128,9 +135,16 @@ public final class MaterializedPageCache: Sendable {
     /// The capacity now.
     public var capacityBytes: Int { perShardBytes.load(ordering: .relaxed) * shardCount }
     /// Lookups that found no entry for a key evicted recently, since the last call.
-    public func takeGhostHits() -> Int { ghostHitCount.exchange(0, ordering: .relaxed) }
+    public func takeGhostHits() -> Int {
+        let taken = takeGhostHitsByKind()
+        return taken.rebuilt + taken.images
+    }
+    /// The same, by the kind of entry evicted: rebuilt by redo, or read as an image.
+    public func takeGhostHitsByKind() -> (rebuilt: Int, images: Int) {
+        (ghostHitCount.exchange(0, ordering: .relaxed), imageGhostHitCount.exchange(0, ordering: .relaxed))
+    }
     /// The same, without taking them.
-    var pendingGhostHits: Int { ghostHitCount.load(ordering: .relaxed) }
+    var pendingGhostHits: Int { ghostHitCount.load(ordering: .relaxed) + imageGhostHitCount.load(ordering: .relaxed) }
 
     /// Sets the capacity, at most `maximumBytes` and at least one page's worth a shard; a lower
     /// one evicts at once.
@@ -157,7 +171,9 @@ public final class MaterializedPageCache: Sendable {
         let box = shard(key)
         let found: Entry? = box.state.withLock { s in
             guard let i = s.index[key] else {
-                if ghostBytesPerShard > 0 && s.ghost.take(key.mixed) { ghostHitCount.add(1, ordering: .relaxed) }
+                if ghostBytesPerShard > 0, let tag = s.ghost.takeTag(key.mixed) {
+                    if tag == 1 { imageGhostHitCount.add(1, ordering: .relaxed) } else { ghostHitCount.add(1, ordering: .relaxed) }
+                }
                 return nil
             }
             guard let slot = s.slots[i], slot.entry.lsn <= lsn else { return nil }
@@ -207,7 +223,9 @@ public final class MaterializedPageCache: Sendable {
             if slot.entry.credit > 0 {
                 s.slots[h]!.entry.credit -= 1
             } else {
-                if ghostBytesPerShard > 0 { s.ghost.add(slot.key.mixed, charge: slot.entry.charge, limit: ghostBytesPerShard) }
+                if ghostBytesPerShard > 0 {
+                    s.ghost.add(slot.key.mixed, charge: slot.entry.charge, limit: ghostBytesPerShard, tag: slot.entry.image ? 1 : 0)
+                }
                 remove(&s, at: h)
             }
         }
@@ -243,8 +261,8 @@ public final class MaterializedPageCache: Sendable {
         return (compressed, Int32(n))
     }
 
-    /// Remembers `bytes` as the value of `key` at `lsn`, rebuilt by applying `records` records (see
-    /// invariant 1 for who may call this).
+    /// Remembers `bytes` as the value of `key` at `lsn`, rebuilt by applying `records` records (0:
+    /// read as an image; see invariant 1 for who may call this).
     func insert(_ store: UInt32, _ k: Key, at lsn: LSN, _ bytes: [UInt8], records: Int = 1) {
         guard isEnabled else { return }
         let key = CacheKey(store: store, key: k)
@@ -254,9 +272,10 @@ public final class MaterializedPageCache: Sendable {
         if let current, current >= lsn { return }
         let (stored, rawLength) = MaterializedPageCache.encode(bytes)
         let capacity = perShardBytes.load(ordering: .relaxed)
-        let level = MaterializedPageCache.level(records: records)
+        // An image read ranks below every rebuilt page: missing it costs a block read, not a rebuild.
+        let level = records == 0 ? 1 : min(15, MaterializedPageCache.level(records: records) + 1)
         box.state.withLock { s in
-            var entry = Entry(lsn: lsn, stored: stored, rawLength: rawLength, level: level, credit: level - 1)
+            var entry = Entry(lsn: lsn, stored: stored, rawLength: rawLength, level: level, image: records == 0, credit: level - 1)
             if let i = s.index[key], let old = s.slots[i] {
                 guard old.entry.lsn < lsn else { return }
                 // Rebuilt from the cached value plus a few records: without the entry, the next

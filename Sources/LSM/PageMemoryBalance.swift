@@ -13,7 +13,8 @@
 // bytes would have given that tier. Every `window` lookups, each tier's ghost hits are weighed by
 // the cost of the miss they stand for, measured on this machine as it runs:
 // - a materialized ghost hit saves a rebuild: a lookup's time without a materialized base that ran
-//   redo, less its time with one;
+//   redo, less its time with one; for a page that was read as an image, a lookup's time without a
+//   base or redo, less the time with one;
 // - a decoded-block ghost hit saves a block miss: decompressing a compressed-tier block, or reading
 //   and decoding one.
 // The side that would have saved clearly more (by a quarter), on at least `minimumGhostHits` ghost
@@ -116,9 +117,12 @@ public final class PageMemoryBalance: Sendable {
     func rebalance() {
         guard rebalancing.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else { return }
         defer { rebalancing.store(false, ordering: .releasing) }
-        let savedRebuild = max(0, rebuildNanos.load(ordering: .relaxed) - hitNanos.load(ordering: .relaxed))
-        let materializedGhostHits = materialized.takeGhostHits(), blockGhostHits = decoded.takeGhostHits()
-        let savedByMaterialized = materializedGhostHits * savedRebuild
+        let hit = hitNanos.load(ordering: .relaxed)
+        let savedRebuild = max(0, rebuildNanos.load(ordering: .relaxed) - hit)
+        let savedImageRead = max(0, plainNanos.load(ordering: .relaxed) - hit)
+        let ghosts = materialized.takeGhostHitsByKind(), blockGhostHits = decoded.takeGhostHits()
+        let materializedGhostHits = ghosts.rebuilt + ghosts.images
+        let savedByMaterialized = ghosts.rebuilt * savedRebuild + ghosts.images * savedImageRead
         let savedByBlocks = blockGhostHits * blockMissNanos.load(ordering: .relaxed)
         let current = materialized.capacityBytes
         var target = current

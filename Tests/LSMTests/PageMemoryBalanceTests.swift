@@ -73,6 +73,59 @@ final class PageMemoryBalanceTests: XCTestCase {
         XCTAssertEqual(cache.capacityBytes, 256 * perEntry, "never above the capacity it was made with")
     }
 
+    /// An evicted image's ghost hit is told apart from a rebuilt page's (they save different costs).
+    func testGhostHitsOfImagesAndRebuiltPagesCountApart() {
+        let perEntry = 1 + MaterializedPageCache.entryOverhead
+        let cache = MaterializedPageCache(capacityBytes: 64 * perEntry, ghostBytes: 256 * perEntry)
+        for n in 0..<64 { cache.insert(1, key(n), at: LSN(0x100), [1], records: n % 2 == 0 ? 0 : 3) }
+        for n in 64..<192 { cache.insert(1, key(n), at: LSN(0x100), [1], records: 1) }
+        let evicted = (0..<64).filter { cache.lookup(1, key($0), at: LSN(0x100)) == nil }
+        XCTAssertEqual(evicted.count, 64, "three times the capacity of newer entries went in")
+        let ghosts = cache.takeGhostHitsByKind()
+        XCTAssertEqual(ghosts.images, 32)
+        XCTAssertEqual(ghosts.rebuilt, 32)
+    }
+
+    /// Pages read from an image layer are remembered, and a remembered page is a correct base for
+    /// later reads: at the same LSN, above it once new records came (they are applied on top), and
+    /// below it (the entry is ignored there).
+    func testPagesReadFromAnImageLayerAreRememberedAndStayExact() throws {
+        let dir = makeTempDir("balance-images")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        let context = StorageContext(io: PreadEngine(), dataCacheBytes: 16 << 20)
+        let store = try TimelineStore.open(directory: dir, config: config, context: context)
+        var rng = SeededRandom(seed: 11)
+        var pages: [[UInt8]] = []
+        for b in 0..<32 {
+            var page = [UInt8](repeating: 0, count: 8192)
+            for i in stride(from: 0, to: 8192, by: 64) { page[i] = UInt8(truncatingIfNeeded: rng.next()) }
+            pages.append(page)
+            try store.put(relKey(rel: 16384, block: UInt32(b)), LSN(0x100), .image(page))
+        }
+        store.advance(to: LSN(0x100))
+        try store.checkpoint()
+        for b in 0..<32 { try store.put(relKey(rel: 16384, block: UInt32(b)), LSN(0x200), .walRecord([0xAA])) }
+        store.advance(to: LSN(0x200))
+        try store.checkpoint()
+        XCTAssertGreaterThan(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1, at: LSN(0x180)).layersCreated, 0)
+        let before = context.materialized.inserts
+        for _ in 0..<2 {
+            for b in 0..<32 { XCTAssertEqual(try store.get(relKey(rel: 16384, block: UInt32(b)), at: LSN(0x180), redo: AppendRedo()), pages[b]) }
+        }
+        XCTAssertGreaterThanOrEqual(context.materialized.inserts - before, 32, "the image layer's pages were remembered")
+        XCTAssertGreaterThanOrEqual(context.materialized.hits, 32, "and found on the second pass")
+        // Above the entries: the record at 0x200 is applied to them.
+        for b in 0..<32 {
+            let want = try AppendRedo().reconstruct(key: relKey(rel: 16384, block: UInt32(b)), lsn: LSN(0x200), base: (LSN(0x100), pages[b]),
+                                                    records: [RedoRecord(lsn: LSN(0x200), value: .walRecord([0xAA]))])
+            XCTAssertEqual(try store.get(relKey(rel: 16384, block: UInt32(b)), at: LSN(0x200), redo: AppendRedo()), want)
+            XCTAssertEqual(try store.get(relKey(rel: 16384, block: UInt32(b)), at: LSN(0x100), redo: AppendRedo()), pages[b])
+        }
+        store.close()
+    }
+
     /// Driven by hand: the costs are set, then ghost hits are made on one side at a time. The
     /// blocks' ghost hits, worth more, take room from the pages down to the floor; the pages' ghost
     /// hits, worth more, take it back. The compressed tier leaves room for what the pages hold.
