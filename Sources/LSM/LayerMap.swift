@@ -139,8 +139,14 @@ extension LayerMap {
                 states[s].done = true
                 continue
             }
-            // 1. In-memory layers: the open one, then the frozen ones newest first.
             let materialized = states[s].floor
+            // A materialized value at the read LSN itself: no value can lie above it and at or below
+            // the LSN, so there is nothing to look up.
+            if let materialized, materialized >= lsn {
+                states[s].done = true
+                continue
+            }
+            // 1. In-memory layers: the open one, then the frozen ones newest first.
             if open.startLSN <= lsn {
                 states[s].layersVisited += 1
                 states[s].done = open.collect(key, floor: materialized, ceiling: lsn, into: &states[s].chain)

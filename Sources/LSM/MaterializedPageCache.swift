@@ -40,6 +40,7 @@
 // 8. Pages read as images (no redo) may be remembered too, at the lowest cost level: a hit then
 //    costs a decompression of the page alone instead of a data block's lookup or read. Where the
 //    decoded blocks would serve them as well, the balance (PageMemoryBalance) takes the room back.
+//    (Which image reads are remembered is the read path's choice: TimelineStore.reconstruct.)
 
 import CShims
 import Synchronization
@@ -259,6 +260,15 @@ public final class MaterializedPageCache: Sendable {
         }
         guard !compressed.isEmpty else { return (bytes, 0) }  // did not fit in `limit`: stored as is
         return (compressed, Int32(n))
+    }
+
+    /// Whether the shard of `key` has room to spare (an eighth of its capacity free): an insert
+    /// there evicts nothing.
+    func hasRoom(_ store: UInt32, _ k: Key) -> Bool {
+        guard isEnabled else { return false }
+        let key = CacheKey(store: store, key: k)
+        let capacity = perShardBytes.load(ordering: .relaxed)
+        return shard(key).state.withLock { s in s.usedBytes < capacity - capacity / 8 }
     }
 
     /// Remembers `bytes` as the value of `key` at `lsn`, rebuilt by applying `records` records (0:

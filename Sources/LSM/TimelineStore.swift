@@ -750,15 +750,16 @@ public final class TimelineStore: Sendable {
                              complete: LSN, fromImageLayer: Bool, redo: any Redo, stats: inout ReadStats) throws -> [UInt8]? {
         guard let oldest = chain.last else { return cached?.bytes }
         if chain[0].value.kind == .image {
-            // A page read from an image layer is remembered too, where the split of page memory is
-            // balanced: a hit then decompresses the page alone instead of finding (or reading and
-            // decoding) its data block. Measured with pgbench stores and image layers: 1.7-2.3x the
-            // pages/s at scale 20, where every page fits, and the same as without at scale 100. A
-            // fixed share of such entries crowded out the blocks: 0.65-0.8x at scale 100. Images in
-            // delta layers (full-page writes among records) are not: where most reads rebuild pages,
-            // the compression of each such read cost more than its later hits saved (0.8-0.9x).
+            // A page read as an image is remembered too, where the split of page memory is balanced:
+            // a hit then decompresses the page alone instead of finding (or reading and decoding)
+            // its data block. Measured with pgbench stores and image layers: 1.7-2.3x the pages/s at
+            // scale 20, where every page fits, and the same as without at scale 100. (A fixed share
+            // of such entries crowded out the blocks: 0.65-0.8x at scale 100.) An image from a delta
+            // layer (a base backup's page, a full-page write) only while the cache has room to
+            // spare: where most reads rebuild pages and the cache is full, compressing each such
+            // read cost more than its later hits saved (0.8-0.9x at scale 100 without image layers).
             let page = chain[0].value.bytes
-            if fromImageLayer && page.count >= 4096 && context.balance.adaptive {
+            if page.count >= 4096 && context.balance.adaptive && (fromImageLayer || context.materialized.hasRoom(storeId, key)) {
                 remember(key, lsn: lsn, newest: chain[0].lsn, complete: complete, page, records: 0)
             }
             return page

@@ -77,8 +77,10 @@ final class PageMemoryBalanceTests: XCTestCase {
     func testGhostHitsOfImagesAndRebuiltPagesCountApart() {
         let perEntry = 1 + MaterializedPageCache.entryOverhead
         let cache = MaterializedPageCache(capacityBytes: 64 * perEntry, ghostBytes: 256 * perEntry)
+        XCTAssertTrue(cache.hasRoom(1, key(0)), "empty: room to spare")
         for n in 0..<64 { cache.insert(1, key(n), at: LSN(0x100), [1], records: n % 2 == 0 ? 0 : 3) }
         for n in 64..<192 { cache.insert(1, key(n), at: LSN(0x100), [1], records: 1) }
+        XCTAssertFalse(cache.hasRoom(1, key(0)), "full")
         let evicted = (0..<64).filter { cache.lookup(1, key($0), at: LSN(0x100)) == nil }
         XCTAssertEqual(evicted.count, 64, "three times the capacity of newer entries went in")
         let ghosts = cache.takeGhostHitsByKind()
@@ -86,8 +88,7 @@ final class PageMemoryBalanceTests: XCTestCase {
         XCTAssertEqual(ghosts.rebuilt, 32)
     }
 
-    /// Pages read from an image layer are remembered, and a remembered page is a correct base for
-    /// later reads: at the same LSN, above it once new records came (they are applied on top), and
+    /// Pages read as images are remembered, and a remembered page is a correct base for later reads: at the same LSN, above it once new records came (they are applied on top), and
     /// below it (the entry is ignored there).
     func testPagesReadFromAnImageLayerAreRememberedAndStayExact() throws {
         let dir = makeTempDir("balance-images")
@@ -110,12 +111,12 @@ final class PageMemoryBalanceTests: XCTestCase {
         store.advance(to: LSN(0x200))
         try store.checkpoint()
         XCTAssertGreaterThan(try store.createImageLayers(redo: AppendRedo(), thresholdDeltas: 1, at: LSN(0x180)).layersCreated, 0)
-        let before = context.materialized.inserts
+        let hitsBefore = context.materialized.hits
         for _ in 0..<2 {
             for b in 0..<32 { XCTAssertEqual(try store.get(relKey(rel: 16384, block: UInt32(b)), at: LSN(0x180), redo: AppendRedo()), pages[b]) }
         }
-        XCTAssertGreaterThanOrEqual(context.materialized.inserts - before, 32, "the image layer's pages were remembered")
-        XCTAssertGreaterThanOrEqual(context.materialized.hits, 32, "and found on the second pass")
+        XCTAssertGreaterThan(context.materialized.inserts, 0)
+        XCTAssertGreaterThanOrEqual(context.materialized.hits - hitsBefore, 32, "the pages were remembered and found again")
         // Above the entries: the record at 0x200 is applied to them.
         for b in 0..<32 {
             let want = try AppendRedo().reconstruct(key: relKey(rel: 16384, block: UInt32(b)), lsn: LSN(0x200), base: (LSN(0x100), pages[b]),
