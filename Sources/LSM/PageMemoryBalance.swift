@@ -75,8 +75,6 @@ public final class PageMemoryBalance: Sendable {
         self.adaptive = adaptive && materialized.isEnabled && budget > 0
     }
 
-    /// The materialized pages' capacity now.
-    public var materializedBytes: Int { materialized.capacityBytes }
     /// Decisions that moved the split so far.
     public var moveCount: Int { moves.load(ordering: .relaxed) }
 

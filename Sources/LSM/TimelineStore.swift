@@ -75,9 +75,9 @@ public final class StorageContext: Sendable {
     /// `materializedCacheBytes` of it (7/8 when nil, never more). They start with that share (an
     /// empty cache holds nothing, so the blocks have all of it until pages are rebuilt); with
     /// `adaptiveSplit`, `PageMemoryBalance` moves it within [1/16, the maximum] as the reads show
-    /// what each tier is worth. The compressed blocks take up to `compressedCacheFraction` of the budget, never so
-    /// much that the decoded blocks could be left with less than 1/8; the decoded blocks have
-    /// whatever the other two do not hold.
+    /// what each tier is worth. The compressed blocks take up to `compressedCacheFraction` of the
+    /// budget, never so much that the decoded blocks could be left with less than 1/8; the decoded
+    /// blocks have whatever the other two do not hold.
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
                 materializedCacheBytes: Int? = nil, compressedCacheFraction: Double = 0.5, adaptiveSplit: Bool = true) {
         self.io = io
