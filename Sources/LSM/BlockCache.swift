@@ -7,7 +7,9 @@ import Synchronization
 /// compressed tier of the data cache) charges the bytes it holds to the loan, and the lender (the
 /// decoded tier) has that much less room. So the compressed tier costs the decoded tier only what
 /// it actually holds. Invariants:
-/// 1. Only blocks whose checksum verified are inserted (callers insert after `decodeBlock`).
+/// 1. Only blocks whose checksum verified are inserted (callers insert after `decodeBlock`), with
+///    one exception: a prefetched window (`insertWindow`) holds a file's bytes as read, and every
+///    block in it is verified when a reader decodes it.
 /// 2. The bytes held by a shard never exceed `(capacityBytes - loan) / shardCount` after an insert
 ///    returns, the loan read at that insert (a block larger than that is not cached at all). A
 ///    lender's shard that a grown loan has put over budget shrinks at its next insert.
@@ -89,6 +91,20 @@ public final class BlockCache: Sendable {
     private let evicted = Atomic<Bool>(false)
     /// True once an insert has had to evict a block (the cache filled up at least once).
     public var hasEvicted: Bool { evicted.load(ordering: .relaxed) }
+    /// The bytes the shards hold, as they count them (kept beside the shards so that reading it
+    /// takes no lock).
+    private let held = Atomic<Int>(0)
+    public var heldBytes: Int { held.load(ordering: .relaxed) }
+    /// True once a prefetched window has been inserted (`insertWindow`): only then do readers look
+    /// for window entries.
+    private let windows = Atomic<Bool>(false)
+    var hasWindows: Bool { windows.load(ordering: .relaxed) }
+
+    /// Inserts the entry of a prefetched window of a file (see `BlockFetcher`).
+    func insertWindow(_ key: CacheKey, _ bytes: [UInt8]) {
+        if !windows.load(ordering: .relaxed) { windows.store(true, ordering: .relaxed) }
+        insert(key, bytes)
+    }
     /// The loan this cache's capacity shrinks by (it is the lender), or nil.
     private let lentTo: CacheLoan?
     /// The loan this cache's bytes are charged to (it is the borrower), or nil.
@@ -193,7 +209,10 @@ public final class BlockCache: Sendable {
             s.usedBytes += size
             return s.usedBytes - before
         }
-        if let borrowedFrom, change != 0 { borrowedFrom.bytes.add(change, ordering: .relaxed) }
+        if change != 0 {
+            held.add(change, ordering: .relaxed)
+            borrowedFrom?.bytes.add(change, ordering: .relaxed)
+        }
     }
 
     /// CLOCK: clears reference bits until an unreferenced block comes round, then evicts it, until
@@ -235,7 +254,10 @@ public final class BlockCache: Sendable {
                 evict(&s, toHold: cap)
                 return s.usedBytes - before
             }
-            if let borrowedFrom, change != 0 { borrowedFrom.bytes.add(change, ordering: .relaxed) }
+            if change != 0 {
+                held.add(change, ordering: .relaxed)
+                borrowedFrom?.bytes.add(change, ordering: .relaxed)
+            }
         }
     }
 
@@ -252,7 +274,10 @@ public final class BlockCache: Sendable {
                 ($0.hits, $0.misses) = (hits, misses)
                 return used
             }
-            if let borrowedFrom, freed != 0 { borrowedFrom.bytes.subtract(freed, ordering: .relaxed) }
+            if freed != 0 {
+                held.subtract(freed, ordering: .relaxed)
+                borrowedFrom?.bytes.subtract(freed, ordering: .relaxed)
+            }
         }
     }
 }

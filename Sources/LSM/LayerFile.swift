@@ -1,4 +1,5 @@
 import CShims
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,6 +16,10 @@ import Glibc
 ///    footer).
 /// 2. The file descriptor stays open for the object's lifetime, so a layer deleted by compaction
 ///    can still be read by a lookup that started before the deletion.
+/// 3. `dataBlockStarts`, once set, lists every data block's offset in file order, and the blocks
+///    tile the data region exactly (the first starts at the header's end, each ends where the next
+///    starts, the last ends at `footer.indexOffset`). It is set only from index blocks that
+///    verified, so a read widened by it covers whole blocks; each block is still verified on use.
 public final class LayerFile: Sendable {
     public let path: String
     public let descriptor: LayerDescriptor
@@ -25,6 +30,9 @@ public final class LayerFile: Sendable {
     let fd: Int32
     let direct: Bool
     let fileId: UInt64
+    /// Each data block's offset, in file order (invariant 3); nil until `preloadIndex` has read every
+    /// index block, or when the data region holds 2^32 bytes or more.
+    private let dataBlockStarts = Mutex<[UInt32]?>(nil)
 
     /// Opens `path`; `expected` (from the manifest) must match the header. `direct` opens with
     /// O_DIRECT so that data reads bypass the kernel's page cache.
@@ -107,17 +115,87 @@ public final class LayerFile: Sendable {
         let read = (try? region.withUnsafeMutableBytes { try FileOps.readAll(fd, into: $0, at: start, path: path) }) ?? 0
         guard read == region.count else { return 0 }
         var added = 0
+        // The data blocks' offsets, collected from the entries while every index block verifies.
+        var starts: [UInt32]? = footer.indexOffset <= UInt64(UInt32.max) ? [] : nil
+        starts?.reserveCapacity(Int(header.dataBlockCount))
         region.withUnsafeBytes { all in
-            for line in directory.lines where added < budgetBytes {
+            for line in directory.lines {
+                guard added < budgetBytes || starts != nil else { break }
                 // A file opened now has a new file id, so none of its blocks is cached yet.
                 let key = BlockCache.CacheKey(fileId: fileId, offset: line.handle.offset)
                 let raw = UnsafeRawBufferPointer(rebasing: all[Int(line.handle.offset - start)..<Int(line.handle.end - start)])
-                guard let payload = try? BlockTrailer.decodeBlock(raw, file: path, offset: line.handle.offset) else { continue }
-                cache.insert(key, payload)
-                added += payload.count + 64
+                guard let payload = try? BlockTrailer.decodeBlock(raw, file: path, offset: line.handle.offset) else {
+                    starts = nil
+                    continue
+                }
+                if starts != nil, !LayerFile.collectBlockStarts(payload, into: &starts!) { starts = nil }
+                if added < budgetBytes {
+                    cache.insert(key, payload)
+                    added += payload.count + 64
+                }
             }
         }
+        if let s = starts, tilesDataRegion(s) { dataBlockStarts.withLock { $0 = s } }
         return added
+    }
+
+    /// Appends the block offsets named by an index block's entries that differ from the last one
+    /// collected. False when the payload is not a well-formed entry list or an offset goes backwards.
+    private static func collectBlockStarts(_ payload: [UInt8], into starts: inout [UInt32]) -> Bool {
+        payload.withUnsafeBytes { b in
+            guard b.count >= 4 else { return false }
+            let n = Int(loadBE(b, 0, as: UInt32.self))
+            guard b.count == 4 + n * IndexEntry.size else { return false }
+            for i in 0..<n {
+                // IndexEntry: the block handle's offset is at byte 28 of the entry.
+                let offset = loadBE(b, 4 + i * IndexEntry.size + 28, as: UInt64.self)
+                guard offset <= UInt64(UInt32.max) else { return false }
+                let o = UInt32(offset)
+                if let last = starts.last {
+                    if o == last { continue }
+                    guard o > last else { return false }
+                }
+                starts.append(o)
+            }
+            return true
+        }
+    }
+
+    /// Invariant 3 for a candidate list: it starts at the header's end, holds the header's count of
+    /// blocks, and its last block ends where the index begins (checked against the last handle).
+    private func tilesDataRegion(_ starts: [UInt32]) -> Bool {
+        guard let first = starts.first else { return false }
+        return UInt64(first) == UInt64(LayerHeader.size) && starts.count == Int(header.dataBlockCount)
+            && UInt64(starts[starts.count - 1]) < footer.indexOffset
+    }
+
+    /// The whole data blocks inside the `windowBytes`-aligned window of the file that holds
+    /// `handle`, as one byte range, when the block table is known and that range is larger than the
+    /// block itself; nil otherwise.
+    func prefetchRange(around handle: BlockHandle, windowBytes: UInt64) -> (start: UInt64, end: UInt64)? {
+        guard let starts = dataBlockStarts.withLock({ $0 }) else { return nil }
+        let windowStart = handle.offset / windowBytes * windowBytes
+        let windowEnd = windowStart + windowBytes
+        // First block starting at or after the window's start.
+        var lo = 0, hi = starts.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if UInt64(starts[mid]) < windowStart { lo = mid + 1 } else { hi = mid }
+        }
+        // Last block ending at or before the window's end.
+        var last = lo - 1
+        var j = lo
+        while j < starts.count {
+            let end = j + 1 < starts.count ? UInt64(starts[j + 1]) : footer.indexOffset
+            if end > windowEnd { break }
+            last = j
+            j += 1
+        }
+        guard last >= lo else { return nil }
+        let start = min(UInt64(starts[lo]), handle.offset)
+        let end = max(last + 1 < starts.count ? UInt64(starts[last + 1]) : footer.indexOffset, handle.end)
+        guard end - start > UInt64(handle.size) else { return nil }
+        return (start, end)
     }
 
     /// True when `key` is inside the key range this layer covers.
@@ -158,6 +236,17 @@ struct FetchedBlock {
 /// then costs a decompression but no eviction from the decoded tier (where the data outgrows the
 /// decoded tier, inserting every hit evicted a decoded block per read, and the churn of 8 KiB
 /// allocations showed in the profile).
+///
+/// Cold windows (`prefetchWindowBytes`): while `dataCache` has never had to evict and the
+/// compressed tier holds under 3/4 of its share, a data-block miss in a file whose block table is
+/// known (`LayerFile.prefetchRange`) reads every whole block of the aligned window around it, and
+/// the window is kept as one compressed-tier entry, `[first block's offset: u64][blocks as on
+/// disk]`, under the key (file, window start | 2^63). A later miss in that window decodes its
+/// block from the entry (verifying it) and puts it into `dataCache`, with no read. A store that
+/// fits in memory is then read in one round trip per window instead of one per lookup (a scale-20
+/// pgbench store, cold, depth 1: 1.5-1.7x the pages/s); once memory is full, reads are exact
+/// again. Windows are one entry each rather than one per block: inserting each block on its own
+/// cost more than the reads it saved.
 struct BlockFetcher {
     /// The decoded tier's recent miss share (per mille) from which blocks also go to the compressed tier.
     static let compressedTierMissPermille = 500
@@ -173,6 +262,10 @@ struct BlockFetcher {
     let buffers: AlignedBufferPool
     /// Told what decoded-tier misses cost (nil: not measured).
     var balance: PageMemoryBalance? = nil
+    /// While page memory has never been full, a data-block miss reads every whole block of the
+    /// aligned window of this many bytes around it, kept as one entry of the compressed tier
+    /// (0: off; `StorageContext.coldPrefetchWindowBytes`).
+    var prefetchWindowBytes: UInt64 = 0
     static let directAlignment = AlignedBufferPool.alignment
 
     func fetch(_ requests: [BlockRequest]) throws -> [FetchedBlock] {
@@ -182,6 +275,7 @@ struct BlockFetcher {
         var duplicates: [(Int, Int)] = []
         var compressedHits = 0
         var started: UInt64 = 0
+        let windowsCached = compressedDataCache.hasWindows
         for (i, r) in requests.enumerated() {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if let b = (r.isIndex ? indexCache : dataCache).get(key) {
@@ -191,6 +285,11 @@ struct BlockFetcher {
                 compressedHits += 1
                 let payload = try hit.bytes.withUnsafeBytes { try BlockTrailer.decodeBlock($0, file: r.layer.path, offset: r.handle.offset) }
                 if hit.reused { dataCache.insert(key, payload) }
+                out[i] = FetchedBlock(bytes: payload)
+            } else if !r.isIndex, windowsCached, prefetchWindowBytes > 0, let payload = try fromWindow(r) {
+                if compressedHits == 0 && started == 0, balance?.adaptive == true { started = monotonicNanos() }
+                compressedHits += 1
+                dataCache.insert(key, payload)
                 out[i] = FetchedBlock(bytes: payload)
             } else if let n = missKeys.firstIndex(of: key) {
                 // Batches are small (a pipeline's worth), so a linear scan beats a hash map here.
@@ -215,9 +314,22 @@ struct BlockFetcher {
         let align = BlockFetcher.directAlignment
         var spans: [(start: UInt64, end: UInt64)] = []
         spans.reserveCapacity(missIndex.count)
-        for i in missIndex {
+        // Cold prefetch: while no tier of page memory has had to evict, the blocks around a miss are
+        // read with it (the same round trip, a few more KiB) and kept compressed. A store that fits
+        // in memory is then read in a few dozen reads per file instead of one per lookup; once
+        // memory is full, reads are exact again.
+        let window = prefetchWindowBytes
+        let prefetching = window > 0 && !dataCache.hasEvicted
+            && compressedDataCache.heldBytes + Int(window) <= compressedDataCache.capacityBytes / 4 * 3
+        // windows[n]: the whole blocks of miss n's window, read with it (nil: the block alone).
+        var windows = [(start: UInt64, end: UInt64)?](repeating: nil, count: prefetching ? missIndex.count : 0)
+        for (n, i) in missIndex.enumerated() {
             let r = requests[i]
             var start = r.handle.offset, end = r.handle.end
+            if prefetching, !r.isIndex, let range = r.layer.prefetchRange(around: r.handle, windowBytes: window) {
+                (start, end) = range
+                windows[n] = range
+            }
             if r.layer.direct {
                 start &= ~UInt64(align - 1)
                 end = (end + UInt64(align - 1)) & ~UInt64(align - 1)
@@ -286,11 +398,62 @@ struct BlockFetcher {
             }
             out[i] = FetchedBlock(bytes: payload)
         }
+        if prefetching {
+            keepWindows(requests, missIndex: missIndex, windows: windows, reads: reads, readOf: readOf, ops: ops, arena: arena)
+        }
         for (i, j) in duplicates { out[i] = out[j] }
         if let balance, balance.adaptive {
             let dataMisses = compressedHits + missIndex.reduce(0) { $0 + (requests[$1].isIndex ? 0 : 1) }
             balance.noteBlockMisses(dataMisses, nanos: Int(monotonicNanos() &- started))
         }
         return out
+    }
+
+    /// The cache key of the window around `handle`'s block (the top bit sets window keys apart
+    /// from block offsets, which are far below 2^63).
+    @inline(__always)
+    func windowKey(_ layer: LayerFile, _ handle: BlockHandle) -> BlockCache.CacheKey {
+        let w = prefetchWindowBytes
+        return BlockCache.CacheKey(fileId: layer.fileId, offset: handle.offset / w * w | 1 << 63)
+    }
+
+    /// The block of `r` decoded out of its cached window, or nil when no window holding it is cached.
+    /// A window entry is `[first block's offset: u64 little-endian][the window's whole blocks]`.
+    private func fromWindow(_ r: BlockRequest) throws -> [UInt8]? {
+        guard let entry = compressedDataCache.get(windowKey(r.layer, r.handle)) else { return nil }
+        return try entry.withUnsafeBytes { b -> [UInt8]? in
+            guard b.count >= 8 else { return nil }
+            let first = b.loadUnaligned(as: UInt64.self).littleEndian
+            guard r.handle.offset >= first, r.handle.end - first <= UInt64(b.count - 8) else { return nil }
+            let from = 8 + Int(r.handle.offset - first)
+            let raw = UnsafeRawBufferPointer(rebasing: b[from..<(from + Int(r.handle.size))])
+            return try BlockTrailer.decodeBlock(raw, file: r.layer.path, offset: r.handle.offset)
+        }
+    }
+
+    /// Keeps each window that a widened read brought in as one entry of the compressed tier, as
+    /// read (every block in it is verified when a lookup decodes it).
+    private func keepWindows(_ requests: [BlockRequest], missIndex: [Int], windows: [(start: UInt64, end: UInt64)?],
+                             reads: [(fd: Int32, fileId: UInt64, start: UInt64, end: UInt64, arenaOffset: Int)],
+                             readOf: [Int], ops: [ReadOp], arena: UnsafeMutableRawPointer) {
+        var kept: [BlockCache.CacheKey] = []
+        for (n, i) in missIndex.enumerated() {
+            guard let range = windows[n] else { continue }
+            let r = requests[i]
+            let key = windowKey(r.layer, r.handle)
+            guard !kept.contains(key) else { continue }
+            kept.append(key)
+            let read = reads[readOf[n]]
+            let result = Int(ops[readOf[n]].result)
+            guard result >= Int(range.end - read.start) else { continue }
+            let count = Int(range.end - range.start)
+            let entry = [UInt8](unsafeUninitializedCapacity: 8 + count) { dst, initialized in
+                let base = UnsafeMutableRawPointer(dst.baseAddress!)
+                base.storeBytes(of: range.start.littleEndian, as: UInt64.self)
+                (base + 8).copyMemory(from: arena + read.arenaOffset + Int(range.start - read.start), byteCount: count)
+                initialized = 8 + count
+            }
+            compressedDataCache.insertWindow(key, entry)
+        }
     }
 }

@@ -67,6 +67,9 @@ public final class StorageContext: Sendable {
     public let materialized: MaterializedPageCache
     /// The split of the budget between materialized pages and data blocks (`PageMemoryBalance`).
     public let balance: PageMemoryBalance
+    /// While page memory has never been full, a data-block miss in a file whose index was preloaded
+    /// reads the whole blocks of the aligned window of this many bytes around it (0: off).
+    public let coldPrefetchWindowBytes: Int
     let buffers = AlignedBufferPool()
     private let nextStoreId = Atomic<UInt32>(0)
 
@@ -79,8 +82,10 @@ public final class StorageContext: Sendable {
     /// budget, never so much that the decoded blocks could be left with less than 1/8; the decoded
     /// blocks have whatever the other two do not hold.
     public init(io: any BlockIO, dataCacheBytes: Int = 256 << 20, indexCacheBytes: Int = 64 << 20, directIO: Bool = false,
-                materializedCacheBytes: Int? = nil, compressedCacheFraction: Double = 0.5, adaptiveSplit: Bool = true) {
+                materializedCacheBytes: Int? = nil, compressedCacheFraction: Double = 0.5, adaptiveSplit: Bool = true,
+                coldPrefetchWindowBytes: Int = 128 << 10) {
         self.io = io
+        self.coldPrefetchWindowBytes = max(0, coldPrefetchWindowBytes)
         let budget = max(0, dataCacheBytes)
         let maximumMaterialized = min(max(0, materializedCacheBytes ?? budget - budget / 8), budget - budget / 8)
         let compressedMaximum = Int(Double(budget) * min(max(compressedCacheFraction, 0), 1))
@@ -106,7 +111,8 @@ public final class StorageContext: Sendable {
     func newStoreId() -> UInt32 { nextStoreId.add(1, ordering: .relaxed).newValue }
 
     var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, compressedDataCache: compressedDataCache,
-                                               indexCache: indexCache, buffers: buffers, balance: balance) }
+                                               indexCache: indexCache, buffers: buffers, balance: balance,
+                                               prefetchWindowBytes: UInt64(coldPrefetchWindowBytes)) }
 }
 
 /// The values of one timeline: an in-memory layer in front of immutable layer files, listed by a

@@ -25,7 +25,8 @@ final class Repository: Sendable {
                                       indexCacheBytes: config.indexCacheBytes, directIO: config.directIO,
                                       materializedCacheBytes: config.materializedPageCacheBytes,
                                       compressedCacheFraction: config.compressedPageCacheShare,
-                                      adaptiveSplit: config.adaptivePageCacheSplit)
+                                      adaptiveSplit: config.adaptivePageCacheSplit,
+                                      coldPrefetchWindowBytes: config.coldPrefetchWindowBytes)
     }
 
     var tenantsDirectory: String { config.workdir + "/tenants" }

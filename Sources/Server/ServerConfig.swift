@@ -50,6 +50,9 @@ struct ServerConfig: Sendable {
     /// Move the materialized pages' share of `pageCacheBytes` as the reads show what it is worth
     /// (PageMemoryBalance); false: they keep `materializedPageCacheBytes`.
     var adaptivePageCacheSplit = true
+    /// While page memory has never been full, a block read also reads the whole blocks of the
+    /// aligned window of this many bytes around it (0: off; StorageContext).
+    var coldPrefetchWindowBytes = 128 << 10
     /// Compaction (TimelineMaintenance): how often a pass runs per timeline (0: never in the
     /// background); a chunk gets a new image layer once it has `imageCreationThreshold` delta layers
     /// above its newest image; more than `compactionThreshold` delta layers of a chunk are merged.
@@ -72,7 +75,7 @@ struct ServerConfig: Sendable {
         "workdir", "listen_pg", "listen_http", "checkpoint_distance", "checkpoint_timeout", "io_engine",
         "page_cache_size", "compressed_page_cache_share", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length", "redo_threads",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_threads",
-        "ingest_image_threshold", "materialized_page_cache_size", "adaptive_page_cache_split", "compaction_period", "image_creation_threshold", "image_creation_bytes",
+        "ingest_image_threshold", "materialized_page_cache_size", "adaptive_page_cache_split", "cold_prefetch_window_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
         "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
     ]
 
@@ -151,6 +154,10 @@ struct ServerConfig: Sendable {
         if let v = table["adaptive_page_cache_split"] {
             guard let b = v.bool else { throw ConfigError("config file \(path): adaptive_page_cache_split must be true or false") }
             adaptivePageCacheSplit = b
+        }
+        if let v = try size("cold_prefetch_window_size") {
+            guard v >= 0, v <= 1 << 20 else { throw ConfigError("config file \(path): cold_prefetch_window_size must be from 0 to 1MiB") }
+            coldPrefetchWindowBytes = v
         }
         if let v = table["ingest_image_threshold"] {
             guard let i = v.int, i >= 0 else { throw ConfigError("config file \(path): ingest_image_threshold must be an integer >= 0") }

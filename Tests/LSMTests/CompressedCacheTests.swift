@@ -67,6 +67,7 @@ final class CompressedCacheTests: XCTestCase {
         return (LSN(lsn), model)
     }
 
+    /// (Without cold prefetch, whose windows the compressed tier holds: ColdPrefetchTests.)
     func testAStoreThatFitsTheDecodedTierLeavesTheCompressedTierEmpty() throws {
         let seed = testSeed("CompressedCacheTests.fits")
         var rng = SeededRandom(seed: seed)
@@ -76,7 +77,8 @@ final class CompressedCacheTests: XCTestCase {
         var config = StoreConfig()
         config.backgroundFlush = false
         let store = try TimelineStore.open(directory: dir, config: config,
-                                           context: StorageContext(io: PreadEngine(), dataCacheBytes: 8 << 20, materializedCacheBytes: 0))
+                                           context: StorageContext(io: PreadEngine(), dataCacheBytes: 8 << 20, materializedCacheBytes: 0,
+                                                                   coldPrefetchWindowBytes: 0))
         defer { store.close() }
         for _ in 0..<2 {
             for block in 0..<100 {

@@ -87,8 +87,11 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         // off; OURS_ADAPTIVE_SPLIT=0 fixes the share at that most).
         let materialized = ProcessInfo.processInfo.environment["OURS_MATERIALIZED_MB"].flatMap(Int.init).map { $0 << 20 }
         let adaptive = ProcessInfo.processInfo.environment["OURS_ADAPTIVE_SPLIT"] != "0"
+        // The cold-read window, as the daemon's default gives it (OURS_PREFETCH_KB overrides it for
+        // A/B runs, 0 turns it off).
+        let window = (ProcessInfo.processInfo.environment["OURS_PREFETCH_KB"].flatMap(Int.init) ?? 128) << 10
         let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, materializedCacheBytes: materialized,
-                                     compressedCacheFraction: fraction, adaptiveSplit: adaptive)
+                                     compressedCacheFraction: fraction, adaptiveSplit: adaptive, coldPrefetchWindowBytes: window)
         self.context = context
         var config = StoreConfig()
         config.backgroundFlush = backgroundFlush

@@ -1,0 +1,155 @@
+import Foundation
+@testable import LSM
+import Synchronization
+import XCTest
+
+/// `StorageContext.coldPrefetchWindowBytes`: while page memory has never been full, a data-block
+/// miss in a file whose index was preloaded reads every whole block of the aligned window around it
+/// in the same read, and keeps the window in the compressed tier. Later misses in that window are
+/// decoded from it without a read. Every block is verified when decoded, so a damaged neighbour is
+/// an error when it is used, never a wrong answer; once memory is short, reads are exact again.
+final class ColdPrefetchTests: XCTestCase {
+    /// Counts the reads that reach the real engine underneath.
+    private final class CountingIO: BlockIO {
+        let inner = PreadEngine()
+        let reads = Atomic<Int>(0)
+        var kind: IOEngineKind { inner.kind }
+        func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
+            reads.add(ops.count, ordering: .relaxed)
+            inner.read(ops)
+        }
+    }
+
+    private static let relations = 3
+    private static let blocksPerRelation = 400
+
+    private func config() -> StoreConfig {
+        var config = StoreConfig()
+        config.backgroundFlush = false
+        config.dataBlockBytes = 2048
+        return config
+    }
+
+    /// A store of 3 relations x 400 values of 1 KiB (half random), one layer file per relation of
+    /// about 200 data blocks.
+    private func makeStore(_ rng: inout SeededRandom) throws -> (dir: String, lsn: LSN, model: Model) {
+        let dir = makeTempDir("cold-prefetch")
+        let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: PreadEngine()))
+        var model = Model()
+        var lsn: UInt64 = 0x1000
+        for rel in 0..<ColdPrefetchTests.relations {
+            for block in 0..<ColdPrefetchTests.blocksPerRelation {
+                lsn += 8
+                var page = [UInt8](repeating: UInt8(block & 0xFF), count: 1024)
+                for i in 512..<1024 { page[i] = UInt8.random(in: 0...255, using: &rng) }
+                let key = relKey(rel: 16384 + UInt32(rel), block: UInt32(block))
+                try store.put(key, LSN(lsn), .image(page))
+                model.put(key, LSN(lsn), .image(page))
+            }
+        }
+        store.advance(to: LSN(lsn))
+        _ = try store.checkpoint()
+        store.close()
+        return (dir, LSN(lsn), model)
+    }
+
+    private func allKeys() -> [Key] {
+        (0..<ColdPrefetchTests.relations).flatMap { rel in
+            (0..<ColdPrefetchTests.blocksPerRelation).map { relKey(rel: 16384 + UInt32(rel), block: UInt32($0)) }
+        }
+    }
+
+    func testAMissReadsItsWindowAndItsNeighboursNeedNoRead() throws {
+        let seed = testSeed("ColdPrefetchTests")
+        var rng = SeededRandom(seed: seed)
+        let (dir, lsn, model) = try makeStore(&rng)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var readsByWindow: [Int: Int] = [:]
+        for window in [0, 32 << 10] {
+            let io = CountingIO()
+            let context = StorageContext(io: io, dataCacheBytes: 64 << 20, materializedCacheBytes: 0, coldPrefetchWindowBytes: window)
+            let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+            defer { store.close() }
+            let first = relKey(rel: 16385, block: 200)
+            XCTAssertEqual(try store.get(first, at: lsn, redo: AppendRedo()), model.get(first, at: lsn), "seed \(seed), window \(window)")
+            XCTAssertEqual(io.reads.load(ordering: .relaxed), 1, "seed \(seed), window \(window): one read (the index was preloaded)")
+            if window > 0 {
+                XCTAssertTrue(context.compressedDataCache.hasWindows, "seed \(seed): the window was kept")
+                XCTAssertGreaterThan(context.compressedDataCache.heldBytes, 16 << 10, "seed \(seed): most of a 32 KiB window is held")
+                // The value's neighbours lie in the same window: no read for them.
+                for block in [199, 201, 202] {
+                    let key = relKey(rel: 16385, block: UInt32(block))
+                    XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key)")
+                }
+                XCTAssertEqual(io.reads.load(ordering: .relaxed), 1, "seed \(seed): the neighbours came from the window")
+            } else {
+                XCTAssertFalse(context.compressedDataCache.hasWindows, "seed \(seed): no window with the setting off")
+            }
+            for key in allKeys().shuffled(using: &rng) {
+                XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed), window \(window): \(key)")
+            }
+            readsByWindow[window] = io.reads.load(ordering: .relaxed)
+        }
+        // About 200 blocks per file: one read each without the window, one per 32 KiB with it.
+        let exact = readsByWindow[0]!, windowed = readsByWindow[32 << 10]!
+        XCTAssertGreaterThan(exact, 300, "seed \(seed): every block read on its own")
+        XCTAssertLessThan(windowed * 4, exact, "seed \(seed): reads by window \(windowed), block by block \(exact)")
+    }
+
+    func testADamagedNeighbourInAWindowIsAnErrorWhenUsed() throws {
+        let seed = testSeed("ColdPrefetchTests.damaged")
+        var rng = SeededRandom(seed: seed)
+        let (dir, lsn, model) = try makeStore(&rng)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // Find the data block of one value, then damage a byte of it in the file.
+        let victim = relKey(rel: 16384, block: 101)
+        let neighbour = relKey(rel: 16384, block: 110)
+        var handle: BlockHandle?
+        var victimPath = ""
+        do {
+            let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: PreadEngine()))
+            defer { store.close() }
+            let name = store.layers().map(\.descriptor.fileName).first { $0.contains("_16384_") }!
+            victimPath = dir + "/" + name
+            let file = try LayerFile(path: victimPath)
+            var entries = LayerEntryIterator(file, fetcher: .uncached(io: PreadEngine(), buffers: AlignedBufferPool()))
+            while handle == nil, let entry = try entries.next() {
+                if entry.key == victim { handle = entry.block }
+            }
+        }
+        let h = try XCTUnwrap(handle, "seed \(seed)")
+        let fd = open(victimPath, O_WRONLY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        var byte: UInt8 = 0x5A
+        XCTAssertEqual(pwrite(fd, &byte, 1, off_t(h.offset + 3)), 1)
+        close(fd)
+
+        let context = StorageContext(io: PreadEngine(), dataCacheBytes: 64 << 20, materializedCacheBytes: 0, coldPrefetchWindowBytes: 128 << 10)
+        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+        defer { store.close() }
+        // The neighbour's read brings the damaged block in with its window; the neighbour is right.
+        XCTAssertEqual(try store.get(neighbour, at: lsn, redo: AppendRedo()), model.get(neighbour, at: lsn), "seed \(seed)")
+        XCTAssertTrue(context.compressedDataCache.hasWindows, "seed \(seed)")
+        XCTAssertThrowsError(try store.get(victim, at: lsn, redo: AppendRedo()), "seed \(seed): the damaged block is refused") { error in
+            guard let e = error as? StorageError else { return XCTFail("seed \(seed): \(error)") }
+            XCTAssertEqual(e.code, .corruption, "seed \(seed): \(e)")
+            XCTAssertEqual(e.file, victimPath, "seed \(seed): the error names the file")
+            XCTAssertEqual(e.offset, h.offset, "seed \(seed): and the block's offset")
+        }
+    }
+
+    func testNoWindowIsReadWhenMemoryIsShort() throws {
+        let seed = testSeed("ColdPrefetchTests.short")
+        var rng = SeededRandom(seed: seed)
+        let (dir, lsn, model) = try makeStore(&rng)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A budget whose compressed share (half) cannot hold a window within 3/4 of it.
+        let context = StorageContext(io: PreadEngine(), dataCacheBytes: 256 << 10, materializedCacheBytes: 0, coldPrefetchWindowBytes: 128 << 10)
+        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+        defer { store.close() }
+        for key in allKeys().shuffled(using: &rng).prefix(200) {
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key)")
+        }
+        XCTAssertFalse(context.compressedDataCache.hasWindows, "seed \(seed): reads stayed exact")
+    }
+}
