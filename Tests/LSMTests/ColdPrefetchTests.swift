@@ -1,6 +1,5 @@
 import Foundation
 @testable import LSM
-import Synchronization
 import XCTest
 
 /// `StorageContext.coldPrefetchWindowBytes`: while page memory has never been full, a data-block
@@ -9,48 +8,19 @@ import XCTest
 /// decoded from it without a read. Every block is verified when decoded, so a damaged neighbour is
 /// an error when it is used, never a wrong answer; once memory is short, reads are exact again.
 final class ColdPrefetchTests: XCTestCase {
-    /// Counts the reads that reach the real engine underneath.
-    private final class CountingIO: BlockIO {
-        let inner = PreadEngine()
-        let reads = Atomic<Int>(0)
-        var kind: IOEngineKind { inner.kind }
-        func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
-            reads.add(ops.count, ordering: .relaxed)
-            inner.read(ops)
-        }
-    }
-
     private static let relations = 3
     private static let blocksPerRelation = 400
 
-    private func config() -> StoreConfig {
-        var config = StoreConfig()
-        config.backgroundFlush = false
-        config.dataBlockBytes = 2048
-        return config
-    }
+    private func config() -> StoreConfig { smallBlockConfig() }
 
     /// A store of 3 relations x 400 values of 1 KiB (half random), one layer file per relation of
     /// about 200 data blocks.
     private func makeStore(_ rng: inout SeededRandom) throws -> (dir: String, lsn: LSN, model: Model) {
-        let dir = makeTempDir("cold-prefetch")
-        let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: PreadEngine()))
-        var model = Model()
-        var lsn: UInt64 = 0x1000
-        for rel in 0..<ColdPrefetchTests.relations {
-            for block in 0..<ColdPrefetchTests.blocksPerRelation {
-                lsn += 8
-                var page = [UInt8](repeating: UInt8(block & 0xFF), count: 1024)
-                for i in 512..<1024 { page[i] = UInt8.random(in: 0...255, using: &rng) }
-                let key = relKey(rel: 16384 + UInt32(rel), block: UInt32(block))
-                try store.put(key, LSN(lsn), .image(page))
-                model.put(key, LSN(lsn), .image(page))
-            }
+        try writeRelations("cold-prefetch", relations: ColdPrefetchTests.relations, blocks: ColdPrefetchTests.blocksPerRelation, &rng) { _, block, rng in
+            var page = [UInt8](repeating: UInt8(block & 0xFF), count: 1024)
+            for i in 512..<1024 { page[i] = UInt8.random(in: 0...255, using: &rng) }
+            return page
         }
-        store.advance(to: LSN(lsn))
-        _ = try store.checkpoint()
-        store.close()
-        return (dir, LSN(lsn), model)
     }
 
     private func allKeys() -> [Key] {

@@ -6,17 +6,6 @@ import XCTest
 /// The data cache's two tiers: decoded blocks, and blocks as on disk (`compressedDataCache`) for
 /// those that compress at least 2:1, both within one budget (`CacheLoan`).
 final class CompressedCacheTests: XCTestCase {
-    /// Counts the reads that reach the real engine underneath.
-    private final class CountingIO: BlockIO {
-        let inner = PreadEngine()
-        let reads = Atomic<Int>(0)
-        var kind: IOEngineKind { inner.kind }
-        func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
-            reads.add(ops.count, ordering: .relaxed)
-            inner.read(ops)
-        }
-    }
-
     func testLoanShrinksTheLenderAndIsReturnedOnClear() {
         let loan = CacheLoan()
         let lender = BlockCache(capacityBytes: 64 << 10, minimumShardBytes: 64 << 10, lending: loan)

@@ -6,32 +6,11 @@ import XCTest
 /// cache, within 3/4 of the cache, so that a lookup that misses every cache reads only its data
 /// block; with the setting off, open reads nothing ahead. Reads answer the same either way.
 final class IndexPreloadTests: XCTestCase {
-    private func config() -> StoreConfig {
-        var config = StoreConfig()
-        config.backgroundFlush = false
-        config.dataBlockBytes = 2048
-        return config
-    }
+    private func config() -> StoreConfig { smallBlockConfig() }
 
     /// A store of 4 relations x 300 blocks (one layer file per relation, many index blocks each).
     private func makeStore(_ rng: inout SeededRandom) throws -> (dir: String, lsn: LSN, model: Model) {
-        let dir = makeTempDir("preload")
-        let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: PreadEngine()))
-        var model = Model()
-        var lsn: UInt64 = 0x1000
-        for rel in 0..<4 {
-            for block in 0..<300 {
-                lsn += 8
-                let key = relKey(rel: 16384 + UInt32(rel), block: UInt32(block))
-                let value = Value.image(pageImage(&rng, size: 256))
-                try store.put(key, LSN(lsn), value)
-                model.put(key, LSN(lsn), value)
-            }
-        }
-        store.advance(to: LSN(lsn))
-        _ = try store.checkpoint()
-        store.close()
-        return (dir, LSN(lsn), model)
+        try writeRelations("preload", relations: 4, blocks: 300, &rng) { _, _, rng in pageImage(&rng, size: 256) }
     }
 
     func testOpenPreloadsIndexBlocksAndReadsAnswerTheSame() throws {

@@ -1,6 +1,7 @@
 import Foundation
 import LSM
 @_exported import PGTestSupport
+import Synchronization
 import XCTest
 
 /// A fake redo for engine tests: an image is the starting bytes; a record appends its bytes; a
@@ -14,6 +15,49 @@ struct AppendRedo: Redo {
         }
         return out
     }
+}
+
+/// Counts the reads that reach the real engine underneath.
+final class CountingIO: BlockIO {
+    let inner = PreadEngine()
+    let reads = Atomic<Int>(0)
+    var kind: IOEngineKind { inner.kind }
+    func read(_ ops: UnsafeMutableBufferPointer<ReadOp>) {
+        reads.add(ops.count, ordering: .relaxed)
+        inner.read(ops)
+    }
+}
+
+/// A store setting for read-path tests: no background flush, and 2 KiB data blocks, so that a few
+/// hundred values make many blocks and index blocks.
+func smallBlockConfig() -> StoreConfig {
+    var config = StoreConfig()
+    config.backgroundFlush = false
+    config.dataBlockBytes = 2048
+    return config
+}
+
+/// Writes `relations` x `blocks` image values (`value` makes each) into a new store in a temporary
+/// directory, all in layer files (one per relation); returns the directory, the last LSN and the model.
+func writeRelations(_ tag: String, relations: Int, blocks: Int, _ rng: inout SeededRandom,
+                    value: (Int, Int, inout SeededRandom) -> [UInt8]) throws -> (dir: String, lsn: LSN, model: Model) {
+    let dir = makeTempDir(tag)
+    let store = try TimelineStore.open(directory: dir, config: smallBlockConfig(), context: StorageContext(io: PreadEngine()))
+    var model = Model()
+    var lsn: UInt64 = 0x1000
+    for rel in 0..<relations {
+        for block in 0..<blocks {
+            lsn += 8
+            let key = relKey(rel: 16384 + UInt32(rel), block: UInt32(block))
+            let v = Value.image(value(rel, block, &rng))
+            try store.put(key, LSN(lsn), v)
+            model.put(key, LSN(lsn), v)
+        }
+    }
+    store.advance(to: LSN(lsn))
+    _ = try store.checkpoint()
+    store.close()
+    return (dir, LSN(lsn), model)
 }
 
 func makeTempDir(_ tag: String) -> String {

@@ -49,8 +49,9 @@ final class PageServiceTests: XCTestCase {
         // redo_threads = 3: pipelined batches reconstruct their pages on several threads, whatever
         // the machine's core count (the pipelined and verify checks below go through it).
         // A 2 MiB page cache and 4 MiB in-memory layers: most reads go to layer files and miss the
-        // decoded blocks, so the compressed tier of the data cache serves some of them.
-        let (primary, ps, timeline) = try setUpAttached(config: "redo_threads = 3\npage_cache_size = \"2MiB\"\ncheckpoint_distance = \"4MiB\"\n")
+        // decoded blocks, so the compressed tier of the data cache serves some of them. Cold reads
+        // bring in 64 KiB windows until the decoded tier first evicts.
+        let (primary, ps, timeline) = try setUpAttached(config: "redo_threads = 3\npage_cache_size = \"2MiB\"\ncheckpoint_distance = \"4MiB\"\ncold_prefetch_window_size = \"64KiB\"\n")
         try TestPrimary.shell("pgbench -h 127.0.0.1 -p \(primary.port) -U postgres -i -s 1 -q postgres")
         try TestPrimary.shell("pgbench -h 127.0.0.1 -p \(primary.port) -U postgres -t 300 -c 2 postgres")
         try primary.psql("CREATE TABLE dropped AS SELECT g FROM generate_series(1, 1000) g; DROP TABLE dropped")
