@@ -162,7 +162,7 @@ public final class LayerFile: Sendable {
     }
 
     /// Invariant 3 for a candidate list: it starts at the header's end, holds the header's count of
-    /// blocks, and its last block ends where the index begins (checked against the last handle).
+    /// blocks, and its last block starts before the index (which is where that block ends).
     private func tilesDataRegion(_ starts: [UInt32]) -> Bool {
         guard let first = starts.first else { return false }
         return UInt64(first) == UInt64(LayerHeader.size) && starts.count == Int(header.dataBlockCount)
