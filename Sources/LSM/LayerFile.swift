@@ -105,8 +105,9 @@ public final class LayerFile: Sendable {
     /// Reads the file's index blocks (one read of the index region) and puts each that verifies into
     /// `cache`, as the read path would on first use, until `budgetBytes` are in (counted as the cache
     /// counts them). Returns the bytes added. Best effort: a block that does not verify, or a failed read, is left
-    /// for the read path, which reports it when a lookup needs it.
-    func preloadIndex(into cache: BlockCache, budgetBytes: Int) -> Int {
+    /// for the read path, which reports it when a lookup needs it. With `blockTable`, also notes
+    /// where each data block starts (invariant 3), which cold reads use to read whole windows.
+    func preloadIndex(into cache: BlockCache, budgetBytes: Int, blockTable: Bool = true) -> Int {
         let start = footer.indexOffset, end = footer.directory.offset
         guard end > start, end - start <= UInt64(Int32.max) else { return 0 }
         guard let fd = try? FileOps.openForRead(path) else { return 0 }
@@ -116,7 +117,7 @@ public final class LayerFile: Sendable {
         guard read == region.count else { return 0 }
         var added = 0
         // The data blocks' offsets, collected from the entries while every index block verifies.
-        var starts: [UInt32]? = footer.indexOffset <= UInt64(UInt32.max) ? [] : nil
+        var starts: [UInt32]? = blockTable && footer.indexOffset <= UInt64(UInt32.max) ? [] : nil
         starts?.reserveCapacity(Int(header.dataBlockCount))
         region.withUnsafeBytes { all in
             for line in directory.lines {
@@ -239,7 +240,8 @@ struct FetchedBlock {
 ///
 /// Cold windows (`prefetchWindowBytes`): while `dataCache` has never had to evict and the
 /// compressed tier holds under 3/4 of its share, a data-block miss in a file whose block table is
-/// known (`LayerFile.prefetchRange`) reads every whole block of the aligned window around it, and
+/// known (`LayerFile.prefetchRange`; only the files of a store that fits in half the compressed
+/// tier's share have one, see `TimelineStore.open`) reads every whole block of the aligned window around it, and
 /// the window is kept as one compressed-tier entry, `[first block's offset: u64][blocks as on
 /// disk]`, under the key (file, window start | 2^63). A later miss in that window decodes its
 /// block from the entry (verifying it) and puts it into `dataCache`, with no read. A store that

@@ -108,18 +108,26 @@ final class ColdPrefetchTests: XCTestCase {
         }
     }
 
-    func testNoWindowIsReadWhenMemoryIsShort() throws {
+    func testNoWindowIsReadWhenMemoryIsShortOrTheStoreLarge() throws {
         let seed = testSeed("ColdPrefetchTests.short")
         var rng = SeededRandom(seed: seed)
         let (dir, lsn, model) = try makeStore(&rng)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        // A budget whose compressed share (half) cannot hold a window within 3/4 of it.
-        let context = StorageContext(io: PreadEngine(), dataCacheBytes: 256 << 10, materializedCacheBytes: 0, coldPrefetchWindowBytes: 128 << 10)
-        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
-        defer { store.close() }
-        for key in allKeys().shuffled(using: &rng).prefix(200) {
-            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key)")
+        let storeBytes = try FileManager.default.contentsOfDirectory(atPath: dir).reduce(0) { total, name in
+            total + ((try FileManager.default.attributesOfItem(atPath: dir + "/" + name)[.size] as? Int) ?? 0)
         }
-        XCTAssertFalse(context.compressedDataCache.hasWindows, "seed \(seed): reads stayed exact")
+        // 256 KiB: the compressed share (half) cannot hold a window within 3/4 of it. Twice the
+        // store's bytes: a window fits, but the store's files take more than half the compressed
+        // share (its whole budget's half, the default). Four times: they take half, windows are read.
+        for (budget, expectWindows) in [(256 << 10, false), (storeBytes * 2, false), (storeBytes * 4 + (64 << 10), true)] {
+            let context = StorageContext(io: PreadEngine(), dataCacheBytes: budget, materializedCacheBytes: 0, coldPrefetchWindowBytes: 128 << 10)
+            let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+            defer { store.close() }
+            for key in allKeys().shuffled(using: &rng).prefix(200) {
+                XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed), budget \(budget): \(key)")
+            }
+            XCTAssertEqual(context.compressedDataCache.hasWindows, expectWindows,
+                           "seed \(seed): budget \(budget), store \(storeBytes) bytes")
+        }
     }
 }
