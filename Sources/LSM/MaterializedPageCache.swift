@@ -9,10 +9,14 @@
 // One cache serves every store of a process (`StorageContext`); entries are keyed by the store's
 // number and the key.
 //
-// Memory: entries are kept LZ4-compressed when that saves at least a quarter of their bytes (a heap
-// page of short rows is often a fifth of its size), so the same bytes hold several times the pages;
-// a hit decompresses (a few microseconds), which is far less than the plan, block reads and redo it
-// saves. The cache's bytes may be charged to the data cache's budget through a `CacheLoan`: the
+// Memory: while the cache holds under half its capacity and has never had to make room, entries
+// are kept as they are, so that a hit costs no more than a lookup (a small store's pages then all
+// fit as they are). Once any shard has had to make room, entries inserted are compressed at once
+// (LZ4, kept when that saves at least a quarter of the bytes: a heap page of short rows is often a
+// fifth of its size), and a sweep compresses each entry held as it is that it passes with credit
+// left, evicting the others as before. The same bytes then hold several
+// times the pages, and a hit decompresses (a few microseconds), far less than the plan, block
+// reads and redo it saves. The cache's bytes may be charged to the data cache's budget through a `CacheLoan`: the
 // decoded data blocks then have that much less room, so the page memory of the process is one
 // budget however it is split.
 //
@@ -31,7 +35,9 @@
 // 4. With a loan, the loan includes exactly the bytes the shards charge (updated under each
 //    shard's lock, by the change).
 // 5. A lookup returns exactly the bytes inserted (compression is lossless and checked: an entry
-//    that does not decompress to its recorded length is dropped, never returned).
+//    that does not decompress to its recorded length is dropped, never returned). An entry is
+//    compressed at most once (`packed`), in place and under its shard's lock, so its LSN, level
+//    and credit do not change with it.
 // 6. The capacity may change while the cache runs (`setCapacity`, up to the capacity it was made
 //    with): a lower one evicts at once, by the same sweep.
 // 7. Each shard remembers the keys it evicted last, up to its share of `ghostBytes` (`GhostList`);
@@ -58,6 +64,8 @@ public final class MaterializedPageCache: Sendable {
         var image: Bool
         /// Passes of the sweep it survives; a hit restores it to `level`.
         var credit: UInt8
+        /// Compression was tried (it is compressed, or it did not save a quarter).
+        var packed: Bool
 
         var charge: Int { stored.count + MaterializedPageCache.entryOverhead }
     }
@@ -118,6 +126,8 @@ public final class MaterializedPageCache: Sendable {
     private let hitCount = Atomic<Int>(0)
     private let insertCount = Atomic<Int>(0)
     private let heldBytes = Atomic<Int>(0)
+    /// Some shard has had to make room: entries are compressed from then on.
+    private let hasBeenFull = Atomic<Bool>(false)
 
     /// A cache of at most `capacityBytes` (0 disables it), charged to `loan` when one is given, that
     /// remembers the keys of up to `ghostBytes` of evicted entries.
@@ -214,13 +224,26 @@ public final class MaterializedPageCache: Sendable {
         }
     }
 
-    /// The cost-weighted CLOCK sweep (invariant 3) until the shard charges at most `limit` bytes;
-    /// evicted keys go to the ghost list.
+    /// The cost-weighted CLOCK sweep (invariant 3) until the shard charges at most `limit` bytes:
+    /// an entry the hand passes with credit left is compressed if it was held as it is, and loses
+    /// one; evicted keys go to the ghost list.
     private func evict(_ s: inout Shard, toHold limit: Int) {
+        if s.usedBytes > limit && !hasBeenFull.load(ordering: .relaxed) { hasBeenFull.store(true, ordering: .relaxed) }
         while s.usedBytes > limit && !s.slots.isEmpty {
             let h = s.hand
             s.hand = (s.hand + 1) % s.slots.count
             guard let slot = s.slots[h] else { continue }
+            if slot.entry.credit > 0 && !slot.entry.packed {
+                let (stored, rawLength) = MaterializedPageCache.encode(slot.entry.stored)
+                s.slots[h]!.entry.packed = true
+                if rawLength > 0 {
+                    let saved = slot.entry.stored.count - stored.count
+                    s.slots[h]!.entry.stored = stored
+                    s.slots[h]!.entry.rawLength = rawLength
+                    s.usedBytes -= saved
+                    account(-saved)
+                }
+            }
             if slot.entry.credit > 0 {
                 s.slots[h]!.entry.credit -= 1
             } else {
@@ -277,15 +300,20 @@ public final class MaterializedPageCache: Sendable {
         guard isEnabled else { return }
         let key = CacheKey(store: store, key: k)
         let box = shard(key)
-        // Skip the compression when the shard already holds this LSN or a newer one.
-        let current: LSN? = box.state.withLock { s in s.index[key].flatMap { s.slots[$0]?.entry.lsn } }
-        if let current, current >= lsn { return }
-        let (stored, rawLength) = MaterializedPageCache.encode(bytes)
         let capacity = perShardBytes.load(ordering: .relaxed)
+        // Nothing to do when the shard already holds this LSN or a newer one. Held as it is while the
+        // cache holds under half its capacity and has never been full (compressed outside the lock
+        // otherwise).
+        let current: LSN? = box.state.withLock { s in s.index[key].flatMap { s.slots[$0]?.entry.lsn } }
+        let room = !hasBeenFull.load(ordering: .relaxed)
+            && heldBytes.load(ordering: .relaxed) + bytes.count + MaterializedPageCache.entryOverhead <= capacity * shardCount / 2
+        if let current, current >= lsn { return }
+        let (stored, rawLength) = room ? (bytes, 0) : MaterializedPageCache.encode(bytes)
         // An image read ranks below every rebuilt page: missing it costs a block read, not a rebuild.
         let level = records == 0 ? 1 : min(15, MaterializedPageCache.level(records: records) + 1)
         box.state.withLock { s in
-            var entry = Entry(lsn: lsn, stored: stored, rawLength: rawLength, level: level, image: records == 0, credit: level - 1)
+            var entry = Entry(lsn: lsn, stored: stored, rawLength: rawLength, level: level, image: records == 0, credit: level - 1,
+                              packed: !room || bytes.count < 256)
             if let i = s.index[key], let old = s.slots[i] {
                 guard old.entry.lsn < lsn else { return }
                 // Rebuilt from the cached value plus a few records: without the entry, the next

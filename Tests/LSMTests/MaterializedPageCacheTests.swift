@@ -46,14 +46,18 @@ final class MaterializedPageCacheTests: XCTestCase {
         XCTAssertLessThanOrEqual(cache.usedBytes, capacity * perEntry)
     }
 
-    /// A page that compresses is held compressed (several pages in one page's bytes) and comes back
-    /// byte for byte; one that does not is held as it is. Seeded random pages: print the seed.
-    func testPagesComeBackExactlyAndCompressibleOnesAreHeldSmall() {
+    /// Pages are held as they are while the cache has room; when it must make room, the sweep
+    /// compresses the pages that compress (several in one page's bytes) before it evicts any, and
+    /// every page still comes back byte for byte. Seeded random pages: print the seed.
+    func testPagesAreCompressedBeforeAnyIsEvictedAndComeBackExactly() {
         let seed = testSeed("MaterializedPageCacheTests.exact")
         var rng = SeededRandom(seed: seed)
-        let cache = MaterializedPageCache(capacityBytes: 64 << 20)
+        // One shard (under 2 x 32 pages of capacity), room for 60 pages as they are: 24 are held as
+        // they are (under half of it).
+        let pageCharge = 8192 + MaterializedPageCache.entryOverhead
+        let cache = MaterializedPageCache(capacityBytes: 60 * pageCharge)
         var pages: [[UInt8]] = []
-        for n in 0..<200 {
+        for n in 0..<24 {
             var page = [UInt8](repeating: 0x20, count: 8192)  // a heap page of short rows: mostly blanks
             if n % 2 == 0 {
                 for i in stride(from: 0, to: 8192, by: 121) { for j in 0..<12 where i + j < 8192 { page[i + j] = UInt8(truncatingIfNeeded: rng.next()) } }
@@ -63,13 +67,28 @@ final class MaterializedPageCacheTests: XCTestCase {
             pages.append(page)
             cache.insert(1, key(n), at: LSN(0x100), page, records: 2)
         }
+        XCTAssertEqual(cache.usedBytes, 24 * pageCharge, "held as they are while there is room")
         for (n, page) in pages.enumerated() {
             XCTAssertEqual(cache.lookup(1, key(n), at: LSN(0x100))?.bytes, page, "page \(n), seed \(seed)")
         }
-        // 100 random pages as they are, 100 compressible ones in well under a quarter of their size.
-        let overhead = 200 * MaterializedPageCache.entryOverhead
-        XCTAssertLessThan(cache.usedBytes - overhead, 100 * 8192 + 100 * 2048, "seed \(seed)")
-        XCTAssertGreaterThanOrEqual(cache.usedBytes - overhead, 100 * 8192)
+        // Room for the 12 random pages as they are and the 12 others in a quarter of their size.
+        let tight = 12 * pageCharge + 12 * (2048 + MaterializedPageCache.entryOverhead)
+        cache.setCapacity(tight)
+        XCTAssertLessThanOrEqual(cache.usedBytes, tight, "seed \(seed)")
+        for (n, page) in pages.enumerated() {
+            XCTAssertEqual(cache.lookup(1, key(n), at: LSN(0x100))?.bytes, page, "page \(n) after compression, seed \(seed)")
+        }
+        // A full shard compresses what comes in, and each page inserted into it comes back.
+        var more: [[UInt8]] = []
+        for n in 24..<34 {
+            var page = [UInt8](repeating: 0x20, count: 8192)
+            for i in stride(from: 0, to: 8192, by: 121) { page[i] = UInt8(truncatingIfNeeded: rng.next()) }
+            more.append(page)
+            cache.insert(1, key(n), at: LSN(0x100), page, records: 2)
+        }
+        for (i, page) in more.enumerated() {
+            XCTAssertEqual(cache.lookup(1, key(24 + i), at: LSN(0x100))?.bytes, page, "page \(24 + i), seed \(seed)")
+        }
     }
 
     /// The cache's bytes are charged to the data cache's loan as they come and go, and the decoded
