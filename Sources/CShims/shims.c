@@ -12,11 +12,34 @@
 #include <liburing.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
 
 void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad) {
     mallopt(M_MMAP_THRESHOLD, mmap_threshold);
     mallopt(M_TRIM_THRESHOLD, trim_threshold);
     mallopt(M_TOP_PAD, top_pad);
+}
+
+int cs_reexec_with_malloc_thp(char **argv) {
+    const char *current = getenv("GLIBC_TUNABLES");
+    if (current != NULL && strstr(current, "glibc.malloc.hugetlb") != NULL) return 0;
+    char mode[128] = {0};
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (f == NULL) return 0;
+    size_t n = fread(mode, 1, sizeof mode - 1, f);
+    fclose(f);
+    mode[n] = 0;
+    if (strstr(mode, "[madvise]") == NULL) return 0;
+    const char *setting = "glibc.malloc.hugetlb=1";
+    size_t length = (current != NULL ? strlen(current) + 1 : 0) + strlen(setting) + 1;
+    char *value = malloc(length);
+    if (value == NULL) return 0;
+    snprintf(value, length, "%s%s%s", current != NULL ? current : "", current != NULL && *current ? ":" : "", setting);
+    setenv("GLIBC_TUNABLES", value, 1);
+    free(value);
+    execv("/proc/self/exe", argv);
+    return -1;
 }
 
 void cs_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }

@@ -25,6 +25,7 @@ struct PageServer: AsyncParsableCommand {
     @Option(name: .customLong("listen-http"), help: "HTTP listen address HOST:PORT. Default 127.0.0.1:9898") var listenHttp: String?
 
     func run() async throws {
+        tuneMalloc()  // first: it may re-execute the process
         var cfg = ServerConfig()
         do {
             if let config { try cfg.apply(tomlFile: config) }
@@ -36,7 +37,6 @@ struct PageServer: AsyncParsableCommand {
         if let listenHttp { cfg.listenHttp = listenHttp }
         LSMLog.warning = { serverLog.warning("\($0)") }
         raiseOpenFileLimit()
-        tuneMalloc()
 
         let lock: WorkdirLock
         do { lock = try WorkdirLock(workdir: cfg.workdir) } catch { fatalExit("\(error)") }
@@ -102,7 +102,7 @@ func raiseOpenFileLimit() {
 /// 128 KiB mmap threshold: each would be a fresh mmap, page-faulted in and unmapped again, which cost
 /// about a tenth of the CPU of a pipelined GetPage stream. Serving them from the heap, and not
 /// trimming the heap's top after every free, keeps that memory warm (`AllocatorTuning`, which the
-/// in-memory layer's arena pages need as well).
+/// in-memory layer's arena pages need as well), and malloc asks for transparent huge pages.
 func tuneMalloc() {
     AllocatorTuning.apply()
 }

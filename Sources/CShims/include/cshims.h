@@ -53,6 +53,13 @@ void cs_aligned_free(void *p);
 // least `top_pad` bytes at a time.
 void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad);
 
+// When the kernel gives transparent huge pages only to memory that asks for them ("[madvise]" in
+// /sys/kernel/mm/transparent_hugepage/enabled) and GLIBC_TUNABLES does not mention
+// glibc.malloc.hugetlb, adds glibc.malloc.hugetlb=1 to GLIBC_TUNABLES and execs /proc/self/exe with
+// `argv` (same pid; glibc reads its tunables only at start). Returns 0 when nothing was to be done,
+// -1 when the exec failed (the process then runs on as it is).
+int cs_reexec_with_malloc_thp(char **argv);
+
 // Asks the CPU to bring the cache line at `address` in for reading (a hint; never faults).
 void cs_prefetch(const void *address);
 
