@@ -24,8 +24,10 @@ public struct StoreConfig: Sendable {
     /// 2 x `lookupsPerReadThread` lookups is split into contiguous parts, one per thread, each
     /// planned, read and reconstructed on its own; a smaller one is answered on the caller's thread
     /// but spreads its redo when at least `parallelRedoMinimum` of its lookups need it. 1: everything
-    /// on the caller's thread.
-    public var redoThreads = max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+    /// on the caller's thread. By default twice the cores, at most 4: a part that waits for its
+    /// reads leaves its core to another part (cold batches of 32 on 2 cores, a kept scale-20 store:
+    /// 19.9k against 14.4k pages/s with 4 parts instead of 2; warm, no loss).
+    public var redoThreads = max(1, min(4, 2 * sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     public var parallelRedoMinimum = 4
     public var lookupsPerReadThread = 8
     /// On open, read every layer file's index blocks into the index cache, while the cache is under

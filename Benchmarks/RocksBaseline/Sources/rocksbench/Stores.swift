@@ -90,12 +90,18 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         // The cold-read window, as the daemon's default gives it (OURS_PREFETCH_KB overrides it for
         // A/B runs, 0 turns it off).
         let window = (ProcessInfo.processInfo.environment["OURS_PREFETCH_KB"].flatMap(Int.init) ?? 128) << 10
-        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, materializedCacheBytes: materialized,
+        // Layer files read with O_DIRECT, as the daemon's `direct_io = true` (OURS_DIRECT_IO=1).
+        let direct = ProcessInfo.processInfo.environment["OURS_DIRECT_IO"] == "1"
+        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, directIO: direct, materializedCacheBytes: materialized,
                                      compressedCacheFraction: fraction, adaptiveSplit: adaptive, coldPrefetchWindowBytes: window)
         self.context = context
         var config = StoreConfig()
         config.backgroundFlush = backgroundFlush
         config.maxChainLength = benchMaxChainLength
+        // Threads that answer one batched read (OURS_READ_THREADS overrides the daemon's default).
+        if let threads = ProcessInfo.processInfo.environment["OURS_READ_THREADS"].flatMap(Int.init), threads > 0 {
+            config.redoThreads = threads
+        }
         store = try TimelineStore.open(directory: directory, config: config, context: context)
         target = TimelineStoreTarget(store: store)
         pageSource = TimelineStorePageSource(store: store, redo: ImageOnlyRedo())
