@@ -21,7 +21,7 @@ import CShims
 /// default), the process re-executes itself once at start with `glibc.malloc.hugetlb=1` added to
 /// `GLIBC_TUNABLES`, so that malloc asks for them: the page memory (decoded blocks, compressed
 /// windows, materialized pages) is then faulted in 2 MiB at a time instead of 4 KiB. A cold GetPage
-/// run in a fresh process spent a quarter of its CPU in page faults; with huge pages it read 17-23%
+/// run in a fresh process spent a quarter of its CPU in page faults; with huge pages it read 16-30%
 /// more pages/s (BENCHMARKS.md). Setting `glibc.malloc.hugetlb` in `GLIBC_TUNABLES` yourself (for
 /// example to 0) leaves the process as it is.
 public enum AllocatorTuning {

@@ -14,11 +14,11 @@
 // fit as they are). Once any shard has had to make room, entries inserted are compressed at once
 // (LZ4, kept when that saves at least a quarter of the bytes: a heap page of short rows is often a
 // fifth of its size), and a sweep compresses each entry held as it is that it passes with credit
-// left, evicting the others as before. The same bytes then hold several
-// times the pages, and a hit decompresses (a few microseconds), far less than the plan, block
-// reads and redo it saves. The cache's bytes may be charged to the data cache's budget through a `CacheLoan`: the
-// decoded data blocks then have that much less room, so the page memory of the process is one
-// budget however it is split.
+// left, evicting the others as before. The same bytes then hold several times the pages, and a
+// hit decompresses (a few microseconds), far less than the plan, block reads and redo it saves.
+// The cache's bytes may be charged to the data cache's budget through a `CacheLoan`: the decoded
+// data blocks then have that much less room, so the page memory of the process is one budget
+// however it is split.
 //
 // Invariants:
 // 1. An entry is only inserted for an LSN at or below the store's last_record_lsn as it was before the
