@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <unistd.h>
 
+int cs_syncfs(int fd) { return syncfs(fd); }
+
 void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad) {
     mallopt(M_MMAP_THRESHOLD, mmap_threshold);
     mallopt(M_TRIM_THRESHOLD, trim_threshold);

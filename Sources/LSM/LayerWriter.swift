@@ -152,8 +152,9 @@ public final class LayerWriter {
     /// `failpoint` is called after each step; if it throws, the file stays as that step left it.
     @discardableResult
     /// `syncDirectory: false` leaves the directory fsync to the caller (one for many files, before
-    /// anything refers to them).
-    public func finish(syncDirectory: Bool = true, failpoint: ((Step) throws -> Void)? = nil) throws -> UInt64 {
+    /// anything refers to them); `syncFile: false` leaves the file's own fsync to the caller too
+    /// (one syncfs for many files: `FlushSync.fileSystem`), and skips the `.synced` step.
+    public func finish(syncDirectory: Bool = true, syncFile: Bool = true, failpoint: ((Step) throws -> Void)? = nil) throws -> UInt64 {
         try closeDataBlock()
         closeIndexBlock()
         let indexOffset = fileOffset + UInt64(outBuffer.count)
@@ -193,8 +194,10 @@ public final class LayerWriter {
             do { try failpoint?(step) } catch { leaveFilesOnDeinit = true; throw error }
         }
         try crashPoint(.written)
-        try FileOps.fsyncFile(fd, path: tmpPath)
-        try crashPoint(.synced)
+        if syncFile {
+            try FileOps.fsyncFile(fd, path: tmpPath)
+            try crashPoint(.synced)
+        }
         close(fd)
         finished = true
         try FileOps.rename(tmpPath, finalPath)

@@ -30,6 +30,8 @@ struct ServerConfig: Sendable {
     var maxChainLength = 10_000
     /// Threads that answer one batch of pipelined GetPage requests (StoreConfig.redoThreads).
     var redoThreads = StoreConfig().redoThreads
+    /// How a flush makes its layer files durable (StoreConfig.flushSync).
+    var flushSync = StoreConfig().flushSync
     /// Reconnect backoff of the WAL receiver.
     var walReceiverBackoffMaxSeconds: Double = 10
     /// Check our redo against the primary's wal_consistency_checking images (see RedoVerification).
@@ -76,7 +78,7 @@ struct ServerConfig: Sendable {
         "page_cache_size", "compressed_page_cache_share", "index_cache_size", "direct_io", "wait_lsn_timeout", "max_chain_length", "redo_threads",
         "wal_receiver_backoff_max", "verify_redo", "page_service_max_connections", "page_service_max_inflight", "pagestream_threads",
         "ingest_image_threshold", "materialized_page_cache_size", "adaptive_page_cache_split", "cold_prefetch_window_size", "compaction_period", "image_creation_threshold", "image_creation_bytes",
-        "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth",
+        "compaction_threshold", "gc_period", "gc_horizon", "pitr_interval", "max_delta_depth", "flush_sync",
     ]
 
     /// Applies the TOML file at `path`. Sizes may be integers (bytes) or strings with a unit
@@ -116,6 +118,10 @@ struct ServerConfig: Sendable {
         if let v = try string("listen_http") { listenHttp = v }
         if let v = try size("checkpoint_distance") { checkpointDistanceBytes = v }
         if let v = try seconds("checkpoint_timeout") { checkpointTimeoutSeconds = v }
+        if let v = try string("flush_sync") {
+            guard let k = FlushSync(rawValue: v) else { throw ConfigError("config file \(path): flush_sync must be \"filesystem\" or \"file\", not \"\(v)\"") }
+            flushSync = k
+        }
         if let v = try string("io_engine") {
             guard let k = IOEngineKind(rawValue: v) else { throw ConfigError("config file \(path): io_engine must be \"io_uring\" or \"pread\", not \"\(v)\"") }
             ioEngine = k
@@ -193,6 +199,7 @@ struct ServerConfig: Sendable {
         c.checkpointTimeoutSeconds = checkpointTimeoutSeconds
         c.maxChainLength = maxChainLength
         c.redoThreads = redoThreads
+        c.flushSync = flushSync
         return c
     }
 }

@@ -66,9 +66,10 @@ final class CrashTests: XCTestCase {
         (0..<12).map { b in relKey(rel: 16384 + UInt32(c), block: UInt32(b * 3)) }
     }
 
-    private func config(_ crasher: Crasher?, writers: Int = 1) -> StoreConfig {
+    private func config(_ crasher: Crasher?, writers: Int = 1, sync: FlushSync = .fileSystem) -> StoreConfig {
         var config = StoreConfig()
         config.flushWriters = writers
+        config.flushSync = sync
         config.backgroundFlush = false
         config.checkpointDistanceBytes = 1 << 30
         config.dataBlockBytes = 512
@@ -167,14 +168,15 @@ final class CrashTests: XCTestCase {
     ///
     /// With one flush writer the files a crash leaves are exactly those of the steps before it. With
     /// several, the other writers finish the file they are on, so only recovery is checked.
-    private func runCase(step: FlushStep, occurrence: Int, crashFlush: Int, replay: Bool, seed: UInt64, writers: Int = 1) throws {
+    private func runCase(step: FlushStep, occurrence: Int, crashFlush: Int, replay: Bool, seed: UInt64, writers: Int = 1,
+                         sync: FlushSync) throws {
         var rng = SeededRandom(seed: seed &+ UInt64(crashFlush * 1000 + occurrence * 10) &+ UInt64(FlushStep.allCases.firstIndex(of: step)!))
-        let context0 = "seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush)\(replay ? " (replaying the lost records)" : ""), \(writers) flush writer(s)"
+        let context0 = "seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush)\(replay ? " (replaying the lost records)" : ""), \(writers) flush writer(s), flush_sync \(sync.rawValue)"
         let dir = makeTempDir("crash")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let io = PreadEngine()
         let crasher = Crasher(step: step, occurrence: occurrence, flush: crashFlush)
-        let store = try TimelineStore.open(directory: dir, config: config(crasher, writers: writers), context: StorageContext(io: io))
+        let store = try TimelineStore.open(directory: dir, config: config(crasher, writers: writers, sync: sync), context: StorageContext(io: io))
         var model = Model()
         var lsn: UInt64 = 0x100
         store.advance(to: LSN(lsn))
@@ -212,6 +214,9 @@ final class CrashTests: XCTestCase {
         case .layerRenamed:
             XCTAssertEqual(tmps, [], "\(context0): leftovers \(left)")
             XCTAssertEqual(layerFiles.count, before + occurrence, "\(context0): leftovers \(left)")
+        case .layersSynced:
+            XCTAssertEqual(tmps, [], "\(context0): leftovers \(left)")
+            XCTAssertEqual(layerFiles.count, before + Self.chunkCount, "\(context0): leftovers \(left)")
         case .manifestWritten:
             XCTAssertEqual(tmps, [Manifest.fileName + ".tmp"], "\(context0): leftovers \(left)")
             XCTAssertEqual(layerFiles.count, before + Self.chunkCount, "\(context0): leftovers \(left)")
@@ -227,7 +232,7 @@ final class CrashTests: XCTestCase {
         // Reopen without the failpoint: the model as of the last completed checkpoint.
         let full = model
         model = model.truncated(to: recovered)
-        var reopened = try TimelineStore.open(directory: dir, config: config(nil, writers: writers), context: StorageContext(io: io))
+        var reopened = try TimelineStore.open(directory: dir, config: config(nil, writers: writers, sync: sync), context: StorageContext(io: io))
         try verify(reopened, model, dcl: recovered, layerCount: completed.count * Self.chunkCount, lsns: completed,
                    maxLSN: lsn, &rng, context0 + ", after recovery")
 
@@ -256,7 +261,7 @@ final class CrashTests: XCTestCase {
         try round(reopened, &model, &lsn, &rng)  // left unflushed: lost at the reopen below
         reopened.close()
         model = model.truncated(to: completed.last!)
-        reopened = try TimelineStore.open(directory: dir, config: config(nil, writers: writers), context: StorageContext(io: io))
+        reopened = try TimelineStore.open(directory: dir, config: config(nil, writers: writers, sync: sync), context: StorageContext(io: io))
         try verify(reopened, model, dcl: completed.last!, layerCount: completed.count * Self.chunkCount, lsns: completed,
                    maxLSN: lsn, &rng, context0 + ", after recovery, two more checkpoints and a reopen")
         reopened.close()
@@ -265,7 +270,10 @@ final class CrashTests: XCTestCase {
     private func runStep(_ step: FlushStep) throws {
         let seed = testSeed("CrashTests.\(step.rawValue)")
         // Layer steps run once per chunk's layer: crash on the first, the middle and the last chunk.
-        let occurrences = step.rawValue.hasPrefix("layer") ? [1, Self.chunkCount / 2 + 1, Self.chunkCount] : [1]
+        let perLayer: Set<FlushStep> = [.layerWritten, .layerSynced, .layerRenamed]
+        let occurrences = perLayer.contains(step) ? [1, Self.chunkCount / 2 + 1, Self.chunkCount] : [1]
+        // layerSynced happens only when each file is fsynced, layersSynced only with one syncfs.
+        let syncs: [FlushSync] = step == .layerSynced ? [.eachFile] : step == .layersSynced ? [.fileSystem] : FlushSync.allCases
         var n = 0
         for occurrence in occurrences {
             for crashFlush in [0, 2] {
@@ -273,11 +281,13 @@ final class CrashTests: XCTestCase {
                 let replay = (n / 2 + n) % 2 == 0
                 n += 1
                 for writers in [1, 3] {
-                    do {
-                        try runCase(step: step, occurrence: occurrence, crashFlush: crashFlush, replay: replay, seed: seed,
-                                    writers: writers)
-                    } catch {
-                        XCTFail("seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush), \(writers) writer(s): \(error)")
+                    for sync in syncs {
+                        do {
+                            try runCase(step: step, occurrence: occurrence, crashFlush: crashFlush, replay: replay, seed: seed,
+                                        writers: writers, sync: sync)
+                        } catch {
+                            XCTFail("seed \(seed) crash at \(step.rawValue) #\(occurrence) of flush \(crashFlush), \(writers) writer(s), flush_sync \(sync.rawValue): \(error)")
+                        }
                     }
                 }
             }
@@ -287,6 +297,7 @@ final class CrashTests: XCTestCase {
     func testCrashAtLayerWritten() throws { try runStep(.layerWritten) }
     func testCrashAtLayerSynced() throws { try runStep(.layerSynced) }
     func testCrashAtLayerRenamed() throws { try runStep(.layerRenamed) }
+    func testCrashAtLayersSynced() throws { try runStep(.layersSynced) }
     func testCrashAtManifestWritten() throws { try runStep(.manifestWritten) }
     func testCrashAtManifestRenamed() throws { try runStep(.manifestRenamed) }
 
@@ -319,39 +330,44 @@ final class CrashTests: XCTestCase {
     }
 
     /// The failpoint sees every step of a flush, once per chunk's layer for the layer steps: each
-    /// layer's steps in order (layers are written by several threads, so the layers interleave), and
-    /// the manifest's two steps last.
+    /// layer's steps in order (layers are written by several threads, so the layers interleave);
+    /// with `FlushSync.fileSystem` no per-layer sync but one `layersSynced` after every rename; the
+    /// manifest's two steps last.
     func testFailpointStepOrder() throws {
-        let dir = makeTempDir("crash-order")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        final class StepLog: Sendable { let steps = Mutex<[FlushStep]>([]) }
-        let seen = StepLog()
-        var config = config(nil, writers: 3)
-        config.failpoint = { s in seen.steps.withLock { $0.append(s) } }
-        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
-        var rng = SeededRandom(seed: 1)
-        var model = Model()
-        var lsn: UInt64 = 0x100
-        try round(store, &model, &lsn, &rng)
-        try store.checkpoint()
-        store.close()
-        let layerSteps: [FlushStep] = [.layerWritten, .layerSynced, .layerRenamed]
-        let steps = seen.steps.withLock { $0 }
-        XCTAssertEqual(Array(steps.suffix(2)), [.manifestWritten, .manifestRenamed])
-        let layerPart = steps.dropLast(2)
-        for step in layerSteps {
-            XCTAssertEqual(layerPart.filter { $0 == step }.count, Self.chunkCount, "\(step) once per chunk: \(steps)")
-        }
-        // A layer is synced after it is written and renamed after it is synced.
-        var written = 0, synced = 0, renamed = 0
-        for step in layerPart {
-            switch step {
-            case .layerWritten: written += 1
-            case .layerSynced: synced += 1
-            case .layerRenamed: renamed += 1
-            default: XCTFail("manifest step \(step) before the layers are done: \(steps)")
+        for sync in FlushSync.allCases {
+            let dir = makeTempDir("crash-order")
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            final class StepLog: Sendable { let steps = Mutex<[FlushStep]>([]) }
+            let seen = StepLog()
+            var config = config(nil, writers: 3, sync: sync)
+            config.failpoint = { s in seen.steps.withLock { $0.append(s) } }
+            let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
+            var rng = SeededRandom(seed: 1)
+            var model = Model()
+            var lsn: UInt64 = 0x100
+            try round(store, &model, &lsn, &rng)
+            try store.checkpoint()
+            store.close()
+            let steps = seen.steps.withLock { $0 }
+            let eachFile = sync == .eachFile
+            let tail: [FlushStep] = eachFile ? [.manifestWritten, .manifestRenamed] : [.layersSynced, .manifestWritten, .manifestRenamed]
+            XCTAssertEqual(Array(steps.suffix(tail.count)), tail, "\(sync)")
+            let layerPart = steps.dropLast(tail.count)
+            for step in [FlushStep.layerWritten, .layerSynced, .layerRenamed] {
+                let want = step == .layerSynced && !eachFile ? 0 : Self.chunkCount
+                XCTAssertEqual(layerPart.filter { $0 == step }.count, want, "\(sync): \(step) per chunk: \(steps)")
             }
-            XCTAssertTrue(synced <= written && renamed <= synced, "steps out of order: \(steps)")
+            // A layer is synced (when each is) after it is written, and renamed after that.
+            var written = 0, synced = 0, renamed = 0
+            for step in layerPart {
+                switch step {
+                case .layerWritten: written += 1
+                case .layerSynced: synced += 1
+                case .layerRenamed: renamed += 1
+                default: XCTFail("\(sync): step \(step) before the layers are done: \(steps)")
+                }
+                XCTAssertTrue(renamed <= (eachFile ? synced : written) && synced <= written, "\(sync): steps out of order: \(steps)")
+            }
         }
     }
 }

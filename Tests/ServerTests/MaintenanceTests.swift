@@ -148,7 +148,7 @@ final class MaintenanceTests: XCTestCase {
 
     func testOfflineCompactionLeavesAWorkdirThatServesTheSamePages() throws {
         let primary = try TestPrimary.start(for: self)
-        let ps = try TestPageServer.start(for: self, config: "checkpoint_distance = \"1MiB\"\ncompaction_period = \"0s\"\ngc_period = \"0s\"\n")
+        let ps = try TestPageServer.start(for: self, config: "checkpoint_distance = \"1MiB\"\ncompaction_period = \"0s\"\ngc_period = \"0s\"\nflush_sync = \"file\"\n")
         let timeline = try attach(ps, primary)
         let bench = "pgbench -h 127.0.0.1 -p \(primary.port) -U postgres"
         try TestPrimary.shell("\(bench) -i -s 1 -q postgres")

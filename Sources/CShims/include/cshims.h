@@ -53,6 +53,9 @@ void cs_aligned_free(void *p);
 // least `top_pad` bytes at a time.
 void cs_tune_malloc(int mmap_threshold, int trim_threshold, int top_pad);
 
+/// syncfs(2) on the file system holding `fd`: -1 with errno set on failure.
+int cs_syncfs(int fd);
+
 // When the kernel gives transparent huge pages only to memory that asks for them ("[madvise]" in
 // /sys/kernel/mm/transparent_hugepage/enabled) and GLIBC_TUNABLES does not mention
 // glibc.malloc.hugetlb, adds glibc.malloc.hugetlb=1 to GLIBC_TUNABLES and execs /proc/self/exe with
