@@ -53,8 +53,8 @@ public enum FlushSync: String, Sendable, CaseIterable {
     /// Write and rename every layer file, then one `syncfs` of the file system holding the
     /// directory (opened before the first file is written, so that a write-back error of any of
     /// them is reported). A flush writes one file per chunk it touched, hundreds at a time; one
-    /// sync instead of an `fsync` each made the WAL-ingest benchmark 1.19x as fast (median of
-    /// 10 interleaved pairs, BENCHMARKS.md). It also writes back whatever else is dirty on that file
+    /// sync instead of an `fsync` each took 14-20% off the CPU of the WAL-ingest benchmark
+    /// (BENCHMARKS.md, "WAL ingest"). It also writes back whatever else is dirty on that file
     /// system.
     case fileSystem = "filesystem"
 }
