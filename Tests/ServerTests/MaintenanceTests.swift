@@ -104,11 +104,13 @@ final class MaintenanceTests: XCTestCase {
         // The WAL kept growing; the layer files and bytes did not grow with it. Right after compaction
         // writes a chunk's image layers, the deltas below them stay until the GC cutoff (8 MiB of WAL
         // behind) passes the images, so one round may hold both: of the last two rounds, one must be
-        // within 2x of round 1's bytes (about 200 MB of WAL, some 17 MB of layers, comes per round), and
-        // every round within 2x of the primary's databases.
+        // within 2x of the larger of the first two rounds (about 200 MB of WAL, some 12-17 MB of layers,
+        // comes per round), and every round within 2x of the primary's databases. Measured against the
+        // larger one because a round whose GC just dropped the deltas under new images is unusually
+        // small (a CI run had rounds of 17.4, 12.1, 28.9 and 24.5 MB while the WAL went 368 → 954 MB).
         XCTAssertGreaterThan(rounds[3].wal - rounds[1].wal, 8 << 20)
         XCTAssertLessThanOrEqual(rounds[3].count, rounds[1].count * 3 / 2 + 10, "\(rounds)")
-        XCTAssertLessThanOrEqual(min(rounds[2].bytes, rounds[3].bytes), rounds[1].bytes * 2, "\(rounds)")
+        XCTAssertLessThanOrEqual(min(rounds[2].bytes, rounds[3].bytes), max(rounds[0].bytes, rounds[1].bytes) * 2, "\(rounds)")
         let primaryBytes = Int(try primary.psql("SELECT sum(pg_database_size(datname)) FROM pg_database")) ?? 0
         XCTAssertGreaterThan(primaryBytes, 0)
         for r in rounds { XCTAssertLessThanOrEqual(r.bytes, primaryBytes * 2, "\(rounds), primary \(primaryBytes) bytes") }
