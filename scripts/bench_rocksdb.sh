@@ -18,7 +18,8 @@
 #    - cold: `rocksbench getpage --warmup 0` at the latest LSN, depth 1 and 32 (ours also 32 in
 #      batches), COLD_REQUESTS random blocks, each run in a fresh process started right after
 #      `sync; echo 3 > /proc/sys/vm/drop_caches` (so the kernel's page cache and the store's own
-#      caches are empty; skipped with a note when drop_caches is not writable);
+#      caches are empty; skipped with a note when drop_caches is not writable), COLD_RUNS times
+#      each (median per repetition), with the CPU time of the timed part per page besides;
 #    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
 #    Then `rocksbench verify` reads 2000 random blocks from both stores at both LSNs: the pages must
 #    be byte-identical.
@@ -37,6 +38,8 @@
 #   PGBENCH_SECONDS  duration of the pgbench run (default 20)
 #   PGBENCH_CLIENTS  pgbench clients (default 4, over 2 threads)
 #   REQUESTS         GetPage requests per measurement (default 20000)
+#   COLD_RUNS        fresh-process cold runs per repetition and configuration (default 3; the table
+#                    takes their median per repetition)
 #   COLD_REQUESTS    GetPage requests per cold measurement (default 2000: few enough that most blocks
 #                    are read for the first time)
 #   CACHE_MB         RocksDB's block cache and our data cache (default 256)
@@ -61,6 +64,7 @@ seconds=${PGBENCH_SECONDS:-20}
 clients=${PGBENCH_CLIENTS:-4}
 requests=${REQUESTS:-20000}
 cold_requests=${COLD_REQUESTS:-2000}
+cold_runs_each=${COLD_RUNS:-3}
 cache_mb=${CACHE_MB:-256}
 pgbin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 results_json=${RESULTS_JSON:-$root/.build/bench_rocksdb.json}
@@ -177,14 +181,19 @@ measure() { # store, rep, past LSN
   # Cold: the kernel's page cache dropped right before each run, no warm-up, a fresh process.
   local cold_runs="1:1 32:1"
   if [ "$store" = ours ]; then cold_runs="$cold_runs 32:32"; fi
+  # A cold run lasts a tenth of a second, so each is repeated COLD_RUNS times (other blocks each time);
+  # the table takes the median of a repetition's runs.
   for run in $cold_runs; do
-    sync
-    if ! echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
-      echo "bench_rocksdb: /proc/sys/vm/drop_caches is not writable: no cold runs" >&2
-      break
-    fi
-    "$bin" getpage --store "$store" --db "$db" --lsn latest --requests "$cold_requests" --depth "${run%:*}" \
-      --batch "${run#*:}" --seed "$rep" --cache-mb "$cache_mb" --warmup 0 | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
+    for c in $(seq "$cold_runs_each"); do
+      sync
+      if ! echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; then
+        echo "bench_rocksdb: /proc/sys/vm/drop_caches is not writable: no cold runs" >&2
+        break 2
+      fi
+      "$bin" getpage --store "$store" --db "$db" --lsn latest --requests "$cold_requests" --depth "${run%:*}" \
+        --batch "${run#*:}" --seed "$((rep * 100 + c))" --cache-mb "$cache_mb" --warmup 0 \
+        | sed "s/^{/{\"rep\": $rep, \"cold_run\": $c, /" | tee -a "$out"
+    done
   done
   sync
 }
@@ -245,6 +254,20 @@ python3 - "$out" "$results_json" "$results_md" "$command" "${BENCHMARKS_MD-$root
 import json, platform, statistics, subprocess, sys, time
 src, out_json, out_md, command, benchmarks_md, marker = sys.argv[1:7]
 rows = [json.loads(l) for l in open(src) if l.strip()]
+# The COLD_RUNS runs of one repetition and configuration become one row: the median of each figure.
+cold = {}
+for r in rows:
+    if "cold_run" in r:
+        cold.setdefault((r["rep"], r["store"], r["depth"], r["batch"]), []).append(r)
+rows = [r for r in rows if "cold_run" not in r]
+for runs in cold.values():
+    merged = dict(runs[0])
+    del merged["cold_run"]
+    for field in ("pages_per_s", "p50_us", "p99_us", "cpu_us_per_page"):
+        if all(field in r for r in runs):
+            merged[field] = statistics.median(r[field] for r in runs)
+    merged["cold_runs"] = len(runs)
+    rows.append(merged)
 capture = next(r for r in rows if r["bench"] == "capture")
 reps = sorted({r["rep"] for r in rows if "rep" in r})
 
@@ -277,6 +300,7 @@ if any(r["bench"] == "getpage" and r.get("warm") is False for r in rows):
         mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False}
         measurements.append(("GetPage latest LSN, COLD, %s, pages/s" % how, "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
         measurements.append(("GetPage latest LSN, COLD, %s, p50 / p99 us" % how, "getpage", mo, mk, "latency", "us", None, None))
+        measurements.append(("GetPage latest LSN, COLD, %s, CPU us per page (every thread, user + system)" % how, "getpage", mo, mk, "cpu", "us", None, None))
 
 # Ours after image creation at the end LSN (what background compaction leaves), against RocksDB as
 # the seed stores it (it has nothing like it).
@@ -297,6 +321,16 @@ for label, bench, mo, mk, field, unit, op, goal, ours_store in measurements:
         o, k = lat(ours_store, mo), lat("rocksdb", mk)
         table.append("| %s | %.0f / %.0f | %.0f / %.0f | %.2fx / %.2fx | (no goal) |" % (label, o[0], o[1], k[0], k[1], k[0] / o[0], k[1] / o[1]))
         results.append({"measurement": label, "ours_p50_us": o[0], "ours_p99_us": o[1], "rocksdb_p50_us": k[0], "rocksdb_p99_us": k[1]})
+        continue
+    if field == "cpu":
+        # CPU per page, RocksDB / ours (above 1: ours spends less); older runs did not measure it.
+        o = [pick(ours_store, r, bench, **mo).get("cpu_us_per_page") for r in reps]
+        k = [pick("rocksdb", r, bench, **mk).get("cpu_us_per_page") for r in reps]
+        if None in o or None in k:
+            continue
+        table.append("| %s | %.1f | %.1f | %.2fx | (no goal) |" % (label, statistics.median(o), statistics.median(k),
+                                                                 statistics.median(b / a for a, b in zip(o, k))))
+        results.append({"measurement": label, "unit": "us", "ours": o, "rocksdb": k})
         continue
     ours = [pick(ours_store, r, bench, **mo)[field] for r in reps]
     rocks = [pick("rocksdb", r, bench, **mk)[field] for r in reps]

@@ -11,7 +11,10 @@
 // its reader (ours: its io_uring ring), so neither store's timing includes thread start-up. With
 // `--batch B`, D / B threads each hand B requests at a time to the store's batch read (ours: `TimelineStore.get([(Key, LSN)])`, one io_uring submission for the batch, as the daemon serves
 // a pipelined client; RocksDB has no batch form of SeekForPrev, so its reader loops). Every value must
-// be an 8 KiB page; one that is not fails the run.
+// be an 8 KiB page; one that is not fails the run. Besides the wall time, the run reports the
+// process's CPU time (user + system, every thread) over the timed part, per page; with RB_TIMES set it
+// also prints the timed part's CLOCK_MONOTONIC bounds to stderr ("timed START END"), for cutting a
+// `perf record -k CLOCK_MONOTONIC` profile down to it.
 import Glibc
 import LSM
 import PostgresWAL
@@ -77,7 +80,7 @@ func getpageCommand(_ args: Arguments) throws {
         all.shuffle(using: &rng)
         _ = try run(store, all, lsn: lsn, depth: depth, batch: batch)
     }
-    let (seconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
+    let (seconds, cpuSeconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
     let sorted = latencies.sorted()
     func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
     emitJSON([("bench", "\"getpage\""), ("store", "\"\(kind.rawValue)\""), ("lsn", "\"\(lsn)\""),
@@ -85,6 +88,7 @@ func getpageCommand(_ args: Arguments) throws {
               ("warm", "\(warmup)"),
               ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
               ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
+              ("cpu_us_per_page", "\(cpuSeconds * 1e6 / Double(requests))"),
               ("p50_us", "\(percentile(0.50))"), ("p99_us", "\(percentile(0.99))"), ("cache_mb", "\(cacheBytes >> 20)")] + store.cacheFigures())
 }
 
@@ -108,7 +112,7 @@ private func relationForks(_ store: any ReadStore, at lsn: LSN, path: String) th
 /// Reads `keys` at `lsn` with `depth` requests in flight: depth / batch threads, each reading `batch`
 /// requests at a time. Returns the wall time and every request's latency (a request of a batch waits
 /// for the whole batch, as a pipelining client waits for the server's answer to its batch).
-private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, batch: Int) throws -> (Double, [Double]) {
+private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, batch: Int) throws -> (Double, Double, [Double]) {
     let shared = RunState()
     let threads = depth / batch
     runThreads(threads) { _ in
@@ -116,6 +120,7 @@ private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, ba
         // last one is ready, so thread start-up is timed for neither store.
         let reader = store.reader()
         if shared.ready.add(1, ordering: .acquiringAndReleasing).newValue == threads {
+            shared.startCPU.store(processCPUSeconds().bitPattern, ordering: .relaxed)
             shared.start.store(nowSeconds().bitPattern, ordering: .releasing)
         }
         while shared.ready.load(ordering: .acquiring) < threads { sched_yield() }
@@ -145,10 +150,15 @@ private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, ba
             if $0.error == nil { $0.error = failure }
         }
     }
-    let seconds = nowSeconds() - Double(bitPattern: shared.start.load(ordering: .acquiring))
+    let end = nowSeconds()
+    let cpuSeconds = processCPUSeconds() - Double(bitPattern: shared.startCPU.load(ordering: .relaxed))
+    let seconds = end - Double(bitPattern: shared.start.load(ordering: .acquiring))
+    if getenv("RB_TIMES") != nil {
+        let line = "timed \(Double(bitPattern: shared.start.load(ordering: .acquiring))) \(end)\n"; _ = line.withCString { write(2, $0, strlen($0)) }
+    }
     let r = shared.results.withLock { $0 }
     if let e = r.error { throw StorageError(.corruption, "GetPage failed: \(e)") }
-    return (seconds, r.latencies)
+    return (seconds, cpuSeconds, r.latencies)
 }
 
 /// What the threads of one run share.
@@ -158,6 +168,8 @@ private final class RunState: Sendable {
     /// Threads with their reader made, and when the last of them was (Double bits): the run's start.
     let ready = Atomic<Int>(0)
     let start = Atomic<UInt64>(0)
+    /// The process's CPU time (user + system, every thread) at the start (Double bits).
+    let startCPU = Atomic<UInt64>(0)
     /// Every latency (seconds) and the first failure.
     let results = Mutex<(latencies: [Double], error: String?)>(([], nil))
 }

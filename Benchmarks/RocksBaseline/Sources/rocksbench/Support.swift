@@ -92,6 +92,13 @@ func readFile(_ path: String, chunk: Int, from offset: Int = 0, _ body: (UnsafeR
     }
 }
 
+/// CPU time of the whole process (user + system, every thread), in seconds.
+func processCPUSeconds() -> Double {
+    var u = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &u)
+    return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+}
+
 func nowSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
