@@ -46,6 +46,10 @@ int cs_reexec_with_malloc_thp(char **argv) {
 
 void cs_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
 
+uint64_t cs_atomic_fetch_or_u64(uint64_t *word, uint64_t mask) { return __atomic_fetch_or(word, mask, __ATOMIC_RELAXED); }
+
+void cs_atomic_store_u64(uint64_t *word, uint64_t value) { __atomic_store_n(word, value, __ATOMIC_RELAXED); }
+
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock) {
     pthread_rwlockattr_t attr;
     int rc = pthread_rwlockattr_init(&attr);

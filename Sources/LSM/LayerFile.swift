@@ -248,7 +248,9 @@ struct FetchedBlock {
 /// fits in memory is then read in one round trip per window instead of one per lookup (a scale-20
 /// pgbench store, cold, depth 1: 1.5-1.7x the pages/s); once memory is full, reads are exact
 /// again. Windows are one entry each rather than one per block: inserting each block on its own
-/// cost more than the reads it saved.
+/// cost more than the reads it saved. A block of a kept window goes into `dataCache` on its second
+/// use only (`windowBlocksSeen`): until then it is decoded from the window again, which costs less
+/// than the fresh memory every decoded block takes in a process that has just started.
 struct BlockFetcher {
     /// The decoded tier's recent miss share (per mille) from which blocks also go to the compressed tier.
     static let compressedTierMissPermille = 500
@@ -268,6 +270,8 @@ struct BlockFetcher {
     /// aligned window of this many bytes around it, kept as one entry of the compressed tier
     /// (0: off; `StorageContext.coldPrefetchWindowBytes`).
     var prefetchWindowBytes: UInt64 = 0
+    /// Blocks decoded out of a window go into `dataCache` on their second use only (nil: on the first).
+    var windowBlocksSeen: SeenOnceFilter? = nil
     static let directAlignment = AlignedBufferPool.alignment
 
     func fetch(_ requests: [BlockRequest]) throws -> [FetchedBlock] {
@@ -291,7 +295,7 @@ struct BlockFetcher {
             } else if !r.isIndex, windowsCached, prefetchWindowBytes > 0, let payload = try fromWindow(r) {
                 if compressedHits == 0 && started == 0, balance?.adaptive == true { started = monotonicNanos() }
                 compressedHits += 1
-                dataCache.insert(key, payload)
+                if windowBlocksSeen?.markSeen(key) ?? true { dataCache.insert(key, payload) }
                 out[i] = FetchedBlock(bytes: payload)
             } else if let n = missKeys.firstIndex(of: key) {
                 // Batches are small (a pipeline's worth), so a linear scan beats a hash map here.
@@ -391,6 +395,9 @@ struct BlockFetcher {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if r.isIndex {
                 indexCache.insert(key, payload)
+            } else if prefetching, windows[n] != nil, let seen = windowBlocksSeen, !seen.markSeen(key) {
+                // Its window is kept (below): a second use decodes it from there, and is when it
+                // goes into the decoded tier.
             } else {
                 dataCache.insert(key, payload)
                 if raw.count * 2 <= payload.count && compressedDataCache.capacityBytes > 0 && dataCache.hasEvicted

@@ -91,6 +91,8 @@ public final class StorageContext: Sendable {
     /// reads the whole blocks of the aligned window of this many bytes around it (0: off).
     public let coldPrefetchWindowBytes: Int
     let buffers = AlignedBufferPool()
+    /// Which blocks cold reads have decoded out of a window once (`BlockFetcher.windowBlocksSeen`).
+    let windowBlocksSeen = SeenOnceFilter(bits: 1 << 18)
     private let nextStoreId = Atomic<UInt32>(0)
 
     /// `dataCacheBytes` is the whole budget of page memory: decoded data blocks, compressed data
@@ -132,7 +134,8 @@ public final class StorageContext: Sendable {
 
     var fetcher: BlockFetcher { BlockFetcher(io: io, dataCache: dataCache, compressedDataCache: compressedDataCache,
                                                indexCache: indexCache, buffers: buffers, balance: balance,
-                                               prefetchWindowBytes: UInt64(coldPrefetchWindowBytes)) }
+                                               prefetchWindowBytes: UInt64(coldPrefetchWindowBytes),
+                                               windowBlocksSeen: windowBlocksSeen) }
 }
 
 /// The values of one timeline: an in-memory layer in front of immutable layer files, listed by a

@@ -66,6 +66,53 @@ final class ColdPrefetchTests: XCTestCase {
         XCTAssertLessThan(windowed * 4, exact, "seed \(seed): reads by window \(windowed), block by block \(exact)")
     }
 
+    /// A block decoded out of a kept window goes into the decoded tier on its second use, not its
+    /// first (`SeenOnceFilter`): until then it is decoded from the window again, with no read.
+    func testAWindowsBlocksEnterTheDecodedTierOnTheirSecondUse() throws {
+        let seed = testSeed("ColdPrefetchTests")
+        var rng = SeededRandom(seed: seed)
+        let (dir, lsn, model) = try makeStore(&rng)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let io = CountingIO()
+        let context = StorageContext(io: io, dataCacheBytes: 64 << 20, materializedCacheBytes: 0, coldPrefetchWindowBytes: 32 << 10)
+        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+        defer { store.close() }
+        let keys = [200, 201, 202].map { relKey(rel: 16385, block: UInt32($0)) }
+        for key in keys {
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key)")
+        }
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), 1, "seed \(seed): one read, for the window")
+        XCTAssertTrue(context.compressedDataCache.hasWindows, "seed \(seed): the window was kept")
+        XCTAssertEqual(context.dataCache.usedBytes, 0, "seed \(seed): first uses decode from the window and keep nothing decoded")
+        for key in keys {
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), again")
+        }
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), 1, "seed \(seed): still one read")
+        XCTAssertGreaterThan(context.dataCache.usedBytes, 0, "seed \(seed): second uses went into the decoded tier")
+        let held = context.dataCache.usedBytes
+        for key in keys {
+            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), third time")
+        }
+        XCTAssertEqual(context.dataCache.usedBytes, held, "seed \(seed): third uses hit the decoded tier")
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), 1, "seed \(seed)")
+    }
+
+    func testSeenOnceFilterMarksAndResets() {
+        let filter = SeenOnceFilter(bits: 1 << 12)  // resets after 512 new marks
+        let keys = (0..<300).map { BlockCache.CacheKey(fileId: UInt64($0 % 7), offset: UInt64($0) * 8192) }
+        let firstAnswers = keys.map { filter.markSeen($0) }
+        XCTAssertLessThan(firstAnswers.filter { $0 }.count, 60, "few false positives while an eighth full at most")
+        XCTAssertTrue(keys.allSatisfy { filter.markSeen($0) }, "every marked key is seen (no false negatives)")
+        // 512 new marks in all clear the filter: a key marked before counts as unseen again.
+        var fresh = 1_000_000
+        var newMarks = firstAnswers.filter { !$0 }.count
+        while newMarks < 512 {
+            if !filter.markSeen(BlockCache.CacheKey(fileId: 99, offset: UInt64(fresh))) { newMarks += 1 }
+            fresh += 1
+        }
+        XCTAssertLessThan(keys.filter { filter.markSeen($0) }.count, 60, "after the reset most keys are unseen again")
+    }
+
     func testADamagedNeighbourInAWindowIsAnErrorWhenUsed() throws {
         let seed = testSeed("ColdPrefetchTests.damaged")
         var rng = SeededRandom(seed: seed)

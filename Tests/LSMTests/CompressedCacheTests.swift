@@ -87,9 +87,12 @@ final class CompressedCacheTests: XCTestCase {
         let (lsn, model) = try writePages(400, in: dir, &rng)
         var config = StoreConfig()
         config.backgroundFlush = false
-        // A decoded tier far smaller than the 3.2 MB of pages; compressed, they all fit.
+        // A decoded tier far smaller than the 3.2 MB of pages; compressed, they all fit. No cold
+        // windows: this is about blocks read one by one (with windows, the whole store comes in
+        // through them and its blocks stay out of the decoded tier until their second use).
         let io = CountingIO()
-        let context = StorageContext(io: io, dataCacheBytes: 1 << 20, materializedCacheBytes: 0, compressedCacheFraction: 0.5)
+        let context = StorageContext(io: io, dataCacheBytes: 1 << 20, materializedCacheBytes: 0, compressedCacheFraction: 0.5,
+                                     coldPrefetchWindowBytes: 0)
         let store = try TimelineStore.open(directory: dir, config: config, context: context)
         defer { store.close() }
         let keys = (0..<400).map { relKey(rel: 16384, block: UInt32($0)) }

@@ -66,6 +66,11 @@ int cs_reexec_with_malloc_thp(char **argv);
 // Asks the CPU to bring the cache line at `address` in for reading (a hint; never faults).
 void cs_prefetch(const void *address);
 
+// Atomically ORs `mask` into *word (relaxed ordering) and returns the word as it was before.
+uint64_t cs_atomic_fetch_or_u64(uint64_t *word, uint64_t mask);
+// Atomically stores `value` into *word (relaxed ordering).
+void cs_atomic_store_u64(uint64_t *word, uint64_t value);
+
 // pthread_rwlock_init with writers preferred (a waiting writer holds off new readers; glibc's
 // PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP). Returns 0 or an errno value.
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock);
