@@ -102,6 +102,9 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         if let threads = ProcessInfo.processInfo.environment["OURS_READ_THREADS"].flatMap(Int.init), threads > 0 {
             config.redoThreads = threads
         }
+        if let n = ProcessInfo.processInfo.environment["OURS_LOOKUPS_PER_THREAD"].flatMap(Int.init), n > 0 {
+            config.lookupsPerReadThread = n
+        }
         store = try TimelineStore.open(directory: directory, config: config, context: context)
         target = TimelineStoreTarget(store: store)
         pageSource = TimelineStorePageSource(store: store, redo: ImageOnlyRedo())
