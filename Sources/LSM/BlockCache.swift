@@ -12,7 +12,7 @@ import Synchronization
 ///    block in it is verified when a reader decodes it.
 /// 2. The bytes held by a shard never exceed `(capacityBytes - loan) / shardCount` after an insert
 ///    returns, the loan read at that insert (a block larger than that is not cached at all). A
-///    lender's shard that a grown loan has put over budget shrinks at its next insert.
+///    lender's shard that a grown loan has put over budget shrinks at its next insert or `trim`.
 /// 3. A file's blocks are keyed by a process-unique file id, never reused, so a deleted file's
 ///    stale blocks cannot be found by a new file; they age out.
 /// 4. A borrower's loan equals the bytes its shards hold (updated after each insert or clear).
@@ -239,6 +239,24 @@ public final class BlockCache: Sendable {
             }
             s.hand += 1
             steps += 1
+        }
+    }
+
+    /// Evicts from `key`'s shard until it holds no more than its share of the capacity (less the
+    /// loan): what an insert there would do first. For a lender that skips an insert, so that a
+    /// grown loan still shrinks it (invariant 2).
+    public func trim(near key: CacheKey) {
+        var cap = capacityBytes / shardCount
+        if let lentTo { cap = max(0, capacityBytes - lentTo.bytes.load(ordering: .relaxed)) / shardCount }
+        let change = shards[shard(key)].lock.withLock { s -> Int in
+            guard s.usedBytes > cap else { return 0 }
+            let before = s.usedBytes
+            evict(&s, toHold: cap)
+            return s.usedBytes - before
+        }
+        if change != 0 {
+            held.add(change, ordering: .relaxed)
+            borrowedFrom?.bytes.add(change, ordering: .relaxed)
         }
     }
 

@@ -103,17 +103,24 @@ final class CompressedCacheTests: XCTestCase {
         XCTAssertGreaterThan(context.compressedDataCache.usedBytes, 0, "seed \(seed): blocks read from disk after that went into the compressed tier")
         XCTAssertLessThanOrEqual(context.dataCache.usedBytes + context.compressedDataCache.usedBytes, 1 << 20, "seed \(seed): one budget")
         // The blocks read before the decoded tier was full come from disk once more, and go into
-        // the compressed tier then; after that, nothing is read from the files.
-        for key in keys.shuffled(using: &rng) {
-            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), second pass")
+        // the compressed tier then. While the decoded tier thrashes, blocks read from disk skip it
+        // (`decodedTierBypassMissPermille`), and it gives its bytes back to the compressed tier's
+        // loan by evicting: a block it held then comes from disk once more, in a later pass. Each
+        // pass reads fewer blocks from the files, and within a few passes none.
+        var readsPerPass: [Int] = []
+        var compressedHitsInLastPass = 0
+        for pass in 2...8 {
+            let reads = io.reads.load(ordering: .relaxed), compressedHits = context.compressedDataCache.hitCount
+            for key in keys.shuffled(using: &rng) {
+                XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), pass \(pass)")
+            }
+            XCTAssertLessThanOrEqual(context.dataCache.usedBytes + context.compressedDataCache.usedBytes, 1 << 20, "seed \(seed): one budget, pass \(pass)")
+            readsPerPass.append(io.reads.load(ordering: .relaxed) - reads)
+            compressedHitsInLastPass = context.compressedDataCache.hitCount - compressedHits
+            if readsPerPass.last == 0 { break }
         }
-        let readsBeforeThirdPass = io.reads.load(ordering: .relaxed)
-        let compressedHitsBefore = context.compressedDataCache.hitCount
-        for key in keys.shuffled(using: &rng) {
-            XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key), third pass")
-        }
-        XCTAssertEqual(io.reads.load(ordering: .relaxed), readsBeforeThirdPass, "seed \(seed): the third pass read nothing from the files")
-        XCTAssertGreaterThan(context.compressedDataCache.hitCount - compressedHitsBefore, 200,
-                             "seed \(seed): most of the third pass came from the compressed tier")
+        XCTAssertEqual(readsPerPass.last, 0, "seed \(seed): a pass read nothing from the files (reads per pass from the second: \(readsPerPass))")
+        XCTAssertLessThan(readsPerPass.count, 6, "seed \(seed): within a few passes (\(readsPerPass))")
+        XCTAssertGreaterThan(compressedHitsInLastPass, 200, "seed \(seed): most of that pass came from the compressed tier")
     }
 }
