@@ -182,8 +182,7 @@ public final class BlockCache: Sendable {
 
     public func insert(_ key: CacheKey, _ bytes: [UInt8]) {
         let size = bytes.count + 64
-        var cap = capacityBytes / shardCount
-        if let lentTo { cap = max(0, capacityBytes - lentTo.bytes.load(ordering: .relaxed)) / shardCount }
+        let cap = shareBytes
         guard size <= cap else { return }
         let change = shards[shard(key)].lock.withLock { s -> Int in
             if s.map[key] != nil { return 0 }
@@ -246,12 +245,21 @@ public final class BlockCache: Sendable {
     /// loan): what an insert there would do first. For a lender that skips an insert, so that a
     /// grown loan still shrinks it (invariant 2).
     public func trim(near key: CacheKey) {
-        var cap = capacityBytes / shardCount
-        if let lentTo { cap = max(0, capacityBytes - lentTo.bytes.load(ordering: .relaxed)) / shardCount }
-        let change = shards[shard(key)].lock.withLock { s -> Int in
-            guard s.usedBytes > cap else { return 0 }
+        shrink(shards[shard(key)], toHold: shareBytes)
+    }
+
+    /// A shard's share of the capacity, less the loan for a lender (invariant 2).
+    private var shareBytes: Int {
+        guard let lentTo else { return capacityBytes / shardCount }
+        return max(0, capacityBytes - lentTo.bytes.load(ordering: .relaxed)) / shardCount
+    }
+
+    /// Evicts from `box` until it holds at most `limit` bytes, and accounts for what left.
+    private func shrink(_ box: ShardBox, toHold limit: Int) {
+        let change = box.lock.withLock { s -> Int in
+            guard s.usedBytes > limit else { return 0 }
             let before = s.usedBytes
-            evict(&s, toHold: cap)
+            evict(&s, toHold: limit)
             return s.usedBytes - before
         }
         if change != 0 {
@@ -266,17 +274,7 @@ public final class BlockCache: Sendable {
         let old = capacity.exchange(max(0, bytes), ordering: .relaxed)
         guard bytes < old else { return }
         let cap = max(0, bytes) / shardCount
-        for box in shards {
-            let change = box.lock.withLock { s -> Int in
-                let before = s.usedBytes
-                evict(&s, toHold: cap)
-                return s.usedBytes - before
-            }
-            if change != 0 {
-                held.add(change, ordering: .relaxed)
-                borrowedFrom?.bytes.add(change, ordering: .relaxed)
-            }
-        }
+        for box in shards { shrink(box, toHold: cap) }
     }
 
     public var usedBytes: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.usedBytes } } }

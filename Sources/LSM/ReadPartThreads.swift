@@ -35,6 +35,9 @@ final class ReadPartThreads: @unchecked Sendable {
     private var idle = 0
     let maximumThreads: Int
 
+    /// The process's pool: its threads never stop, so every store and context shares one.
+    static let shared = ReadPartThreads(maximumThreads: 64)
+
     init(maximumThreads: Int) {
         self.maximumThreads = max(0, maximumThreads)
         pthread_mutex_init(lock, nil)

@@ -96,8 +96,8 @@ public final class StorageContext: Sendable {
     let buffers = AlignedBufferPool()
     /// Which blocks cold reads have decoded out of a window once (`BlockFetcher.windowBlocksSeen`).
     let windowBlocksSeen = SeenOnceFilter(bits: 1 << 18)
-    /// Threads for the parts of batched reads (`StoreConfig.redoThreads`), shared by every store.
-    let readParts = ReadPartThreads(maximumThreads: 64)
+    /// Threads for the parts of batched reads (`StoreConfig.redoThreads`): one pool for the process.
+    var readParts: ReadPartThreads { ReadPartThreads.shared }
     private let nextStoreId = Atomic<UInt32>(0)
 
     /// `dataCacheBytes` is the whole budget of page memory: decoded data blocks, compressed data
