@@ -14,6 +14,8 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 
 int cs_syncfs(int fd) { return syncfs(fd); }
 
@@ -49,6 +51,50 @@ void cs_prefetch(const void *address) { __builtin_prefetch(address, 0, 3); }
 uint64_t cs_atomic_fetch_or_u64(uint64_t *word, uint64_t mask) { return __atomic_fetch_or(word, mask, __ATOMIC_RELAXED); }
 
 void cs_atomic_store_u64(uint64_t *word, uint64_t value) { __atomic_store_n(word, value, __ATOMIC_RELAXED); }
+
+static int lock_spins = 64;
+
+void cs_lock_set_spins(int spins) { lock_spins = spins < 0 ? 0 : spins; }
+
+__attribute__((constructor)) static void cs_lock_spins_from_env(void) {
+    const char *s = getenv("PAGESERVER_LOCK_SPINS");
+    if (s != NULL) cs_lock_set_spins(atoi(s));
+}
+
+static inline void cs_spin_hint(void) {
+#if defined(__x86_64__)
+    _mm_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+// Word states: 0 free, 1 held, 2 held and some thread may be sleeping on it.
+static void cs_lock_acquire_contended(uint32_t *word) {
+    for (int i = 0; i < lock_spins; i++) {
+        uint32_t expected = 0;
+        if (__atomic_load_n(word, __ATOMIC_RELAXED) == 0 &&
+            __atomic_compare_exchange_n(word, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) return;
+        cs_spin_hint();
+    }
+    // From here on the word says 2 while this thread holds the lock, so its release wakes a
+    // sleeper; a spurious wake costs one syscall, a lost one would hang.
+    while (__atomic_exchange_n(word, 2, __ATOMIC_ACQUIRE) != 0) {
+        syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+    }
+}
+
+void cs_lock_acquire(uint32_t *word) {
+    uint32_t expected = 0;
+    if (__builtin_expect(__atomic_compare_exchange_n(word, &expected, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED), 1)) return;
+    cs_lock_acquire_contended(word);
+}
+
+void cs_lock_release(uint32_t *word) {
+    if (__builtin_expect(__atomic_exchange_n(word, 0, __ATOMIC_RELEASE) == 2, 0)) {
+        syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    }
+}
 
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock) {
     pthread_rwlockattr_t attr;

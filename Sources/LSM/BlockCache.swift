@@ -70,7 +70,7 @@ public final class BlockCache: Sendable {
     /// Up to 256 shards, fewer for small caches so that a shard holds at least `minimumShardBytes`.
     private let shardCount: Int
     private final class ShardBox: Sendable {
-        let lock = Mutex(Shard())
+        let lock = FutexLock(Shard())
     }
 
     private let shards: [ShardBox]
@@ -281,8 +281,10 @@ public final class BlockCache: Sendable {
     public var hitCount: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.hits } } }
     public var missCount: Int { shards.reduce(0) { acc, s in acc + s.lock.withLock { $0.misses } } }
 
-    /// Drops every block (benchmarks use it to measure cold reads).
+    /// Drops every block (benchmarks use it to measure cold reads). The cache then counts as never
+    /// having been full again (`hasEvicted`), as a new one would.
     public func clear() {
+        evicted.store(false, ordering: .relaxed)
         for s in shards {
             let freed = s.lock.withLock {
                 let (hits, misses, used) = ($0.hits, $0.misses, $0.usedBytes)

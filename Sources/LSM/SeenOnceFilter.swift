@@ -44,10 +44,13 @@ final class SeenOnceFilter: @unchecked Sendable {
         let bit: UInt64 = 1 << (h & 63)
         let before = cs_atomic_fetch_or_u64(words + (Int(truncatingIfNeeded: h >> 6) & wordMask), bit)
         if before & bit != 0 { return true }
-        if marks.add(1, ordering: .relaxed).newValue >= resetAfter {
-            marks.store(0, ordering: .relaxed)
-            for i in 0...wordMask { cs_atomic_store_u64(words + i, 0) }
-        }
+        if marks.add(1, ordering: .relaxed).newValue >= resetAfter { reset() }
         return false
+    }
+
+    /// Forgets every mark.
+    func reset() {
+        marks.store(0, ordering: .relaxed)
+        for i in 0...wordMask { cs_atomic_store_u64(words + i, 0) }
     }
 }

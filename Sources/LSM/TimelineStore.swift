@@ -96,6 +96,16 @@ public final class StorageContext: Sendable {
     let buffers = AlignedBufferPool()
     /// Which blocks cold reads have decoded out of a window once (`BlockFetcher.windowBlocksSeen`).
     let windowBlocksSeen = SeenOnceFilter(bits: 1 << 18)
+    /// Empties page memory: decoded and compressed data blocks, materialized pages and the marks of
+    /// `windowBlocksSeen`. Index blocks stay (as a RocksDB table reader keeps its index), and so
+    /// does the split of the budget. Benchmarks use it to measure cold reads in a process that has
+    /// been running, as a long-lived server's are.
+    public func dropPageMemory() {
+        dataCache.clear()
+        compressedDataCache.clear()
+        materialized.clear()
+        windowBlocksSeen.reset()
+    }
     /// Threads for the parts of batched reads (`StoreConfig.redoThreads`): one pool for the process.
     var readParts: ReadPartThreads { ReadPartThreads.shared }
     private let nextStoreId = Atomic<UInt32>(0)

@@ -97,6 +97,40 @@ final class ColdPrefetchTests: XCTestCase {
         XCTAssertEqual(io.reads.load(ordering: .relaxed), 1, "seed \(seed)")
     }
 
+    /// `dropPageMemory` empties the data tiers and the materialized pages, and the next reads come
+    /// from the files again, with windows as in a new process; the index blocks stay.
+    func testDroppingPageMemoryMakesTheNextReadsCold() throws {
+        let seed = testSeed("ColdPrefetchTests")
+        var rng = SeededRandom(seed: seed)
+        let (dir, lsn, model) = try makeStore(&rng)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let io = CountingIO()
+        let context = StorageContext(io: io, dataCacheBytes: 64 << 20, coldPrefetchWindowBytes: 32 << 10)
+        let store = try TimelineStore.open(directory: dir, config: config(), context: context)
+        defer { store.close() }
+        let keys = allKeys()
+        for _ in 0..<2 {
+            for key in keys { XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key)") }
+        }
+        let index = context.indexCache.usedBytes
+        XCTAssertGreaterThan(context.dataCache.usedBytes + context.materialized.usedBytes, 0, "seed \(seed)")
+        context.dropPageMemory()
+        XCTAssertEqual(context.dataCache.usedBytes, 0, "seed \(seed)")
+        XCTAssertEqual(context.compressedDataCache.usedBytes, 0, "seed \(seed)")
+        XCTAssertEqual(context.materialized.usedBytes, 0, "seed \(seed)")
+        XCTAssertEqual(context.indexCache.usedBytes, index, "seed \(seed): index blocks stay")
+        XCTAssertFalse(context.dataCache.hasEvicted, "seed \(seed)")
+        let before = io.reads.load(ordering: .relaxed)
+        let key = relKey(rel: 16385, block: 200)
+        XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed)")
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), before + 1, "seed \(seed): the block is read from its file again")
+        for block in [199, 201] {
+            let k = relKey(rel: 16385, block: UInt32(block))
+            XCTAssertEqual(try store.get(k, at: lsn, redo: AppendRedo()), model.get(k, at: lsn), "seed \(seed)")
+        }
+        XCTAssertEqual(io.reads.load(ordering: .relaxed), before + 1, "seed \(seed): its neighbours came with its window")
+    }
+
     func testSeenOnceFilterMarksAndResets() {
         let filter = SeenOnceFilter(bits: 1 << 12)  // resets after 512 new marks
         let keys = (0..<300).map { BlockCache.CacheKey(fileId: UInt64($0 % 7), offset: UInt64($0) * 8192) }

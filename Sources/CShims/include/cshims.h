@@ -71,6 +71,16 @@ uint64_t cs_atomic_fetch_or_u64(uint64_t *word, uint64_t mask);
 // Atomically stores `value` into *word (relaxed ordering).
 void cs_atomic_store_u64(uint64_t *word, uint64_t value);
 
+// ---- a barging futex lock (see LSM's FutexLock) ----
+// `word` is a 32-bit lock word, 0 when free. Acquire spins briefly (`cs_lock_set_spins`) and then
+// sleeps on a plain, non-PI futex; release wakes one sleeper but hands it nothing, so a running
+// thread may take the lock first. Unlike a priority-inheritance lock there is no convoy of threads
+// that must each be scheduled in turn.
+void cs_lock_acquire(uint32_t *word);
+void cs_lock_release(uint32_t *word);
+// How many times a contended acquire checks the word before it sleeps (default 64).
+void cs_lock_set_spins(int spins);
+
 // pthread_rwlock_init with writers preferred (a waiting writer holds off new readers; glibc's
 // PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP). Returns 0 or an errno value.
 int cs_rwlock_init_prefer_writer(pthread_rwlock_t *lock);

@@ -30,6 +30,8 @@ func getpageCommand(_ args: Arguments) throws {
     let lsnText = args.string("lsn", default: "latest")
     let batch = max(1, args.int("batch", default: 1))
     let warmup = args.int("warmup", default: 1) != 0
+    let coldAfter = args.int("cold-after", default: 0)
+    guard coldAfter == 0 || !warmup else { fail("--cold-after needs --warmup 0") }
     guard depth % batch == 0 else { fail("--depth \(depth) is not a multiple of --batch \(batch)") }
 
     let store: any ReadStore
@@ -80,12 +82,20 @@ func getpageCommand(_ args: Arguments) throws {
         all.shuffle(using: &rng)
         _ = try run(store, all, lsn: lsn, depth: depth, batch: batch)
     }
+    if coldAfter > 0 {
+        // A process that has been serving: `coldAfter` reads of other blocks first (the caches,
+        // threads' arenas and the runtime's lazily made state are then in use), then the store's
+        // data caches and the kernel's cached pages of its files are dropped.
+        _ = try run(store, draw(coldAfter, seed: seed ^ 0x434F_4C44), lsn: lsn, depth: depth, batch: batch)
+        store.dropCaches()
+        dropKernelCache(under: path)
+    }
     let (seconds, cpuSeconds, latencies) = try run(store, draw(requests, seed: seed), lsn: lsn, depth: depth, batch: batch)
     let sorted = latencies.sorted()
     func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] * 1e6 }
     emitJSON([("bench", "\"getpage\""), ("store", "\"\(kind.rawValue)\""), ("lsn", "\"\(lsn)\""),
               ("latest_lsn", "\"\(latest)\""), ("at_latest", "\(lsn == latest)"), ("depth", "\(depth)"), ("batch", "\(batch)"),
-              ("warm", "\(warmup)"),
+              ("warm", "\(warmup)"), ("cold_after", "\(coldAfter)"),
               ("requests", "\(requests)"), ("seed", "\(seed)"), ("relation_forks", "\(forks.count)"),
               ("blocks", "\(total)"), ("seconds", "\(seconds)"), ("pages_per_s", "\(Double(requests) / seconds)"),
               ("cpu_us_per_page", "\(cpuSeconds * 1e6 / Double(requests))"),

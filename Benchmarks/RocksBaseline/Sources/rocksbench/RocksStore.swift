@@ -48,6 +48,7 @@ final class RocksStore: @unchecked Sendable {
     private let options: OpaquePointer
     private let tableOptions: OpaquePointer
     private let cache: OpaquePointer
+    private let cacheBytes: Int
     let writeOptions: OpaquePointer
     let readOptions: OpaquePointer
     private let batch: OpaquePointer
@@ -63,6 +64,7 @@ final class RocksStore: @unchecked Sendable {
 
     init(path: String, timeline: TimelineId, cacheBytes: Int, batchPuts: Int = 1000) throws {
         self.path = path
+        self.cacheBytes = cacheBytes
         self.timeline = timeline
         self.batchPuts = batchPuts
         options = rocksdb_options_create()
@@ -103,6 +105,12 @@ final class RocksStore: @unchecked Sendable {
         rocksdb_options_destroy(options)
         rocksdb_block_based_options_destroy(tableOptions)
         rocksdb_cache_destroy(cache)
+    }
+
+    /// Empties the block cache (its capacity to 0 and back: every unpinned block is evicted).
+    func dropBlockCache() {
+        rocksdb_cache_set_capacity(cache, 0)
+        rocksdb_cache_set_capacity(cache, cacheBytes)
     }
 
     // MARK: - Writes (one thread)

@@ -40,6 +40,9 @@ protocol ReadStore: Sendable {
     func latestLSN() throws -> LSN
     func reader() -> any PageReader
     func close()
+    /// Empties the store's own caches of data (index blocks stay: RocksDB's table readers keep
+    /// theirs outside the block cache, and ours are preloaded at open).
+    func dropCaches()
     /// Figures of the store's own caches for the JSON line (name, JSON value); none by default.
     func cacheFigures() -> [(String, String)]
 }
@@ -132,6 +135,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
 
     func close() { store.close() }
 
+    func dropCaches() { context.dropPageMemory() }
+
     /// The data cache's two tiers: bytes held, and hits and misses since the store opened (the
     /// warm-up's included); layers visited and records applied per lookup.
     func cacheFigures() -> [(String, String)] {
@@ -212,6 +217,8 @@ final class RocksBench: IngestStore, ReadStore, @unchecked Sendable {
     func reader() -> any PageReader { RocksPageReader(reader: store.reader()) }
 
     func close() { store.close() }
+
+    func dropCaches() { store.dropBlockCache() }
 }
 
 struct RocksPageReader: PageReader {

@@ -123,6 +123,23 @@ func diskUsage(_ path: String, dataSuffix suffix: String) -> (total: UInt64, dat
     return (total, data)
 }
 
+/// Asks the kernel to drop its cached pages of every regular file under `path`
+/// (`POSIX_FADV_DONTNEED`; the files are clean, so every page goes): a cold read of the store then
+/// comes from the device, as after `echo 3 > /proc/sys/vm/drop_caches`, without the privileges.
+func dropKernelCache(under path: String) {
+    guard let e = FileManager.default.enumerator(atPath: path) else { return }
+    while let name = e.nextObject() as? String {
+        let fd = open(path + "/" + name, O_RDONLY)
+        guard fd >= 0 else { continue }
+        var st = stat()
+        if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG {
+            _ = fdatasync(fd)
+            _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_DONTNEED))
+        }
+        close(fd)
+    }
+}
+
 /// Runs `body(i)` for i in 0..<count, each on its own thread, and waits for all.
 func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     let group = DispatchGroup()

@@ -23,7 +23,7 @@ do {
     case "ingest":
         try ingestCommand(Arguments(argv[2...], known: ["store", "base-backup", "wal-dir", "start", "end", "db", "cache-mb"]))
     case "getpage":
-        try getpageCommand(Arguments(argv[2...], known: ["store", "db", "lsn", "requests", "depth", "batch", "seed", "cache-mb", "warmup"]))
+        try getpageCommand(Arguments(argv[2...], known: ["store", "db", "lsn", "requests", "depth", "batch", "seed", "cache-mb", "warmup", "cold-after"]))
     case "images":
         try imagesCommand(Arguments(argv[2...], known: ["db", "cache-mb"]))
     case "gc":
