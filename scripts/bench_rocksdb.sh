@@ -19,7 +19,9 @@
 #      batches), COLD_REQUESTS random blocks, each run in a fresh process started right after
 #      `sync; echo 3 > /proc/sys/vm/drop_caches` (so the kernel's page cache and the store's own
 #      caches are empty; skipped with a note when drop_caches is not writable), COLD_RUNS times
-#      each (median per repetition), with the CPU time of the timed part per page besides;
+#      each (median per repetition), with the CPU time of the timed part per page besides; and the
+#      same in a process that has been serving (`--cold-after COLD_AFTER`: that many reads of other
+#      blocks, then the store's data caches and the kernel's cached pages of its files dropped);
 #    `sync` runs (untimed) after each ingest so that neither store pays for the other's dirty pages.
 #    Then `rocksbench verify` reads 2000 random blocks from both stores at both LSNs: the pages must
 #    be byte-identical.
@@ -42,6 +44,7 @@
 #                    takes their median per repetition)
 #   COLD_REQUESTS    GetPage requests per cold measurement (default 2000: few enough that most blocks
 #                    are read for the first time)
+#   COLD_AFTER       reads before the cold runs in a running process (default 5000; 0: no such runs)
 #   CACHE_MB         RocksDB's block cache and our data cache (default 256)
 #   BIN              the driver (default Benchmarks/RocksBaseline/.build/release/rocksbench)
 #   PG_BIN           PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
@@ -65,6 +68,7 @@ clients=${PGBENCH_CLIENTS:-4}
 requests=${REQUESTS:-20000}
 cold_requests=${COLD_REQUESTS:-2000}
 cold_runs_each=${COLD_RUNS:-3}
+cold_after=${COLD_AFTER:-5000}
 cache_mb=${CACHE_MB:-256}
 pgbin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 results_json=${RESULTS_JSON:-$root/.build/bench_rocksdb.json}
@@ -195,6 +199,19 @@ measure() { # store, rep, past LSN
         | sed "s/^{/{\"rep\": $rep, \"cold_run\": $c, /" | tee -a "$out"
     done
   done
+  # Cold in a process that has been serving: COLD_AFTER reads of other blocks first, then the store's
+  # data caches and the kernel's cached pages of its files dropped (`--cold-after`), so that neither
+  # store's figure includes a new process's first touches of its memory.
+  if [ "$cold_after" -gt 0 ]; then
+    for run in $cold_runs; do
+      for c in $(seq "$cold_runs_each"); do
+        sync
+        "$bin" getpage --store "$store" --db "$db" --lsn latest --requests "$cold_requests" --depth "${run%:*}" \
+          --batch "${run#*:}" --seed "$((rep * 100 + c))" --cache-mb "$cache_mb" --warmup 0 --cold-after "$cold_after" \
+          | sed "s/^{/{\"rep\": $rep, \"cold_run\": $c, /" | tee -a "$out"
+      done
+    done
+  fi
   sync
 }
 
@@ -268,7 +285,7 @@ rows = [json.loads(l) for l in open(src) if l.strip()]
 cold = {}
 for r in rows:
     if "cold_run" in r:
-        cold.setdefault((r["rep"], r["store"], r["depth"], r["batch"]), []).append(r)
+        cold.setdefault((r["rep"], r["store"], r["depth"], r["batch"], r.get("cold_after", 0)), []).append(r)
 rows = [r for r in rows if "cold_run" not in r]
 for runs in cold.values():
     merged = dict(runs[0])
@@ -306,11 +323,21 @@ for at in (True, False):
 if any(r["bench"] == "getpage" and r.get("warm") is False for r in rows):
     for depth, batch in ((1, 1), (32, 1), (32, 32)):
         how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
-        mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": False}
-        mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False}
+        mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": False, "cold_after": 0}
+        mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False, "cold_after": 0}
         measurements.append(("GetPage latest LSN, COLD, %s, pages/s" % how, "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
         measurements.append(("GetPage latest LSN, COLD, %s, p50 / p99 us" % how, "getpage", mo, mk, "latency", "us", None, None))
         measurements.append(("GetPage latest LSN, COLD, %s, CPU us per page (every thread, user + system)" % how, "getpage", mo, mk, "cpu", "us", None, None))
+# Cold in a process that has been serving (`--cold-after`), when the run made them.
+after = sorted({r.get("cold_after", 0) for r in rows if r["bench"] == "getpage" and r.get("warm") is False} - {0})
+if after:
+    for depth, batch in ((1, 1), (32, 1), (32, 32)):
+        how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
+        mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": False, "cold_after": after[0]}
+        mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False, "cold_after": after[0]}
+        what = "COLD after %d reads in the same process" % after[0]
+        measurements.append(("GetPage latest LSN, %s, %s, pages/s" % (what, how), "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0))
+        measurements.append(("GetPage latest LSN, %s, %s, CPU us per page (every thread, user + system)" % (what, how), "getpage", mo, mk, "cpu", "us", None, None))
 
 # Ours after image creation at the end LSN (what background compaction leaves), against RocksDB as
 # the seed stores it (it has nothing like it).
@@ -322,8 +349,8 @@ for depth, batch in ((1, 1), (32, 1), (32, 32)):
 if any(r["bench"] == "getpage" and r.get("warm") is False and r["store"] == "ours-imaged" for r in rows):
     for depth, batch in ((1, 1), (32, 1), (32, 32)):
         how = "depth %d" % depth if batch == 1 else "depth 32, ours in batches of 32 on one thread"
-        mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": False}
-        mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False}
+        mo = {"at_latest": True, "depth": depth, "batch": batch, "warm": False, "cold_after": 0}
+        mk = {"at_latest": True, "depth": depth, "batch": 1, "warm": False, "cold_after": 0}
         measurements.append(("GetPage latest LSN, COLD, %s, ours with image layers at the end LSN, pages/s" % how, "getpage", mo, mk, "pages_per_s", "pages/s", ">=", 3.0, "ours-imaged"))
 measurements = [m if len(m) == 9 else m + ("ours",) for m in measurements]
 

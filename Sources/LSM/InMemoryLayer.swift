@@ -70,7 +70,7 @@ public final class InMemoryLayer: Sendable {
     public let startLSN: LSN
     /// Monotonic creation time, for `checkpoint_timeout`.
     let createdAtNanos: UInt64
-    private let state = Mutex(State())
+    private let state = FutexLock(State())
 
     public init(startLSN: LSN) {
         self.startLSN = startLSN

@@ -32,7 +32,7 @@ public final class LayerFile: Sendable {
     let fileId: UInt64
     /// Each data block's offset, in file order (invariant 3); nil until `preloadIndex` has read every
     /// index block, or when the data region holds 2^32 bytes or more.
-    private let dataBlockStarts = Mutex<[UInt32]?>(nil)
+    private let dataBlockStarts = FutexLock<[UInt32]?>(nil)
 
     /// Opens `path`; `expected` (from the manifest) must match the header. `direct` opens with
     /// O_DIRECT so that data reads bypass the kernel's page cache.

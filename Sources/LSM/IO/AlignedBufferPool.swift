@@ -19,7 +19,7 @@ final class AlignedBufferPool: @unchecked Sendable {
         let capacity: Int
     }
 
-    private let pooled = Mutex<[Buffer]>([])
+    private let pooled = FutexLock<[Buffer]>([])
     private var slotKey = pthread_key_t()
     private let hasSlotKey: Bool
 
