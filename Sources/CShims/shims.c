@@ -56,11 +56,6 @@ static int lock_spins = 64;
 
 void cs_lock_set_spins(int spins) { lock_spins = spins < 0 ? 0 : spins; }
 
-__attribute__((constructor)) static void cs_lock_spins_from_env(void) {
-    const char *s = getenv("PAGESERVER_LOCK_SPINS");
-    if (s != NULL) cs_lock_set_spins(atoi(s));
-}
-
 static inline void cs_spin_hint(void) {
 #if defined(__x86_64__)
     _mm_pause();

@@ -10,8 +10,8 @@ import CShims
 /// Why not the standard library's `Mutex`: on Linux it is a priority-inheritance futex, whose
 /// release passes ownership to a sleeping waiter. With 32 readers on 2 cores that waiter must first
 /// be scheduled, every other thread that wants the lock meanwhile spins and then sleeps too, and
-/// the lock moves at the pace of context switches (a convoy). Measured on cold reads at depth 32,
-/// see BENCHMARKS.md.
+/// the lock moves at the pace of context switches (a convoy). Warm reads with 32 threads read 1.17x
+/// the pages/s with this lock (BENCHMARKS.md, issue 8).
 ///
 /// Invariants: `state` is read or written only inside `withLock`; the lock is not reentrant (a
 /// nested `withLock` on one lock never returns).
