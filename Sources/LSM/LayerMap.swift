@@ -32,6 +32,9 @@ final class LayerMap: Sendable {
     let frozen: [InMemoryLayer]
     let chunks: [ChunkId: ChunkLayers]
     let gc: GCFloor
+    /// Earlier index blocks of one long chain fetched in one round trip (they are adjacent in the
+    /// file, so the fetch merges them into one read).
+    static let chainIndexBlocksPerFetch = 16
 
     /// The oldest LSNs a read may ask for: the GC cutoff, and below it only the retained LSNs (branch
     /// points of child timelines).
@@ -233,6 +236,10 @@ extension LayerMap {
                 }
                 var block = blockNo
                 var v = view
+                // Earlier index blocks fetched ahead (see below), the next to visit last.
+                var earlier: [FetchedBlock] = []
+                var earlierBlocks: [Int] = []
+                var fetchRounds = 0
                 var i = v.lastAtOrBefore(key, ceiling)
                 scan: while true {
                     while i >= 0 {
@@ -247,14 +254,37 @@ extension LayerMap {
                         }
                         i -= 1
                     }
-                    // The key's entries may continue at the end of the previous index block.
+                    // The key's entries may continue at the end of the previous index block. A key
+                    // with a long chain spans many index blocks: those the directory says may hold
+                    // more of it (each block after them starts with the key, above the floor) are
+                    // fetched together in one round trip, 1, 2, 4, ... up to
+                    // `chainIndexBlocksPerFetch` at a time (the chain may end at an image in any of
+                    // them, so at most half of what is fetched goes unused).
                     guard block > 0 else { break }
-                    block -= 1
-                    let h = layer.directory.lines[block].handle
-                    let payload = try fetcher.fetch([BlockRequest(layer: layer, handle: h, isIndex: true)])[0].bytes
-                    v = try IndexBlockView(payload: payload, file: layer.path, offset: h.offset)
+                    if earlier.isEmpty {
+                        let lines = layer.directory.lines
+                        let most = min(LayerMap.chainIndexBlocksPerFetch, 1 << min(fetchRounds, 8))
+                        fetchRounds += 1
+                        var b = block
+                        repeat {
+                            earlierBlocks.append(b - 1)
+                            b -= 1
+                        } while b > 0 && earlierBlocks.count < most
+                            && lines[b].firstKey == key && (floor.map { lines[b].firstLSN > $0 } ?? true)
+                        earlier = try fetcher.fetch(earlierBlocks.map { BlockRequest(layer: layer, handle: lines[$0].handle, isIndex: true) })
+                        // Room for what they may add, instead of regrowing a long chain's array
+                        // again and again.
+                        states[s].planned.reserveCapacity(states[s].planned.count + earlierBlocks.count * LayerFormat.indexEntriesPerBlock)
+                        earlier.reverse()
+                        earlierBlocks.reverse()
+                    }
+                    block = earlierBlocks.removeLast()
+                    let payload = earlier.removeLast().bytes
+                    v = try IndexBlockView(payload: payload, file: layer.path, offset: layer.directory.lines[block].handle.offset)
                     i = v.count - 1
                 }
+                earlier.removeAll(keepingCapacity: true)
+                earlierBlocks.removeAll(keepingCapacity: true)
             }
             if !states[s].done { states[s].done = true }
         }

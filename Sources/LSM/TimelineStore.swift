@@ -660,10 +660,23 @@ public final class TimelineStore: Sendable {
         } catch {
             return Array(repeating: .failure(StorageError(.io, "\(error)")), count: requests.count)
         }
+        // One request per run of planned values in the same block: a long chain (a page updated
+        // thousands of times since its last image) has thousands of values in a few hundred blocks,
+        // and the fetch then looks each block up once instead of once per value.
+        // blockOf[k]: the request of the k-th planned value, in the order of the loop below.
         var dataRequests: [BlockRequest] = []
-        dataRequests.reserveCapacity(states.reduce(0) { $0 + $1.planned.count })
+        var blockOf: [Int32] = []
+        let plannedCount = states.reduce(0) { $0 + $1.planned.count }
+        blockOf.reserveCapacity(plannedCount)
         for n in states.indices {
-            for p in states[n].planned { dataRequests.append(BlockRequest(layer: p.layer, handle: p.entry.block, isIndex: false)) }
+            for p in states[n].planned {
+                if let last = dataRequests.last, last.handle.offset == p.entry.block.offset, last.layer === p.layer {
+                    blockOf.append(Int32(dataRequests.count - 1))
+                } else {
+                    blockOf.append(Int32(dataRequests.count))
+                    dataRequests.append(BlockRequest(layer: p.layer, handle: p.entry.block, isIndex: false))
+                }
+            }
         }
         let blocks: [FetchedBlock]
         do {
@@ -682,9 +695,10 @@ public final class TimelineStore: Sendable {
                 continue
             }
             stats.layersVisited += states[n].layersVisited
+            states[n].chain.reserveCapacity(states[n].chain.count + states[n].planned.count)
             for p in states[n].planned {
                 let e = p.entry
-                let block = blocks[next].bytes
+                let block = blocks[Int(blockOf[next])].bytes
                 next += 1
                 let end = Int(e.valueOffset) + Int(e.valueLength)
                 guard end <= block.count else {
