@@ -9,7 +9,11 @@
 #    segments X..Y are copied and the primary is stopped.
 # 2. REPS times, ours then RocksDB:
 #    - `rocksbench ingest`: base.tar imported (untimed), then WAL read + decode + store + durable flush
-#      timed; MB/s = (Y - X) / seconds; bytes on disk right after the flush;
+#      timed; MB/s = (Y - X) / seconds; bytes on disk right after the flush. The WAL segments are read
+#      once (untimed) right before, so that both stores read their input from the page cache: the
+#      cold runs below drop it, and reading 1.5 GB of segments back from the disk (scale 100) added
+#      about 3 s to either store's figure, which is not the store's work (a page server receives WAL
+#      over the network);
 #    - `rocksbench getpage` at the latest LSN and at one random past LSN in (X, Y) (the same for both
 #      stores in a repetition), depth 1 and 32, warm (an untimed warm-up that reads every block once),
 #      REQUESTS random blocks over every relation fork, reconstructed with PostgresRedo; depth D is D
@@ -160,6 +164,7 @@ measure() { # store, rep, past LSN
   local store=$1 rep=$2 past=$3
   local db="$dir/db-$store"
   rm -rf "$db"
+  cat "$capture"/wal/* > /dev/null  # the input in the page cache (see 2. above)
   "$bin" ingest --store "$store" --base-backup "$capture/backup/base.tar" --wal-dir "$capture/wal" \
     --start "$start_lsn" --end "$end_lsn" --db "$db" --cache-mb "$cache_mb" | sed "s/^{/{\"rep\": $rep, /" | tee -a "$out"
   sync
