@@ -12,14 +12,19 @@ final class LongChainTests: XCTestCase {
     private static let hot = relKey(rel: 16384, block: 7)
     private static let imaged = relKey(rel: 16384, block: 8)
 
+    /// Small blocks, and no index preload.
+    private func config() -> StoreConfig {
+        var config = smallBlockConfig()
+        config.preloadIndexBlocks = false
+        return config
+    }
+
     /// Neighbours on both sides of the hot keys, two hot keys with 3000 records each (the second with
     /// an image every 700), written in two layer files; the index is not preloaded, so that every
     /// index block of a cold read comes from the file.
     private func makeStore(_ rng: inout SeededRandom) throws -> (dir: String, lsn: LSN, model: Model) {
         let dir = makeTempDir("long-chain")
-        var config = smallBlockConfig()
-        config.preloadIndexBlocks = false
-        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
+        let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: PreadEngine()))
         var model = Model()
         var lsn: UInt64 = 0x1000
         func put(_ key: Key, _ value: Value) throws {
@@ -58,15 +63,13 @@ final class LongChainTests: XCTestCase {
         var rng = SeededRandom(seed: seed)
         let (dir, last, model) = try makeStore(&rng)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var config = smallBlockConfig()
-        config.preloadIndexBlocks = false
         let keys = [6, 7, 8, 9].map { relKey(rel: 16384, block: UInt32($0)) }
         var lsns = [last, LSN(0x1000 + 8 * 5), LSN(last.rawValue - 8)]
         for _ in 0..<12 { lsns.append(LSN(UInt64.random(in: 0x1000...last.rawValue, using: &rng))) }
         for lsn in lsns {
             // A new store each time: the index and data blocks of the chain are read cold.
             let context = StorageContext(io: PreadEngine(), materializedCacheBytes: 0)
-            let store = try TimelineStore.open(directory: dir, config: config, context: context)
+            let store = try TimelineStore.open(directory: dir, config: config(), context: context)
             defer { store.close() }
             for key in keys {
                 XCTAssertEqual(try store.get(key, at: lsn, redo: AppendRedo()), model.get(key, at: lsn), "seed \(seed): \(key) at \(lsn)")
@@ -78,7 +81,7 @@ final class LongChainTests: XCTestCase {
             }
         }
         // With materialized pages as the floor: a read above a remembered page applies only the rest.
-        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: PreadEngine()))
+        let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: PreadEngine()))
         defer { store.close() }
         for lsn in lsns.sorted() {
             XCTAssertEqual(try store.get(LongChainTests.hot, at: lsn, redo: AppendRedo()), model.get(LongChainTests.hot, at: lsn), "seed \(seed): at \(lsn), materialized below")
@@ -90,10 +93,8 @@ final class LongChainTests: XCTestCase {
         var rng = SeededRandom(seed: seed)
         let (dir, last, model) = try makeStore(&rng)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var config = smallBlockConfig()
-        config.preloadIndexBlocks = false
         let io = CountingIO()
-        let store = try TimelineStore.open(directory: dir, config: config, context: StorageContext(io: io, materializedCacheBytes: 0))
+        let store = try TimelineStore.open(directory: dir, config: config(), context: StorageContext(io: io, materializedCacheBytes: 0))
         defer { store.close() }
         let before = io.reads.load(ordering: .relaxed)
         XCTAssertEqual(try store.get(LongChainTests.hot, at: last, redo: AppendRedo()), model.get(LongChainTests.hot, at: last), "seed \(seed)")
