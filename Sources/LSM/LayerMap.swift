@@ -80,9 +80,18 @@ final class LayerMap: Sendable {
 ///
 /// (The read path's collections hold named structs, not tuples: a collection of tuples makes the
 /// Swift runtime look up the tuple's type metadata on every use, a measurable share of a cached read.)
+/// A value chosen from a layer file for a lookup: where it lies and what it is (its key is the
+/// lookup's). Kept small: a long chain plans tens of thousands of them.
 struct PlannedEntry {
     let layer: LayerFile
-    let entry: IndexEntry
+    let lsn: LSN
+    let block: BlockHandle
+    let valueOffset: UInt32
+    let valueLength: UInt32
+    let kind: Value.Kind
+    let willInit: Bool
+
+    var startsChain: Bool { kind == .image || willInit }
 }
 
 /// One lookup of a batch and what the read path has gathered for it so far.
@@ -227,10 +236,7 @@ extension LayerMap {
                 if layer === states[s].imageLayer {
                     // 3. The base image at X, if the key had one.
                     let i = view.lastAtOrBefore(key, ceiling)
-                    if i >= 0 {
-                        let e = try view.entry(i)
-                        if e.key == key { states[s].planned.append(PlannedEntry(layer: layer, entry: e)) }
-                    }
+                    if i >= 0 && view.keyAndLSN(i).0 == key { states[s].planned.append(try view.planned(i, layer: layer)) }
                     states[s].done = true
                     break
                 }
@@ -246,8 +252,8 @@ extension LayerMap {
                         let (k, l) = v.keyAndLSN(i)
                         if k != key { break scan }
                         if let floor, l <= floor { break scan }
-                        let e = try v.entry(i)
-                        states[s].planned.append(PlannedEntry(layer: layer, entry: e))
+                        let e = try v.planned(i, layer: layer)
+                        states[s].planned.append(e)
                         if e.startsChain {
                             states[s].done = true
                             break scan
@@ -272,9 +278,6 @@ extension LayerMap {
                         } while b > 0 && earlierBlocks.count < most
                             && lines[b].firstKey == key && (floor.map { lines[b].firstLSN > $0 } ?? true)
                         earlier = try fetcher.fetch(earlierBlocks.map { BlockRequest(layer: layer, handle: lines[$0].handle, isIndex: true) })
-                        // Room for what they may add, instead of regrowing a long chain's array
-                        // again and again.
-                        states[s].planned.reserveCapacity(states[s].planned.count + earlierBlocks.count * LayerFormat.indexEntriesPerBlock)
                         earlier.reverse()
                         earlierBlocks.reverse()
                     }

@@ -670,11 +670,11 @@ public final class TimelineStore: Sendable {
         blockOf.reserveCapacity(plannedCount)
         for n in states.indices {
             for p in states[n].planned {
-                if let last = dataRequests.last, last.handle.offset == p.entry.block.offset, last.layer === p.layer {
+                if let last = dataRequests.last, last.handle.offset == p.block.offset, last.layer === p.layer {
                     blockOf.append(Int32(dataRequests.count - 1))
                 } else {
                     blockOf.append(Int32(dataRequests.count))
-                    dataRequests.append(BlockRequest(layer: p.layer, handle: p.entry.block, isIndex: false))
+                    dataRequests.append(BlockRequest(layer: p.layer, handle: p.block, isIndex: false))
                 }
             }
         }
@@ -695,22 +695,34 @@ public final class TimelineStore: Sendable {
                 continue
             }
             stats.layersVisited += states[n].layersVisited
-            states[n].chain.reserveCapacity(states[n].chain.count + states[n].planned.count)
-            for p in states[n].planned {
-                let e = p.entry
-                let block = blocks[Int(blockOf[next])].bytes
+            // The chain is moved out while it grows (a long chain appends thousands of values), and
+            // each run of values in one block takes the block once.
+            var chain: [RedoRecord] = []
+            swap(&chain, &states[n].chain)
+            let planned = states[n].planned
+            states[n].planned = []
+            chain.reserveCapacity(chain.count + planned.count)
+            var blockIndex = -1
+            var block: [UInt8] = []
+            for e in planned {
+                let b = Int(blockOf[next])
                 next += 1
-                let end = Int(e.valueOffset) + Int(e.valueLength)
+                if b != blockIndex {
+                    block = blocks[b].bytes
+                    blockIndex = b
+                }
+                let start = Int(e.valueOffset), end = start + Int(e.valueLength)
                 guard end <= block.count else {
-                    states[n].failure = .corruption("value \(e.key)@\(e.lsn) lies outside its data block", file: p.layer.path, offset: e.block.offset)
+                    states[n].failure = .corruption("value \(states[n].key)@\(e.lsn) lies outside its data block", file: e.layer.path, offset: e.block.offset)
                     continue
                 }
                 // A value that fills its block (an image alone in its block) shares the block's
                 // storage instead of being copied.
-                let bytes = e.valueOffset == 0 && end == block.count ? block : Array(block[Int(e.valueOffset)..<end])
-                states[n].chain.append(RedoRecord(lsn: e.lsn, value: Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
+                let bytes = start == 0 && end == block.count ? block
+                    : block.withUnsafeBytes { [UInt8](UnsafeRawBufferPointer(rebasing: $0[start..<end])) }
+                chain.append(RedoRecord(lsn: e.lsn, value: Value(kind: e.kind, willInit: e.willInit, bytes: bytes)))
             }
-            states[n].planned = []
+            swap(&chain, &states[n].chain)
         }
         var perLookup = stats.layersPerLookup == nil ? [] : states.map { $0.layersVisited }
         var inherited: [Int: Result<[UInt8]?, StorageError>] = [:]
@@ -821,9 +833,8 @@ public final class TimelineStore: Sendable {
         for r in states[0].chain {
             lines.append("  \(r.lsn) \(r.value.kind)\(r.value.willInit ? " will-init" : "") \(r.value.bytes.count) bytes, in memory")
         }
-        for p in states[0].planned {
-            let e = p.entry
-            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(p.layer.descriptor.fileName) block (\(e.block.offset), \(e.block.size))")
+        for e in states[0].planned {
+            lines.append("  \(e.lsn) \(e.kind)\(e.willInit ? " will-init" : "") \(e.valueLength) bytes, \(e.layer.descriptor.fileName) block (\(e.block.offset), \(e.block.size))")
         }
         if states[0].chain.isEmpty && states[0].planned.isEmpty { lines.append("  (no values)") }
         return lines.joined(separator: "\n")

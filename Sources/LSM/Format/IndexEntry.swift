@@ -87,6 +87,26 @@ struct IndexBlockView {
         }
     }
 
+    /// What the read path keeps of entry `i` (its key is the one being looked up), read at the
+    /// entry's fixed offsets with the checks of `IndexEntry.init(parsing:)`.
+    func planned(_ i: Int, layer: LayerFile) throws -> PlannedEntry {
+        try payload.withUnsafeBytes { b in
+            let o = 4 + i * IndexEntry.size
+            guard let kind = Value.Kind(rawValue: b[o + 26]) else {
+                throw StorageError(.corruption, "index entry has invalid value kind \(b[o + 26])")
+            }
+            let flags = b[o + 27]
+            guard flags & ~IndexEntry.flagWillInit == 0 else { throw StorageError(.corruption, "index entry has unknown flags \(flags)") }
+            let valueOffset = loadBE(b, o + 40, as: UInt32.self), valueLength = loadBE(b, o + 44, as: UInt32.self)
+            guard UInt64(valueOffset) + UInt64(valueLength) <= UInt64(LayerFormat.maxBlockBytes) else {
+                throw StorageError(.corruption, "index entry value range \(valueOffset)+\(valueLength) is out of bounds")
+            }
+            return PlannedEntry(layer: layer, lsn: LSN(loadBE(b, o + 18, as: UInt64.self)),
+                                block: BlockHandle(offset: loadBE(b, o + 28, as: UInt64.self), size: loadBE(b, o + 36, as: UInt32.self)),
+                                valueOffset: valueOffset, valueLength: valueLength, kind: kind, willInit: flags & IndexEntry.flagWillInit != 0)
+        }
+    }
+
     func entry(_ i: Int) throws -> IndexEntry {
         try payload.withUnsafeBytes { b in
             var r = ByteReader(UnsafeRawBufferPointer(rebasing: b[(4 + i * IndexEntry.size)...]), context: "index entry")
