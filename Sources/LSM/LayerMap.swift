@@ -76,12 +76,12 @@ final class LayerMap: Sendable {
     var allFiles: [LayerFile] { chunks.values.flatMap { $0.deltas + $0.images } }
 }
 
-/// An index entry a lookup chose, with the layer file whose data block holds its value.
+/// An index entry a lookup chose, with the layer file whose data block holds its value: where the
+/// value lies and what it is (its key is the lookup's). Kept small: a long chain plans tens of
+/// thousands of them.
 ///
 /// (The read path's collections hold named structs, not tuples: a collection of tuples makes the
 /// Swift runtime look up the tuple's type metadata on every use, a measurable share of a cached read.)
-/// A value chosen from a layer file for a lookup: where it lies and what it is (its key is the
-/// lookup's). Kept small: a long chain plans tens of thousands of them.
 struct PlannedEntry {
     let layer: LayerFile
     let lsn: LSN
@@ -286,8 +286,6 @@ extension LayerMap {
                     v = try IndexBlockView(payload: payload, file: layer.path, offset: layer.directory.lines[block].handle.offset)
                     i = v.count - 1
                 }
-                earlier.removeAll(keepingCapacity: true)
-                earlierBlocks.removeAll(keepingCapacity: true)
             }
             if !states[s].done { states[s].done = true }
         }
