@@ -47,17 +47,23 @@ public struct IndexEntry: Equatable, Sendable {
         key = try Key(parsing: &r)
         lsn = LSN(try r.u64())
         let k = try r.u8()
-        guard let kind = Value.Kind(rawValue: k) else { throw StorageError(.corruption, "index entry has invalid value kind \(k)") }
-        self.kind = kind
         let flags = try r.u8()
-        guard flags & ~IndexEntry.flagWillInit == 0 else { throw StorageError(.corruption, "index entry has unknown flags \(flags)") }
-        willInit = flags & IndexEntry.flagWillInit != 0
         block = try BlockHandle(parsing: &r)
         valueOffset = try r.u32()
         valueLength = try r.u32()
+        (kind, willInit) = try IndexEntry.check(kind: k, flags: flags, valueOffset: valueOffset, valueLength: valueLength)
+    }
+
+    /// The value kind and will_init of an entry with these fields, or the error that names what is
+    /// wrong with them.
+    @inline(__always)
+    static func check(kind k: UInt8, flags: UInt8, valueOffset: UInt32, valueLength: UInt32) throws -> (Value.Kind, Bool) {
+        guard let kind = Value.Kind(rawValue: k) else { throw StorageError(.corruption, "index entry has invalid value kind \(k)") }
+        guard flags & ~flagWillInit == 0 else { throw StorageError(.corruption, "index entry has unknown flags \(flags)") }
         guard UInt64(valueOffset) + UInt64(valueLength) <= UInt64(LayerFormat.maxBlockBytes) else {
             throw StorageError(.corruption, "index entry value range \(valueOffset)+\(valueLength) is out of bounds")
         }
+        return (kind, flags & flagWillInit != 0)
     }
 }
 
@@ -92,18 +98,11 @@ struct IndexBlockView {
     func planned(_ i: Int, layer: LayerFile) throws -> PlannedEntry {
         try payload.withUnsafeBytes { b in
             let o = 4 + i * IndexEntry.size
-            guard let kind = Value.Kind(rawValue: b[o + 26]) else {
-                throw StorageError(.corruption, "index entry has invalid value kind \(b[o + 26])")
-            }
-            let flags = b[o + 27]
-            guard flags & ~IndexEntry.flagWillInit == 0 else { throw StorageError(.corruption, "index entry has unknown flags \(flags)") }
             let valueOffset = loadBE(b, o + 40, as: UInt32.self), valueLength = loadBE(b, o + 44, as: UInt32.self)
-            guard UInt64(valueOffset) + UInt64(valueLength) <= UInt64(LayerFormat.maxBlockBytes) else {
-                throw StorageError(.corruption, "index entry value range \(valueOffset)+\(valueLength) is out of bounds")
-            }
+            let (kind, willInit) = try IndexEntry.check(kind: b[o + 26], flags: b[o + 27], valueOffset: valueOffset, valueLength: valueLength)
             return PlannedEntry(layer: layer, lsn: LSN(loadBE(b, o + 18, as: UInt64.self)),
                                 block: BlockHandle(offset: loadBE(b, o + 28, as: UInt64.self), size: loadBE(b, o + 36, as: UInt32.self)),
-                                valueOffset: valueOffset, valueLength: valueLength, kind: kind, willInit: flags & IndexEntry.flagWillInit != 0)
+                                valueOffset: valueOffset, valueLength: valueLength, kind: kind, willInit: willInit)
         }
     }
 
