@@ -287,8 +287,12 @@ final class IOEngineTests: XCTestCase {
             }.count
         }
         let before = openFds()
+        // The reader threads' closures hold the engine until each Thread object is released, which
+        // may come after the `do` block ends: the deinit runs when the last of them lets go.
+        weak var released: IOUringEngine?
         do {
             let engine = try IOUringEngine(entries: 4)
+            released = engine
             for round in 0..<4 {
                 let group = DispatchGroup()
                 for t in 0..<10 {
@@ -311,6 +315,9 @@ final class IOEngineTests: XCTestCase {
             XCTAssertEqual(IOEngineTests.runOps(engine, specs, batchSizes: [1], file: bytes), [])
             XCTAssertGreaterThan(openFds(), before, "the main thread's ring is not counted: the count is wrong")
         }
+        let deadline = Date().addingTimeInterval(10)
+        while released != nil && Date() < deadline { usleep(10_000) }
+        XCTAssertNil(released, "the engine was not released 10 s after its last reader finished")
         XCTAssertLessThanOrEqual(openFds(), before, "the engine's deinit left a ring open")
     }
 
