@@ -59,7 +59,11 @@
 #   MARKER           the markers' name (default rocksdb; `make bench-rocksdb` also runs scale 50
 #                    with MARKER=rocksdb-scale50)
 #   KEEP             when 1: keep BENCH_DIR (the capture and the last repetition's two stores, in
-#                    db-ours and db-rocksdb) for profiling with `rocksbench getpage` by hand
+#                    db-ours and db-rocksdb) for profiling with `rocksbench getpage` by hand. Note
+#                    that db-ours then holds the image layers made at the end LSN (the "with image
+#                    layers" rows). For the store as the plain cold rows read it, ingest again:
+#                    `rocksbench ingest --store ours --base-backup capture/backup/base.tar --wal-dir
+#                    capture/wal --start X --end Y --db DIR` (X, Y: an ingest row's start_lsn, end_lsn)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

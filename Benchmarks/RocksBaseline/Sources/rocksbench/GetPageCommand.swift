@@ -154,6 +154,12 @@ private func run(_ store: any ReadStore, _ keys: [Key], lsn: LSN, depth: Int, ba
             }
             let latency = nowSeconds() - s
             for _ in mineKeys { mine.append(latency) }
+            // RB_SLOW=<microseconds>: each slower request (or batch) to stderr, for profiling by hand.
+            if let slow = getenv("RB_SLOW").flatMap({ Double(String(cString: $0)) }), latency * 1e6 >= slow {
+                let at = s - Double(bitPattern: shared.start.load(ordering: .acquiring))
+                let line = "slow \(Int(latency * 1e6)) us at +\(Int(at * 1e6)) us: \(mineKeys.count == 1 ? "\(mineKeys[0])" : "\(mineKeys.count) keys")\n"
+                _ = line.withCString { write(2, $0, strlen($0)) }
+            }
         }
         shared.results.withLock {
             $0.latencies.append(contentsOf: mine)
