@@ -1,5 +1,6 @@
 import Foundation
 import LSM
+import PostgresWAL
 import TOMLKit
 import Workdir
 
@@ -45,7 +46,7 @@ struct ServerConfig: Sendable {
     /// loops' batching across connections does better).
     var pagestreamThreads = 2 * ProcessInfo.processInfo.activeProcessorCount
     /// Store a page image instead of the record that would make a key's chain this long (0: never).
-    var ingestImageThreshold = 128
+    var ingestImageThreshold = IngestImages.defaultThreshold
     /// At most this much of `pageCacheBytes` (nil: 7/8 of it, the most it may be) holds
     /// reconstructed pages for all timelines (MaterializedPageCache), compressed where that pays.
     var materializedPageCacheBytes: Int? = nil

@@ -13,18 +13,8 @@
 //    A change after L has left an entry or a marker above L, so a stale fill never lands.
 // A hit needs a full entry and a request LSN >= L; anything else reads the store.
 //
-// Images on ingest
-// ================
-// A page that is changed again and again (pgbench_branches, a CLOG page) would otherwise collect
-// an unbounded chain of records, and every read of it would apply them all. So ingest counts, per key,
-// the records stored since its last image or will-init record; the record that would make it
-// `imageThreshold` is stored as the page image it produces instead (the page at the record's LSN,
-// built by native redo from the page just before it). The value at that (key, LSN) is then an image
-// equal to what a reader would have reconstructed there, so no read changes, and no chain grows past
-// the threshold (until a restart forgets the counts: at most one more threshold's worth). If redo
-// cannot build the page, the record is stored as it is. Commit-timestamp buckets (not pages: their
-// value is a list that grows by 16 bytes per commit) use their own, larger threshold,
-// `CommitTimestampIndex.recordsPerImage`, even when images on ingest are off.
+// Images on ingest: see Sources/PostgresWAL/Ingest/IngestImages.swift (this target applies it
+// to every value before storing it).
 
 import Foundation
 import LSM
@@ -122,35 +112,21 @@ final class TimelineIngestTarget: IngestTarget {
     let relSizes: RelSizeCache
     let lsnWaiter: LSNWaiter
     let redo: any Redo
-    let imageThreshold: Int
+    /// Images on ingest (IngestImages.swift).
+    let images: IngestImages
     /// The newest RelDir of each database seen, to tell which forks a new RelDir adds or removes.
     private var relDirs: [DatabaseTag: Set<RelDirectory.Entry>] = [:]
-    /// Records stored per key since its last image or will-init record (see "Images on ingest").
-    private var recordsSinceImage: [Key: Int] = [:]
-    private(set) var imagesMaterialized = 0
+    var imagesMaterialized: Int { images.imagesMaterialized }
 
     init(store: TimelineStore, relSizes: RelSizeCache, lsnWaiter: LSNWaiter, redo: any Redo, imageThreshold: Int) {
         self.store = store
         self.relSizes = relSizes
         self.lsnWaiter = lsnWaiter
         self.redo = redo
-        self.imageThreshold = imageThreshold
+        images = IngestImages(store: store, redo: redo, threshold: imageThreshold)
     }
 
     func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
-        if value.kind == .image || value.willInit {
-            recordsSinceImage.removeValue(forKey: key)
-        } else if let threshold = recordsPerImage(for: key) {
-            let n = (recordsSinceImage[key] ?? 0) + 1
-            if n >= threshold, let image = materialize(key, lsn, value) {
-                recordsSinceImage.removeValue(forKey: key)
-                imagesMaterialized += 1
-                try store.put(key, lsn, .image(image))
-                return
-            }
-            if recordsSinceImage.count >= 4_000_000 { recordsSinceImage.removeAll() }
-            recordsSinceImage[key] = n
-        }
         if key.field1 == 0 && value.kind == .image {
             if key.field6 == KeySpace.sizeKeyBlock && key.field4 != 0 {
                 let rel = RelTag(spc: key.field2, db: key.field3, rel: key.field4, fork: key.field5)
@@ -159,14 +135,7 @@ final class TimelineIngestTarget: IngestTarget {
                 try noteRelDir(DatabaseTag(spc: key.field2, db: key.field3), lsn, value.bytes)
             }
         }
-        try store.put(key, lsn, value)
-    }
-
-    /// Commit-timestamp buckets are imaged on their own schedule, even with images on ingest off,
-    /// as their chains could otherwise outgrow max_chain_length (see `CommitTimestampIndex`).
-    private func recordsPerImage(for key: Key) -> Int? {
-        if key.field1 == KeySpace.commitTimestampField1 { return CommitTimestampIndex.recordsPerImage }
-        return imageThreshold > 0 ? imageThreshold : nil
+        try store.put(key, lsn, images.valueToStore(key, lsn, value))
     }
 
     private func noteRelDir(_ db: DatabaseTag, _ lsn: LSN, _ bytes: [UInt8]) throws {
@@ -185,14 +154,6 @@ final class TimelineIngestTarget: IngestTarget {
     }
 
     func latestImage(_ key: Key) throws -> [UInt8]? { try store.get(key, at: .max, redo: ImageOnlyRedo()) }
-
-    /// The page `record` produces at `lsn`, or nil when redo cannot build it.
-    private func materialize(_ key: Key, _ lsn: LSN, _ record: Value) -> [UInt8]? {
-        guard lsn.rawValue > 0 else { return nil }
-        let before = LSN(lsn.rawValue - 1)
-        guard let page = try? store.get(key, at: before, redo: redo) else { return nil }
-        return try? redo.reconstruct(key: key, lsn: lsn, base: (before, page), records: [RedoRecord(lsn: lsn, value: record)])
-    }
 
     func advance(to lsn: LSN) {
         store.advance(to: lsn)

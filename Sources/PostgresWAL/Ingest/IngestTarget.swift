@@ -32,13 +32,20 @@ public struct ImageOnlyRedo: Redo {
     }
 }
 
-/// Ingest into a `TimelineStore`.
+/// Ingest into a `TimelineStore`; with `images`, as the daemon ingests (images on ingest bound
+/// every key's chain, see IngestImages.swift).
 public final class TimelineStoreTarget: IngestTarget {
     public let store: TimelineStore
+    public let images: IngestImages?
 
-    public init(store: TimelineStore) { self.store = store }
+    public init(store: TimelineStore, images: IngestImages? = nil) {
+        self.store = store
+        self.images = images
+    }
 
-    public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws { try store.put(key, lsn, value) }
+    public func put(_ key: Key, _ lsn: LSN, _ value: Value) throws {
+        try store.put(key, lsn, images?.valueToStore(key, lsn, value) ?? value)
+    }
 
     public func latestImage(_ key: Key) throws -> [UInt8]? { try store.get(key, at: .max, redo: ImageOnlyRedo()) }
 

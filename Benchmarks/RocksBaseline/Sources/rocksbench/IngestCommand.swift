@@ -67,7 +67,8 @@ func ingestCommand(_ args: Arguments) throws {
               ("mb_per_s", "\(walBytes / seconds / 1e6)"), ("decode_seconds", "\(decodeSeconds)"),
               ("ingest_seconds", "\(ingestSeconds)"), ("flush_seconds", "\(flushSeconds)"),
               ("import_seconds", "\(importSeconds)"), ("blocks_imported", "\(importer.blocksImported)"),
-              ("bytes_on_disk", "\(disk.total)"), ("data_bytes", "\(disk.data)"), ("data_files", "\(disk.dataFiles)")])
+              ("bytes_on_disk", "\(disk.total)"), ("data_bytes", "\(disk.data)"), ("data_files", "\(disk.dataFiles)"),
+              ("images_on_ingest", "\((store.target as? TimelineStoreTarget)?.images?.imagesMaterialized ?? 0)")])
 }
 
 func storeKind(_ args: Arguments) -> StoreKind {

@@ -10,9 +10,12 @@ enum StoreKind: String {
     case ours, rocksdb
 }
 
-/// The longest chain of records either store hands to redo. Neither store compacts during the benchmark
-/// (the seed's design has no image creation at all), so a hot page (pgbench_branches' one block) can
-/// have tens of thousands of records above its last image; both stores get the same, generous limit.
+/// The longest chain of records either store hands to redo. Neither store compacts during the
+/// benchmark, and both store the same history: ours without the daemon's images on ingest (the seed's
+/// design has no image creation at all), so a hot page (pgbench_branches' one block) can have tens of
+/// thousands of records above its last image in either; both get the same, generous limit.
+/// OURS_INGEST_IMAGES=N ingests ours as the daemon does with `ingest_image_threshold = N`
+/// (IngestImages.swift), for A/B runs.
 let benchMaxChainLength = 1 << 20
 
 /// The redo both stores reconstruct with.
@@ -109,7 +112,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
             config.lookupsPerReadThread = n
         }
         store = try TimelineStore.open(directory: directory, config: config, context: context)
-        target = TimelineStoreTarget(store: store)
+        let imageThreshold = ProcessInfo.processInfo.environment["OURS_INGEST_IMAGES"].flatMap(Int.init) ?? 0
+        target = TimelineStoreTarget(store: store, images: imageThreshold > 0 ? IngestImages(store: store, redo: benchRedo, threshold: imageThreshold) : nil)
         pageSource = TimelineStorePageSource(store: store, redo: ImageOnlyRedo())
     }
 
