@@ -1,5 +1,6 @@
 import ArgumentParser
 import LSM
+import PostgresRedo
 import PostgresWAL
 
 #if canImport(Glibc)
@@ -15,7 +16,8 @@ import Glibc
 /// record by record on another (every record that starts before `--end-lsn`; the daemon's WAL
 /// receiver splits the work the same way), and made durable with `store.checkpoint()`. The
 /// store is opened as the daemon opens it: io_uring reads, background flush on, default
-/// checkpoint distance, so layers are flushed by the background thread while ingest runs.
+/// checkpoint distance, so layers are flushed by the background thread while ingest runs; and ingest
+/// makes images on ingest with the daemon's default threshold (`--image-threshold`, IngestImages.swift).
 struct IngestBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ingest",
@@ -28,6 +30,8 @@ struct IngestBenchCommand: ParsableCommand {
     @Option(help: "Directory for the store (must not exist or be empty).") var dir: String
     @Option(help: "Bytes read from a segment file and fed to the decoder at a time.") var chunkBytes = 1 << 20
     @Option(help: "CTL,ACK: the FIFOs of `perf record --control fifo:CTL,ACK -D -1`; events are enabled for the timed part only.") var perfControl: String?
+    @Option(help: "Images on ingest: the record that would make a key's chain this long is stored as the page it produces (0: off), as the daemon's ingest_image_threshold.")
+    var imageThreshold = IngestImages.defaultThreshold
     @Flag(help: "Print one JSON line.") var json = false
 
     func run() throws {
@@ -55,7 +59,8 @@ struct IngestBenchCommand: ParsableCommand {
         let importSeconds = nowSeconds() - t0
 
         // Timed: decode + ingest + durable flush.
-        let target = TimelineStoreTarget(store: store)
+        let images = imageThreshold > 0 ? IngestImages(store: store, redo: PostgresRedo(settings: RedoSettings()), threshold: imageThreshold) : nil
+        let target = TimelineStoreTarget(store: store, images: images)
         let ingest = WalIngest(target: target, pageSource: TimelineStorePageSource(store: store, redo: ImageOnlyRedo()))
         perf?.send("enable")
         let w0 = nowSeconds()
@@ -93,13 +98,14 @@ struct IngestBenchCommand: ParsableCommand {
                       ("flush_seconds", "\(flushSeconds)"), ("import_seconds", "\(importSeconds)"),
                       ("cpu_seconds", "\(cpuSeconds)"), ("ingest_thread_cpu_seconds", "\(ingestCPUSeconds)"),
                       ("blocks_imported", "\(importer.blocksImported)"), ("layer_files", "\(files.count)"),
-                      ("bytes_on_disk", "\(onDisk)")])
+                      ("bytes_on_disk", "\(onDisk)"), ("image_threshold", "\(imageThreshold)"),
+                      ("images_on_ingest", "\(images?.imagesMaterialized ?? 0)")])
         } else {
             print("imported \(importer.filesImported) files, \(importer.blocksImported) blocks at \(start) in \(format2(importSeconds)) s (not timed)")
             print("ingested \(stats.records) records, \(format1(walBytes / 1e6)) MB of WAL (\(start) .. \(end)) in \(format2(seconds)) s: \(format1(walBytes / seconds / 1e6)) MB/s, \(Int(Double(stats.records) / seconds)) records/s")
             print("  waiting for the decoding thread \(format2(decodeSeconds)) s, ingest \(format2(ingestSeconds)) s, final flush \(format2(flushSeconds)) s")
             print("  CPU of every thread \(format2(cpuSeconds)) s, of the ingest thread before the final flush \(format2(ingestCPUSeconds)) s")
-            print("  \(stats.valuesPut) values put; \(files.count) layer files, \(onDisk) bytes on disk")
+            print("  \(stats.valuesPut) values put (\(images?.imagesMaterialized ?? 0) stored as images on ingest); \(files.count) layer files, \(onDisk) bytes on disk")
         }
     }
 }
