@@ -181,7 +181,20 @@ cs_ring *cs_ring_create(unsigned entries, int *err) {
         *err = -ENOMEM;
         return NULL;
     }
-    int rc = io_uring_queue_init(entries, &r->ring, 0);
+    // A ring belongs to one thread (IOUringEngine invariant 1), so the kernel may skip the
+    // cross-thread checks (SINGLE_ISSUER) and run the completion work of buffered reads only when
+    // that thread waits, instead of interrupting it (DEFER_TASKRUN, Linux 6.1). Older kernels
+    // refuse the flags with EINVAL; the ring is then made without them. CS_URING_PLAIN=1 in the
+    // environment also makes it without them (for A/B measurements).
+    int rc = -EINVAL;
+    const char *plain = getenv("CS_URING_PLAIN");
+    if (!(plain && plain[0] == '1')) {
+        struct io_uring_params params;
+        memset(&params, 0, sizeof(params));
+        params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+        rc = io_uring_queue_init_params(entries, &r->ring, &params);
+    }
+    if (rc == -EINVAL) rc = io_uring_queue_init(entries, &r->ring, 0);
     if (rc < 0) {
         free(r);
         *err = rc;
@@ -234,6 +247,16 @@ int cs_ring_wait(cs_ring *r, uint64_t *user_data, int32_t *results, unsigned max
         if (rc < 0) return rc;
         return harvest(r, user_data, results, max);
     }
+}
+
+int cs_ring_submit_and_wait(cs_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {
+    int rc;
+    do {
+        rc = io_uring_submit_and_wait(&r->ring, 1);
+    } while (rc == -EINTR);
+    if (rc < 0) return rc;
+    int n = harvest(r, user_data, results, max);
+    return n > 0 ? n : cs_ring_wait(r, user_data, results, max);
 }
 
 int cs_ring_peek(cs_ring *r, uint64_t *user_data, int32_t *results, unsigned max) {

@@ -14,7 +14,8 @@ import Glibc
 /// - Through `BlockIO` directly: several hundred `ReadOp`s (more than the ring's depth) over a file of
 ///   known bytes, including reads past the end of the file (short or empty results), empty reads, and
 ///   reads on bad descriptors (negative errno), each checked against the expected result and bytes,
-///   and the bytes past a short result left untouched.
+///   and the bytes past a short result left untouched; io_uring with and without the ring flags
+///   SINGLE_ISSUER and DEFER_TASKRUN (`CS_URING_PLAIN`).
 /// - Concurrency: four threads sharing one small ring, each with its own batches, all checked.
 final class IOEngineTests: XCTestCase {
     // MARK: - Through the store
@@ -218,6 +219,14 @@ final class IOEngineTests: XCTestCase {
                 + Self.runOps(engine, specs, batchSizes: batchSizes, file: bytes)
             for f in failures.prefix(10) { XCTFail("seed \(seed): \(f)") }
             XCTAssertEqual(failures.count, 0, "seed \(seed): \(engine.kind.rawValue)")
+        }
+        // Rings made without SINGLE_ISSUER and DEFER_TASKRUN (as on kernels before 6.1) read the same.
+        setenv("CS_URING_PLAIN", "1", 1)
+        defer { unsetenv("CS_URING_PLAIN") }
+        for engine in [try IOUringEngine(entries: 8), try IOUringEngine(entries: 256)] {
+            let failures = Self.runOps(engine, specs, batchSizes: batchSizes, file: bytes)
+            for f in failures.prefix(10) { XCTFail("seed \(seed), plain ring: \(f)") }
+            XCTAssertEqual(failures.count, 0, "seed \(seed): plain ring")
         }
     }
 

@@ -36,6 +36,10 @@ int cs_ring_submit(cs_ring *ring);
 // Returns the count harvested (>= 1) or a negative errno (-EINTR is retried inside).
 int cs_ring_wait(cs_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
 
+// Submits every queued read and waits for at least one completion in the same system call, then
+// harvests up to `max` completions. Returns the count harvested (>= 1) or a negative errno.
+int cs_ring_submit_and_wait(cs_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
+
 // Harvests up to `max` completions without waiting. Returns the count (possibly 0).
 int cs_ring_peek(cs_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
 

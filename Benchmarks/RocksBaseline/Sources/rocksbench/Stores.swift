@@ -98,7 +98,9 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         let window = (ProcessInfo.processInfo.environment["OURS_PREFETCH_KB"].flatMap(Int.init) ?? 128) << 10
         // Layer files read with O_DIRECT, as the daemon's `direct_io = true` (OURS_DIRECT_IO=1).
         let direct = ProcessInfo.processInfo.environment["OURS_DIRECT_IO"] == "1"
-        let context = StorageContext(io: makeBlockIO(.ioUring), dataCacheBytes: cacheBytes, directIO: direct, materializedCacheBytes: materialized,
+        // The daemon's default io engine (OURS_IO_ENGINE=pread for A/B runs).
+        let engine = ProcessInfo.processInfo.environment["OURS_IO_ENGINE"].flatMap(IOEngineKind.init(rawValue:)) ?? .ioUring
+        let context = StorageContext(io: makeBlockIO(engine), dataCacheBytes: cacheBytes, directIO: direct, materializedCacheBytes: materialized,
                                      compressedCacheFraction: fraction, adaptiveSplit: adaptive, coldPrefetchWindowBytes: window)
         self.context = context
         var config = StoreConfig()
