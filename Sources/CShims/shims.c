@@ -181,14 +181,15 @@ cs_ring *cs_ring_create(unsigned entries, int *err) {
         *err = -ENOMEM;
         return NULL;
     }
-    // A ring belongs to one thread (IOUringEngine invariant 1), so the kernel may skip the
-    // cross-thread checks (SINGLE_ISSUER) and run the completion work of buffered reads only when
-    // that thread waits, instead of interrupting it (DEFER_TASKRUN, Linux 6.1). Older kernels
-    // refuse the flags with EINVAL; the ring is then made without them. CS_URING_PLAIN=1 in the
-    // environment also makes it without them (for A/B measurements).
+    // A ring belongs to one thread (IOUringEngine invariant 1), so it could be made with
+    // SINGLE_ISSUER and DEFER_TASKRUN (Linux 6.1: completion work runs only when the thread waits).
+    // Measured on pgbench stores, cold, that cost batched reads up to half their pages/s while
+    // helping 32 single-read threads a little (BENCHMARKS.md, issue 8), so rings are plain unless
+    // CS_URING_DEFER_TASKRUN=1 is in the environment (for measurements); a kernel that refuses the
+    // flags (EINVAL) gets a plain ring.
     int rc = -EINVAL;
-    const char *plain = getenv("CS_URING_PLAIN");
-    if (!(plain && plain[0] == '1')) {
+    const char *defer = getenv("CS_URING_DEFER_TASKRUN");
+    if (defer && defer[0] == '1') {
         struct io_uring_params params;
         memset(&params, 0, sizeof(params));
         params.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;

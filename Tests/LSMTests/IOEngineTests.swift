@@ -15,7 +15,7 @@ import Glibc
 ///   known bytes, including reads past the end of the file (short or empty results), empty reads, and
 ///   reads on bad descriptors (negative errno), each checked against the expected result and bytes,
 ///   and the bytes past a short result left untouched; io_uring with and without the ring flags
-///   SINGLE_ISSUER and DEFER_TASKRUN (`CS_URING_PLAIN`).
+///   SINGLE_ISSUER and DEFER_TASKRUN (`CS_URING_DEFER_TASKRUN`).
 /// - Concurrency: four threads sharing one small ring, each with its own batches, all checked.
 final class IOEngineTests: XCTestCase {
     // MARK: - Through the store
@@ -220,13 +220,13 @@ final class IOEngineTests: XCTestCase {
             for f in failures.prefix(10) { XCTFail("seed \(seed): \(f)") }
             XCTAssertEqual(failures.count, 0, "seed \(seed): \(engine.kind.rawValue)")
         }
-        // Rings made without SINGLE_ISSUER and DEFER_TASKRUN (as on kernels before 6.1) read the same.
-        setenv("CS_URING_PLAIN", "1", 1)
-        defer { unsetenv("CS_URING_PLAIN") }
+        // Rings made with SINGLE_ISSUER and DEFER_TASKRUN (CS_URING_DEFER_TASKRUN=1) read the same.
+        setenv("CS_URING_DEFER_TASKRUN", "1", 1)
+        defer { unsetenv("CS_URING_DEFER_TASKRUN") }
         for engine in [try IOUringEngine(entries: 8), try IOUringEngine(entries: 256)] {
             let failures = Self.runOps(engine, specs, batchSizes: batchSizes, file: bytes)
-            for f in failures.prefix(10) { XCTFail("seed \(seed), plain ring: \(f)") }
-            XCTAssertEqual(failures.count, 0, "seed \(seed): plain ring")
+            for f in failures.prefix(10) { XCTFail("seed \(seed), DEFER_TASKRUN ring: \(f)") }
+            XCTAssertEqual(failures.count, 0, "seed \(seed): DEFER_TASKRUN ring")
         }
     }
 

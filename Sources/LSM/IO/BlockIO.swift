@@ -98,10 +98,9 @@ public final class PreadEngine: BlockIO {
 /// rounds of at most `entries` ops. So no lock is held while the kernel works: a buffered read of a
 /// page-cached block completes inside the submitting io_uring_enter, and a ring shared behind a lock
 /// serialised every reader behind that copy (32 readers then spent most of their time spinning on the
-/// submit lock). Since a ring has one thread, it is made with SINGLE_ISSUER and DEFER_TASKRUN where
-/// the kernel has them (6.1): the completion work of a buffered read that went to the device runs
-/// when its thread waits, rather than interrupting whatever the thread does; a batch is submitted
-/// and first waited for in one io_uring_enter.
+/// submit lock). A batch is submitted and first waited for in one io_uring_enter. (Rings are plain:
+/// SINGLE_ISSUER + DEFER_TASKRUN, which a one-thread ring allows, made cold batched reads slower;
+/// `CS_URING_DEFER_TASKRUN=1` turns them on for measurements.)
 ///
 /// Invariants:
 /// 1. A ring is used only by the thread that created it.
