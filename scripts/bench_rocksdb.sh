@@ -164,6 +164,9 @@ echo "WAL: $start_lsn .. $end_lsn ($(( (y - x) / 1000000 )) MB)"
 echo "{\"bench\": \"capture\", \"start_lsn\": \"$start_lsn\", \"end_lsn\": \"$end_lsn\", \"scale\": $scale, \"pgbench_seconds\": $seconds, \"clients\": $clients}" >> "$out"
 
 # ---- 2. Ours and RocksDB, alternately ----
+# The capture's dirty pages are written back before the first ingest, so that its durable flush
+# (ours: one syncfs of the file system) does not write them back inside its timed part.
+sync
 measure() { # store, rep, past LSN
   local store=$1 rep=$2 past=$3
   local db="$dir/db-$store"
