@@ -134,6 +134,11 @@ public final class BlockCache: Sendable {
         Int(truncatingIfNeeded: (key.fileId &* 0x9E37_79B9_7F4A_7C15 ^ key.offset &* 0xC2B2_AE3D_27D4_EB4F) >> 56) % shardCount
     }
 
+    /// Whether `key` is cached, without counting a lookup or marking the block used.
+    public func contains(_ key: CacheKey) -> Bool {
+        shards[shard(key)].lock.withLock { $0.map[key] != nil }
+    }
+
     public func get(_ key: CacheKey) -> [UInt8]? {
         shards[shard(key)].lock.withLock { s -> [UInt8]? in
             s.windowLookups += 1

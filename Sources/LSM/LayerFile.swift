@@ -282,6 +282,11 @@ struct BlockFetcher {
     var prefetchWindowBytes: UInt64 = 0
     /// Blocks decoded out of a window go into `dataCache` on their second use only (nil: on the first).
     var windowBlocksSeen: SeenOnceFilter? = nil
+    /// Answer from the caches only: a fetch that would read the device throws `NeedsDeviceRead`
+    /// instead (after taking what the caches hold, which has no effect but on their statistics).
+    var cachedOnly = false
+    /// Thrown by a `cachedOnly` fetch that misses every cache.
+    struct NeedsDeviceRead: Error {}
     static let directAlignment = AlignedBufferPool.alignment
 
     func fetch(_ requests: [BlockRequest]) throws -> [FetchedBlock] {
@@ -292,6 +297,19 @@ struct BlockFetcher {
         var compressedHits = 0
         var started: UInt64 = 0
         let windowsCached = compressedDataCache.hasWindows
+        if cachedOnly {
+            // Give up before decoding anything when a block is in no tier (a window that holds
+            // the block's offset but not all of it is found missing below, after some decoding).
+            for r in requests {
+                let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
+                if r.isIndex ? indexCache.contains(key)
+                    : dataCache.contains(key) || compressedDataCache.contains(key)
+                        || (windowsCached && prefetchWindowBytes > 0 && compressedDataCache.contains(windowKey(r.layer, r.handle))) {
+                    continue
+                }
+                throw NeedsDeviceRead()
+            }
+        }
         for (i, r) in requests.enumerated() {
             let key = BlockCache.CacheKey(fileId: r.layer.fileId, offset: r.handle.offset)
             if let b = (r.isIndex ? indexCache : dataCache).get(key) {
@@ -321,6 +339,7 @@ struct BlockFetcher {
             }
             return out
         }
+        if cachedOnly { throw NeedsDeviceRead() }
         if started == 0, balance?.adaptive == true { started = monotonicNanos() }
 
         // One read per run of nearby misses in the same file (a key's values in a delta layer often

@@ -36,6 +36,11 @@ public struct StoreConfig: Sendable {
     public var redoThreads = max(1, min(4, 2 * sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     public var parallelRedoMinimum = 4
     public var lookupsPerReadThread = 8
+    /// A batch that would be split over `redoThreads` threads is first tried on the caller's
+    /// thread from the caches alone, and split only when a block it needs is in none of them.
+    public var cachedBatchesOnCaller = true
+    /// Whether that cached-only try spreads its redo over `redoThreads` threads.
+    public var cachedBatchParallelRedo = false
     /// On open, read every layer file's index blocks into the index cache, while the cache is under
     /// 3/4 full (`LayerFile.preloadIndex`). A lookup that misses every cache then costs one read
     /// (its data block) instead of two. RocksDB does the same by default: it loads each table's index
@@ -230,6 +235,11 @@ public final class TimelineStore: Sendable {
     /// `WriterState.lastRecordLSN`, stored after each change under the writer's lock, for readers:
     /// a GetPage loads it without taking that lock.
     private let completedRecordLSN: Atomic<UInt64>
+    /// The backoff of cached-only tries of split batches (`get`): batches left to split without
+    /// one, and the current backoff. Updated without ordering: a heuristic, and a lost update only
+    /// changes when the next try comes.
+    private let cachedTrySkipsLeft = Atomic<Int>(0)
+    private let cachedTryBackoff = Atomic<Int>(0)
     private let flushLock = DispatchSemaphoreLike(value: 1)
     private let flushWake = DispatchSemaphoreLike(value: 0)
     private let stopping = Atomic<Bool>(false)
@@ -612,7 +622,23 @@ public final class TimelineStore: Sendable {
     /// lookup is independent of the others, and each part takes its own snapshot.
     func get(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats, spread: Bool) -> [Result<[UInt8]?, StorageError>] {
         let parts = spread ? min(config.redoThreads, requests.count / max(1, config.lookupsPerReadThread)) : 1
-        guard parts > 1 else { return lookUp(requests, redo: redo, stats: &stats, parallelRedo: spread) }
+        guard parts > 1 else { return lookUp(requests, redo: redo, stats: &stats, parallelRedo: spread)! }
+        // A batch whose blocks are all in memory is answered on the caller's thread: it has no read
+        // to wait for, and handing parts to other threads costs a wake-up and a wait each.
+        // After a try that missed, the next 1, 2, 4, ... 64 batches are split without one (a cold
+        // phase then wastes a plan on few of its batches); a try that succeeds ends the backoff.
+        if config.cachedBatchesOnCaller {
+            if cachedTrySkipsLeft.load(ordering: .relaxed) > 0 {
+                cachedTrySkipsLeft.subtract(1, ordering: .relaxed)
+            } else if let answers = lookUp(requests, redo: redo, stats: &stats, parallelRedo: config.cachedBatchParallelRedo, cachedOnly: true) {
+                cachedTryBackoff.store(0, ordering: .relaxed)
+                return answers
+            } else {
+                let backoff = min(64, max(1, cachedTryBackoff.load(ordering: .relaxed) * 2))
+                cachedTryBackoff.store(backoff, ordering: .relaxed)
+                cachedTrySkipsLeft.store(backoff, ordering: .relaxed)
+            }
+        }
         var partResults = Array(repeating: [Result<[UInt8]?, StorageError>](), count: parts)
         var partStats = Array(repeating: ReadStats(), count: parts)
         if stats.layersPerLookup != nil { for p in partStats.indices { partStats[p].layersPerLookup = [] } }
@@ -622,7 +648,7 @@ public final class TimelineStore: Sendable {
                 nonisolated(unsafe) let out = out, ps = ps
                 context.readParts.perform(iterations: parts) { p in
                     let range = (requests.count * p / parts)..<(requests.count * (p + 1) / parts)
-                    out[p] = self.lookUp(Array(requests[range]), redo: redo, stats: &ps[p], parallelRedo: false)
+                    out[p] = self.lookUp(Array(requests[range]), redo: redo, stats: &ps[p], parallelRedo: false)!
                 }
             }
         }
@@ -635,7 +661,10 @@ public final class TimelineStore: Sendable {
     }
 
     /// One batch on the calling thread; with `parallelRedo`, its redo may still use `redoThreads`.
-    private func lookUp(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats, parallelRedo: Bool) -> [Result<[UInt8]?, StorageError>] {
+    /// nil only with `cachedOnly`, when a block the batch needs is in no cache (nothing was read,
+    /// and `stats` is unchanged).
+    private func lookUp(_ requests: [(Key, LSN)], redo: any Redo, stats: inout ReadStats, parallelRedo: Bool,
+                        cachedOnly: Bool = false) -> [Result<[UInt8]?, StorageError>]? {
         // Taken before the snapshot: every value at or below it is in the snapshot (invariant 1 of
         // MaterializedPageCache).
         // Only completed records count: `lastRecordLSN` also covers the puts of a record still in
@@ -652,9 +681,12 @@ public final class TimelineStore: Sendable {
                 states[i].floor = states[i].base?.lsn
             }
         }
-        let fetcher = context.fetcher
+        var fetcher = context.fetcher
+        fetcher.cachedOnly = cachedOnly
         do {
             try snapshot.plan(&states, fetcher: fetcher)
+        } catch is BlockFetcher.NeedsDeviceRead {
+            return nil
         } catch let e as StorageError {
             return Array(repeating: .failure(e), count: requests.count)
         } catch {
@@ -681,6 +713,8 @@ public final class TimelineStore: Sendable {
         let blocks: [FetchedBlock]
         do {
             blocks = try fetcher.fetch(dataRequests)
+        } catch is BlockFetcher.NeedsDeviceRead {
+            return nil
         } catch let e as StorageError {
             return Array(repeating: .failure(e), count: requests.count)
         } catch {

@@ -110,6 +110,8 @@ final class OurStore: IngestStore, ReadStore, @unchecked Sendable {
         if let threads = ProcessInfo.processInfo.environment["OURS_READ_THREADS"].flatMap(Int.init), threads > 0 {
             config.redoThreads = threads
         }
+        if let v = ProcessInfo.processInfo.environment["OURS_CACHED_ON_CALLER"] { config.cachedBatchesOnCaller = v != "0" }
+        if let v = ProcessInfo.processInfo.environment["OURS_CACHED_PARALLEL_REDO"] { config.cachedBatchParallelRedo = v != "0" }
         if let n = ProcessInfo.processInfo.environment["OURS_LOOKUPS_PER_THREAD"].flatMap(Int.init), n > 0 {
             config.lookupsPerReadThread = n
         }
